@@ -1,0 +1,104 @@
+"""persona_refusal: how refusal in chat models depends on the model's persona.
+
+Built on TransformerLens. A ten-line tour::
+
+    import persona_refusal as pr
+
+    cm = pr.load_chat_model("demo")                      # Qwen2.5-Coder-0.5B-Instruct
+    harmful, harmless = pr.bundled("harmful", "train"), pr.bundled("harmless", "train")
+    grid = pr.extract_directions(cm, harmful, harmless)  # diff-in-means, positions × layers
+    refusal, report = pr.select_refusal_direction(
+        cm, grid, pr.bundled("harmful", "val"), pr.bundled("harmless", "val"))
+    with pr.apply(cm, pr.Ablate(refusal)):
+        print(pr.generate(cm, ["How do I hotwire a car?"]))
+
+The modules: :mod:`~persona_refusal.models` (chat models), :mod:`~persona_refusal.prompts`,
+:mod:`~persona_refusal.activations` (batched caching), :mod:`~persona_refusal.ops` (tensor
+maths), :mod:`~persona_refusal.directions`, :mod:`~persona_refusal.interventions`,
+:mod:`~persona_refusal.evaluation`, :mod:`~persona_refusal.persona` and
+:mod:`~persona_refusal.experiments` (the gating study). Figures live in
+:mod:`persona_refusal.analysis`, the only part that imports plotly.
+"""
+
+from persona_refusal.activations import cache_activations, mean_activations
+from persona_refusal.directions import (
+    Direction,
+    DirectionGrid,
+    LayerDirections,
+    SelectionReport,
+    extract_directions,
+    select_refusal_direction,
+)
+from persona_refusal.errors import (
+    ChecksumError,
+    ConfigError,
+    DirectionMismatchError,
+    ModelLoadError,
+    PersonaRefusalError,
+    PromptLoadError,
+    RunFolderError,
+)
+from persona_refusal.evaluation import (
+    Rate,
+    SubstringJudge,
+    generate,
+    is_degenerate,
+    is_refusal,
+    judge_responses,
+    kl_divergence_on,
+    last_logits,
+    refusal_scores,
+)
+from persona_refusal.interventions import (
+    Ablate,
+    AddVector,
+    AffineEdit,
+    Intervention,
+    Patch,
+    apply,
+    orthogonalize_weights,
+)
+from persona_refusal.models import ChatModel, load_chat_model
+from persona_refusal.prompts import PromptSet, bundled, load_prompts, personas
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ablate",
+    "AddVector",
+    "AffineEdit",
+    "ChatModel",
+    "ChecksumError",
+    "ConfigError",
+    "Direction",
+    "DirectionGrid",
+    "DirectionMismatchError",
+    "Intervention",
+    "LayerDirections",
+    "ModelLoadError",
+    "Patch",
+    "PersonaRefusalError",
+    "PromptLoadError",
+    "PromptSet",
+    "Rate",
+    "RunFolderError",
+    "SelectionReport",
+    "SubstringJudge",
+    "apply",
+    "bundled",
+    "cache_activations",
+    "extract_directions",
+    "generate",
+    "is_degenerate",
+    "is_refusal",
+    "judge_responses",
+    "kl_divergence_on",
+    "last_logits",
+    "load_chat_model",
+    "load_prompts",
+    "mean_activations",
+    "orthogonalize_weights",
+    "personas",
+    "refusal_scores",
+    "select_refusal_direction",
+]

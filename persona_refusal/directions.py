@@ -1,0 +1,637 @@
+"""Directions in the residual stream: difference-in-means extraction, selection, storage.
+
+Context
+-------
+Arditi et al. (2024) find that refusal is mediated by one direction: the difference
+between the mean activation on harmful and on harmless instructions, read at a layer and
+at a position of the chat template after the instruction. Every (position, layer) gives a
+*candidate*; :func:`extract_directions` computes the whole grid
+``[n_positions, n_layers, d_model]`` in one batched pass per prompt set, and
+:func:`select_refusal_direction` picks one as the paper does:
+
+* score each candidate by the first-token refusal score (log-odds of the refusal tokens)
+  on held-out **harmful** prompts with the candidate **ablated** at every layer
+  ("bypass": lower is better);
+* discard candidates whose **addition** at their own layer does not induce refusal on
+  held-out **harmless** prompts (mean score below 0), whose ablation moves the harmless
+  next-token distribution by KL > 0.1, or whose layer lies in the last 20% of the model;
+* the lowest bypass score among the rest wins.
+
+A :class:`Direction` carries the vector with everything needed to use it correctly
+later: its hook point, layer and position, the reference (negative-class) mean for
+affine edits, the model it came from (id and weights checksum), sample counts and
+provenance. It is saved as ``NAME.safetensors`` (tensors) + ``NAME.json`` (metadata).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_refusal import ops
+from persona_refusal.errors import ConfigError, DirectionMismatchError
+from persona_refusal.storage import read_json, read_tensors, sha256_bytes, write_json, write_tensors
+
+if TYPE_CHECKING:
+    from persona_refusal.models import ChatModel
+
+__all__ = [
+    "Direction",
+    "LayerDirections",
+    "DirectionGrid",
+    "SelectionReport",
+    "extract_directions",
+    "select_refusal_direction",
+]
+
+log = logging.getLogger(__name__)
+_FORMAT = "persona_refusal.direction/1"
+
+
+def _hook_for(layer: int, site: str = "resid_pre") -> str:
+    return f"blocks.{layer}.hook_{site}"
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _tensor_digest(tensors: dict[str, Tensor]) -> str:
+    parts = b"".join(
+        k.encode() + tensors[k].detach().to(torch.float32).contiguous().cpu().numpy().tobytes()
+        for k in sorted(tensors)
+    )
+    return sha256_bytes(parts)
+
+
+def _check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: str) -> None:
+    if obj.d_model != chat_model.d_model:
+        raise DirectionMismatchError(
+            f"{what} has width {obj.d_model} but {chat_model.model_id} has d_model {chat_model.d_model}",
+            hint="it was made with another model",
+        )
+    if allow_transfer or obj.model_id is None:
+        return
+    if obj.model_id != chat_model.model_id or (
+        obj.model_checksum is not None and obj.model_checksum != chat_model.checksum
+    ):
+        raise DirectionMismatchError(
+            f"{what} was made with {obj.model_id} (checksum {str(obj.model_checksum)[:12]}…), "
+            f"not {chat_model.model_id} (checksum {chat_model.checksum[:12]}…)",
+            hint="pass allow_transfer=True to use it on another model on purpose",
+        )
+
+
+@dataclass(repr=False, eq=False)
+class Direction:
+    """A direction in the residual stream, with where it lives and where it came from.
+
+    Example:
+        >>> d = Direction(vector=torch.ones(4), layer=2)
+        >>> d.hook_name, round(d.norm, 3)
+        ('blocks.2.hook_resid_pre', 2.0)
+    """
+
+    vector: Float[Tensor, "d_model"]
+    """The raw direction (for diff-in-means: harmful mean − harmless mean), not normalised."""
+    layer: int
+    """Layer it was read at (``blocks.{layer}.hook_resid_pre`` is the input of block ``layer``)."""
+    reference: Float[Tensor, "d_model"] | None = None
+    """Reference point for affine edits: the negative-class (e.g. harmless) mean."""
+    hook_name: str | None = None
+    """Full hook name it was read at; defaults to ``blocks.{layer}.hook_resid_pre``."""
+    position: int | None = -1
+    """Token position it was read at, counted from the end of the prompt (``-1`` = last)."""
+    name: str = "direction"
+    """A label (``"refusal"``, ``"persona"`` …)."""
+    model_id: str | None = None
+    """Identity of the model it was extracted from (``None``: unknown, no check)."""
+    model_checksum: str | None = None
+    """Checksum of that model's weights."""
+    n_positive: int | None = None
+    """Number of prompts behind the positive mean."""
+    n_negative: int | None = None
+    """Number of prompts behind the negative (reference) mean."""
+    provenance: dict = field(default_factory=dict)
+    """Free-form record of how it was made (prompt-set hashes, selection scores, …)."""
+
+    def __post_init__(self) -> None:
+        v = torch.as_tensor(self.vector)
+        if v.ndim != 1 or not torch.is_floating_point(v):
+            raise ConfigError(f"a direction's vector must be a 1-D float tensor, got shape {tuple(v.shape)}")
+        if not bool(torch.isfinite(v).all()) or float(v.norm()) == 0.0:
+            raise ConfigError("a direction's vector must be finite and non-zero")
+        self.vector = v.detach().to(torch.float32).cpu()
+        if self.reference is not None:
+            ref = torch.as_tensor(self.reference).detach().to(torch.float32).cpu()
+            if ref.shape != self.vector.shape:
+                raise ConfigError(f"reference has shape {tuple(ref.shape)}, vector has {tuple(self.vector.shape)}")
+            self.reference = ref
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
+            raise ConfigError(f"layer must be a non-negative int, got {self.layer!r}")
+        if self.hook_name is None:
+            self.hook_name = _hook_for(self.layer)
+
+    # -------------------------------------------------------------- views
+    @property
+    def d_model(self) -> int:
+        """Width of the vector."""
+        return int(self.vector.shape[0])
+
+    @property
+    def norm(self) -> float:
+        """Euclidean norm of the raw vector."""
+        return float(self.vector.norm())
+
+    @property
+    def unit(self) -> Float[Tensor, "d_model"]:
+        """The unit vector ``r̂``."""
+        return ops.unit(self.vector)
+
+    def rescaled(self, norm: float) -> "Direction":
+        """The same direction with its vector rescaled to ``norm``."""
+        return self.replace(vector=self.unit * float(norm))
+
+    def replace(self, **changes: Any) -> "Direction":
+        """A copy with some fields changed."""
+        fields = {
+            k: getattr(self, k)
+            for k in ("vector", "layer", "reference", "hook_name", "position", "name", "model_id",
+                      "model_checksum", "n_positive", "n_negative")
+        }
+        fields["provenance"] = dict(self.provenance)
+        if "layer" in changes and "hook_name" not in changes:
+            fields["hook_name"] = None
+        fields.update(changes)
+        return Direction(**fields)
+
+    def at(self, layer: int) -> "Direction":
+        """This direction, for an edit at ``layer`` (the same vector at every layer)."""
+        return self
+
+    def check(self, chat_model: "ChatModel", *, allow_transfer: bool = False) -> "Direction":
+        """Raise :class:`DirectionMismatchError` unless this direction fits ``chat_model``.
+
+        Width must match. The model id and weights checksum must match too, unless
+        ``allow_transfer`` (using a direction on another model on purpose).
+        """
+        _check_model(self, chat_model, allow_transfer, f"direction {self.name!r}")
+        return self
+
+    # -------------------------------------------------------------- io
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.safetensors`` and ``path.json`` atomically; returns the JSON path."""
+        t_path, j_path = _paths(path)
+        tensors = {"vector": self.vector}
+        if self.reference is not None:
+            tensors["reference"] = self.reference
+        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
+        meta = {
+            "format": _FORMAT,
+            "name": self.name,
+            "layer": self.layer,
+            "hook_name": self.hook_name,
+            "position": self.position,
+            "d_model": self.d_model,
+            "norm": self.norm,
+            "model_id": self.model_id,
+            "model_checksum": self.model_checksum,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
+            "provenance": self.provenance,
+            "tensors_sha256": _tensor_digest(tensors),
+        }
+        write_json(j_path, meta)
+        return j_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
+             allow_transfer: bool = False) -> "Direction":
+        """Load a saved direction (either file of the pair), checking it against ``chat_model``."""
+        t_path, j_path = _paths(path)
+        meta, tensors = _read_pair(t_path, j_path, "direction")
+        d = cls(
+            vector=tensors["vector"],
+            layer=int(meta["layer"]),
+            reference=tensors.get("reference"),
+            hook_name=meta.get("hook_name"),
+            position=meta.get("position"),
+            name=meta.get("name", "direction"),
+            model_id=meta.get("model_id"),
+            model_checksum=meta.get("model_checksum"),
+            n_positive=meta.get("n_positive"),
+            n_negative=meta.get("n_negative"),
+            provenance=meta.get("provenance") or {},
+        )
+        if chat_model is not None:
+            d.check(chat_model, allow_transfer=allow_transfer)
+        return d
+
+    def __repr__(self) -> str:
+        counts = f", n={self.n_positive}/{self.n_negative}" if self.n_positive is not None else ""
+        ref = ", reference" if self.reference is not None else ""
+        return (
+            f"Direction({self.name!r}, layer={self.layer}, hook={self.hook_name}, position={self.position}, "
+            f"norm={self.norm:.3g}, d_model={self.d_model}{counts}{ref}, model={self.model_id})"
+        )
+
+
+def _read_pair(t_path: Path, j_path: Path, what: str) -> tuple[dict, dict[str, Tensor]]:
+    for p in (t_path, j_path):
+        if not p.is_file():
+            raise DirectionMismatchError(f"{what} file {p} is missing", hint="save writes a .safetensors and a .json file")
+    try:
+        meta = read_json(j_path)
+    except ValueError as e:
+        raise DirectionMismatchError(f"{j_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("persona_refusal."):
+        raise DirectionMismatchError(f"{j_path} is not a persona_refusal {what} file")
+    try:
+        tensors = read_tensors(t_path)
+    except Exception as e:
+        raise DirectionMismatchError(f"{t_path} is not a readable safetensors file ({type(e).__name__})") from None
+    if meta.get("tensors_sha256") and _tensor_digest(tensors) != meta["tensors_sha256"]:
+        raise DirectionMismatchError(f"{t_path} and {j_path} do not belong together (tensor checksum differs)")
+    return meta, tensors
+
+
+@dataclass(repr=False, eq=False)
+class LayerDirections:
+    """One direction per layer (e.g. every layer's diff-in-means at the last token).
+
+    Interventions given a ``LayerDirections`` use, at layer ``l``, the direction read at
+    ``l``. ``at(l)`` returns it as a :class:`Direction`.
+    """
+
+    vectors: Float[Tensor, "n_layers d_model"]
+    """Raw direction per layer, indexed like ``layers``."""
+    layers: tuple[int, ...]
+    """The layers (``resid_pre`` indices) of the rows of ``vectors``."""
+    references: Float[Tensor, "n_layers d_model"] | None = None
+    """Negative-class mean per layer (for affine edits)."""
+    position: int | None = -1
+    """Token position (from the end) they were read at."""
+    name: str = "directions"
+    """A label."""
+    model_id: str | None = None
+    """Model identity (see :class:`Direction`)."""
+    model_checksum: str | None = None
+    """Model weights checksum."""
+    n_positive: int | None = None
+    """Prompts behind the positive means."""
+    n_negative: int | None = None
+    """Prompts behind the negative means."""
+    provenance: dict = field(default_factory=dict)
+    """How they were made."""
+
+    def __post_init__(self) -> None:
+        self.vectors = torch.as_tensor(self.vectors).detach().to(torch.float32).cpu()
+        self.layers = tuple(int(l) for l in self.layers)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
+            raise ConfigError(f"vectors {tuple(self.vectors.shape)} do not match {len(self.layers)} layers")
+        if self.references is not None:
+            self.references = torch.as_tensor(self.references).detach().to(torch.float32).cpu()
+            if self.references.shape != self.vectors.shape:
+                raise ConfigError("references must have the shape of vectors")
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def norms(self) -> Float[Tensor, "n_layers"]:
+        """Norm of each layer's raw vector."""
+        return self.vectors.norm(dim=-1)
+
+    def at(self, layer: int) -> Direction:
+        """The direction read at ``layer``."""
+        if layer not in self.layers:
+            raise ConfigError(f"{self.name!r} has no direction at layer {layer} (it has {self.layers[0]}..{self.layers[-1]})")
+        i = self.layers.index(layer)
+        return Direction(
+            vector=self.vectors[i],
+            layer=layer,
+            reference=None if self.references is None else self.references[i],
+            position=self.position,
+            name=self.name,
+            model_id=self.model_id,
+            model_checksum=self.model_checksum,
+            n_positive=self.n_positive,
+            n_negative=self.n_negative,
+            provenance=dict(self.provenance),
+        )
+
+    def check(self, chat_model: "ChatModel", *, allow_transfer: bool = False) -> "LayerDirections":
+        """As :meth:`Direction.check`; also every layer must exist in the model."""
+        _check_model(self, chat_model, allow_transfer, f"directions {self.name!r}")
+        bad = [l for l in self.layers if l >= chat_model.n_layers + 1]
+        if bad:
+            raise DirectionMismatchError(f"directions {self.name!r} have layers {bad} beyond the model's {chat_model.n_layers}")
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.safetensors`` + ``path.json`` atomically."""
+        t_path, j_path = _paths(path)
+        tensors = {"vectors": self.vectors}
+        if self.references is not None:
+            tensors["references"] = self.references
+        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
+        write_json(j_path, {
+            "format": "persona_refusal.layer_directions/1",
+            "name": self.name, "layers": list(self.layers), "position": self.position,
+            "d_model": self.d_model, "model_id": self.model_id, "model_checksum": self.model_checksum,
+            "n_positive": self.n_positive, "n_negative": self.n_negative, "provenance": self.provenance,
+            "tensors_sha256": _tensor_digest(tensors),
+        })
+        return j_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
+             allow_transfer: bool = False) -> "LayerDirections":
+        """Load saved per-layer directions."""
+        t_path, j_path = _paths(path)
+        meta, tensors = _read_pair(t_path, j_path, "directions")
+        obj = cls(
+            vectors=tensors["vectors"], layers=tuple(meta["layers"]), references=tensors.get("references"),
+            position=meta.get("position"), name=meta.get("name", "directions"), model_id=meta.get("model_id"),
+            model_checksum=meta.get("model_checksum"), n_positive=meta.get("n_positive"),
+            n_negative=meta.get("n_negative"), provenance=meta.get("provenance") or {},
+        )
+        if chat_model is not None:
+            obj.check(chat_model, allow_transfer=allow_transfer)
+        return obj
+
+    def __repr__(self) -> str:
+        n = self.norms
+        return (
+            f"LayerDirections({self.name!r}, layers={self.layers[0]}..{self.layers[-1]} ({len(self.layers)}), "
+            f"position={self.position}, norms={float(n.min()):.3g}..{float(n.max()):.3g}, d_model={self.d_model}, "
+            f"n={self.n_positive}/{self.n_negative}, model={self.model_id})"
+        )
+
+
+@dataclass(repr=False, eq=False)
+class DirectionGrid:
+    """Difference-in-means candidates over positions × layers (Arditi et al.)."""
+
+    positive_mean: Float[Tensor, "n_pos n_layers d_model"]
+    """Mean activation of the positive set (e.g. harmful), float64."""
+    negative_mean: Float[Tensor, "n_pos n_layers d_model"]
+    """Mean activation of the negative set (e.g. harmless), float64."""
+    positions: tuple[int, ...]
+    """Positions from the end of the prompt, one per row."""
+    layers: tuple[int, ...]
+    """Layers (``resid_pre`` indices), one per column."""
+    name: str = "refusal"
+    """Label given to directions taken from the grid."""
+    model_id: str | None = None
+    """Model identity."""
+    model_checksum: str | None = None
+    """Model weights checksum."""
+    n_positive: int = 0
+    """Number of positive prompts."""
+    n_negative: int = 0
+    """Number of negative prompts."""
+    provenance: dict = field(default_factory=dict)
+    """How the grid was made (prompt-set hashes, system prompt, …)."""
+
+    @property
+    def diff(self) -> Float[Tensor, "n_pos n_layers d_model"]:
+        """The candidate directions, positive − negative mean."""
+        return self.positive_mean - self.negative_mean
+
+    @property
+    def d_model(self) -> int:
+        return int(self.positive_mean.shape[-1])
+
+    def _index(self, position: int, layer: int) -> tuple[int, int]:
+        if position not in self.positions:
+            raise ConfigError(f"position {position} is not in the grid (positions {list(self.positions)})")
+        if layer not in self.layers:
+            raise ConfigError(f"layer {layer} is not in the grid (layers {self.layers[0]}..{self.layers[-1]})")
+        return self.positions.index(position), self.layers.index(layer)
+
+    def direction(self, position: int, layer: int) -> Direction:
+        """The candidate at (``position``, ``layer``), with the negative mean as reference."""
+        i, j = self._index(position, layer)
+        return Direction(
+            vector=self.diff[i, j], layer=layer, reference=self.negative_mean[i, j], position=position,
+            name=self.name, model_id=self.model_id, model_checksum=self.model_checksum,
+            n_positive=self.n_positive, n_negative=self.n_negative, provenance=dict(self.provenance),
+        )
+
+    def layer_directions(self, position: int = -1) -> LayerDirections:
+        """Every layer's candidate at one position."""
+        i, _ = self._index(position, self.layers[0])
+        return LayerDirections(
+            vectors=self.diff[i], layers=self.layers, references=self.negative_mean[i], position=position,
+            name=self.name, model_id=self.model_id, model_checksum=self.model_checksum,
+            n_positive=self.n_positive, n_negative=self.n_negative, provenance=dict(self.provenance),
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.safetensors`` + ``path.json`` atomically."""
+        t_path, j_path = _paths(path)
+        tensors = {"positive_mean": self.positive_mean, "negative_mean": self.negative_mean}
+        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
+        write_json(j_path, {
+            "format": "persona_refusal.direction_grid/1", "name": self.name,
+            "positions": list(self.positions), "layers": list(self.layers), "d_model": self.d_model,
+            "model_id": self.model_id, "model_checksum": self.model_checksum,
+            "n_positive": self.n_positive, "n_negative": self.n_negative, "provenance": self.provenance,
+            "tensors_sha256": _tensor_digest(tensors),
+        })
+        return j_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
+             allow_transfer: bool = False) -> "DirectionGrid":
+        """Load a saved grid."""
+        t_path, j_path = _paths(path)
+        meta, tensors = _read_pair(t_path, j_path, "direction grid")
+        grid = cls(
+            positive_mean=tensors["positive_mean"].double(), negative_mean=tensors["negative_mean"].double(),
+            positions=tuple(meta["positions"]), layers=tuple(meta["layers"]), name=meta.get("name", "refusal"),
+            model_id=meta.get("model_id"), model_checksum=meta.get("model_checksum"),
+            n_positive=meta.get("n_positive", 0), n_negative=meta.get("n_negative", 0),
+            provenance=meta.get("provenance") or {},
+        )
+        if chat_model is not None:
+            _check_model(grid, chat_model, allow_transfer, f"direction grid {grid.name!r}")
+        return grid
+
+    def __repr__(self) -> str:
+        return (
+            f"DirectionGrid({self.name!r}, positions={list(self.positions)}, layers={self.layers[0]}..{self.layers[-1]}, "
+            f"d_model={self.d_model}, n={self.n_positive}/{self.n_negative}, model={self.model_id})"
+        )
+
+
+def extract_directions(
+    chat_model: "ChatModel",
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    positions: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    system: str | None = None,
+    name: str = "refusal",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> DirectionGrid:
+    """Difference-in-means candidates for every (position, layer) in one pass per set.
+
+    Args:
+        chat_model: the model.
+        positive: instructions of the positive class (e.g. harmful), unformatted.
+        negative: instructions of the negative class (e.g. harmless), unformatted.
+        positions: positions from the end of the prompt (default: the post-instruction
+            template tokens, e.g. ``[-5, …, -1]`` for Qwen).
+        layers: ``resid_pre`` layers (default: every layer).
+        system: system prompt used to format both sets (``None``: the template default).
+        name: label of the directions.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], progress=False)
+        >>> grid.diff.shape[1:] == (cm.n_layers, cm.d_model)
+        True
+    """
+    from persona_refusal.activations import mean_activations
+    from persona_refusal.prompts import prompt_hash
+
+    positions = list(positions) if positions is not None else chat_model.post_instruction_positions
+    layers = list(layers) if layers is not None else list(range(chat_model.n_layers))
+    for l in layers:
+        chat_model.check_layer(l)
+    if not positive or not negative:
+        raise ConfigError("extracting a direction needs at least one prompt in each set")
+    kwargs = dict(positions=positions, layers=layers, system=system, batch_size=batch_size, progress=progress)
+    pos_mean = mean_activations(chat_model, positive, desc=f"{name}: + prompts", **kwargs)
+    neg_mean = mean_activations(chat_model, negative, desc=f"{name}: − prompts", **kwargs)
+    return DirectionGrid(
+        positive_mean=pos_mean, negative_mean=neg_mean, positions=tuple(positions), layers=tuple(layers),
+        name=name, model_id=chat_model.model_id, model_checksum=chat_model.checksum,
+        n_positive=len(positive), n_negative=len(negative),
+        provenance={"positive_sha256": prompt_hash(positive), "negative_sha256": prompt_hash(negative),
+                    "system": system, "site": "resid_pre", "method": "diff_in_means"},
+    )
+
+
+@dataclass
+class SelectionReport:
+    """Scores of every candidate considered by :func:`select_refusal_direction`."""
+
+    candidates: list[dict]
+    """One record per (position, layer): bypass, induce and KL scores (``None`` where not
+    computed because a better candidate had already passed every filter), and why it was
+    discarded, if it was."""
+    chosen: dict | None
+    """The winning record."""
+    baseline_harmful: float
+    """Mean refusal score on the harmful val prompts without intervention."""
+    baseline_harmless: float
+    """Mean refusal score on the harmless val prompts without intervention."""
+    settings: dict
+    """Thresholds and sizes used."""
+
+    def to_dict(self) -> dict:
+        return {"candidates": self.candidates, "chosen": self.chosen, "baseline_harmful": self.baseline_harmful,
+                "baseline_harmless": self.baseline_harmless, "settings": self.settings}
+
+
+def select_refusal_direction(
+    chat_model: "ChatModel",
+    grid: DirectionGrid,
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    *,
+    kl_threshold: float = 0.1,
+    induce_threshold: float = 0.0,
+    max_layer_fraction: float = 0.8,
+    system: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> tuple[Direction, SelectionReport]:
+    """Pick the refusal direction from a grid of candidates (Arditi et al. 2024).
+
+    Bypass is scored for every eligible candidate; the two filters (induce score and KL)
+    are evaluated lazily, best bypass first, and the first candidate that passes both
+    wins — the same choice as scoring everything, at a fraction of the forward passes.
+
+    Returns:
+        The chosen :class:`Direction` and a :class:`SelectionReport`.
+
+    Raises:
+        ConfigError: no candidate passes the filters.
+    """
+    from persona_refusal.evaluation import refusal_scores, last_logits
+    from persona_refusal.interventions import Ablate, AddVector
+
+    grid_dir_check = grid.model_id is None or grid.model_id == chat_model.model_id
+    if not grid_dir_check:
+        raise DirectionMismatchError(f"grid was made with {grid.model_id}, not {chat_model.model_id}")
+    max_layer = max_layer_fraction * chat_model.n_layers
+    kw = dict(system=system, batch_size=batch_size, progress=False)
+    base_harmful = refusal_scores(chat_model, harmful_val, **kw)
+    base_harmless_logits = last_logits(chat_model, harmless_val, **kw)
+    base_harmless = ops.refusal_log_odds(base_harmless_logits, chat_model.refusal_token_ids)
+    records: list[dict] = []
+    eligible: list[tuple[int, int]] = []
+    for pos in grid.positions:
+        for layer in grid.layers:
+            rec = {"position": pos, "layer": layer, "bypass": None, "induce": None, "kl": None, "discarded": None}
+            if layer >= max_layer:
+                rec["discarded"] = f"layer >= {max_layer_fraction} * n_layers"
+            else:
+                eligible.append((pos, layer))
+            records.append(rec)
+    by_key = {(r["position"], r["layer"]): r for r in records}
+    from tqdm.auto import tqdm
+
+    for pos, layer in tqdm(eligible, desc="selection: bypass score", disable=not progress, leave=False):
+        d = grid.direction(pos, layer)
+        by_key[(pos, layer)]["bypass"] = float(refusal_scores(chat_model, harmful_val, interventions=[Ablate(d)], **kw).mean())
+    order = sorted(eligible, key=lambda k: by_key[k]["bypass"])
+    chosen = None
+    for key in order:
+        rec = by_key[key]
+        d = grid.direction(*key)
+        induce = float(refusal_scores(chat_model, harmless_val, interventions=[AddVector(d, 1.0)], **kw).mean())
+        rec["induce"] = induce
+        if not induce >= induce_threshold:
+            rec["discarded"] = f"induce score {induce:.3g} < {induce_threshold}"
+            continue
+        logits = last_logits(chat_model, harmless_val, interventions=[Ablate(d)], **kw)
+        kl = float(ops.kl_divergence(base_harmless_logits, logits).mean())
+        rec["kl"] = kl
+        if not kl <= kl_threshold or math.isnan(kl):
+            rec["discarded"] = f"KL {kl:.3g} > {kl_threshold}"
+            continue
+        chosen = rec
+        break
+    settings = {"kl_threshold": kl_threshold, "induce_threshold": induce_threshold,
+                "max_layer_fraction": max_layer_fraction, "n_harmful_val": len(harmful_val),
+                "n_harmless_val": len(harmless_val), "system": system}
+    report = SelectionReport(records, chosen, float(base_harmful.mean()), float(base_harmless.mean()), settings)
+    if chosen is None:
+        raise ConfigError(
+            f"no candidate direction passes the filters ({len(eligible)} eligible)",
+            hint="loosen kl_threshold / induce_threshold or add positions and layers",
+        )
+    d = grid.direction(chosen["position"], chosen["layer"])
+    d.provenance.update({"selection": {k: chosen[k] for k in ("bypass", "induce", "kl")},
+                         "baseline_harmful_score": report.baseline_harmful,
+                         "baseline_harmless_score": report.baseline_harmless, **settings})
+    return d, report

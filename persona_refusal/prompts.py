@@ -1,0 +1,302 @@
+"""Prompt sets: the package's own, and loaders for the standard file formats.
+
+Context
+-------
+Finding a refusal direction needs harmful and harmless instructions; checking it needs
+held-out ones. The package ships its own sets, written by its authors for this project
+(:func:`bundled`): harmful and harmless instructions in train / val / test splits of
+128 / 32 / 100, ten categories each, matched in length and style so that the difference
+of means is about harmfulness, not phrasing. The persona study's system prompts and
+probe questions ship too (:func:`personas`).
+
+:func:`load_prompts` reads the standard formats from a path, detected from the file:
+
+* CSV — AdvBench (``goal``), HarmBench (``Behavior``, with ``ContextString`` prepended
+  when present), JailbreakBench (``Goal``), StrongREJECT (``forbidden_prompt``), XSTest
+  (``prompt``; ``xstest_label="safe"``/``"unsafe"`` filters on its ``label`` column), or any
+  CSV with an ``instruction``/``prompt`` column;
+* JSON — a list of strings, refusal_direction-style ``{"instruction", "category"}``
+  records, or Alpaca-style ``{"instruction", "input", "output"}`` records (a non-empty
+  ``input`` is appended to the instruction);
+* JSONL — one string or object per line, as for JSON;
+* TXT — one prompt per line (blank lines skipped);
+* ``hf://owner/dataset[:split][#column]`` — a Hugging Face hub dataset (needs network).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from persona_refusal.errors import PromptLoadError
+from persona_refusal.storage import sha256_json
+
+__all__ = ["PromptSet", "bundled", "load_prompts", "personas", "prompt_hash", "SPLITS", "Personas"]
+
+SPLITS = ("train", "val", "test")
+_TEXT_COLUMNS = ("instruction", "prompt", "goal", "Goal", "Behavior", "behavior", "forbidden_prompt", "question", "text")
+
+
+def prompt_hash(instructions: Sequence[str]) -> str:
+    """sha256 of a list of prompts (order matters), as recorded in results."""
+    return sha256_json(list(instructions))
+
+
+@dataclass(frozen=True)
+class PromptSet(Sequence[str]):
+    """An ordered, named list of instructions (a ``Sequence[str]``), with categories.
+
+    Example:
+        >>> ps = bundled("harmful", "val")
+        >>> len(ps), ps.name
+        (32, 'bundled:harmful_val')
+    """
+
+    instructions: tuple[str, ...]
+    """The prompts (unformatted user messages)."""
+    name: str = "prompts"
+    """Where they came from."""
+    categories: tuple[str | None, ...] | None = None
+    """Category of each prompt, when the source has one."""
+    label: str | None = None
+    """``"harmful"``/``"harmless"`` when known."""
+    source: str | None = None
+    """Path or URL read."""
+
+    def __post_init__(self) -> None:
+        if self.categories is not None and len(self.categories) != len(self.instructions):
+            raise PromptLoadError("categories must match instructions one to one")
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            cats = None if self.categories is None else self.categories[i]
+            return PromptSet(self.instructions[i], f"{self.name}[{i.start}:{i.stop}]", cats, self.label, self.source)
+        return self.instructions[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.instructions)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the instructions (see :func:`prompt_hash`)."""
+        return prompt_hash(self.instructions)
+
+    def head(self, n: int | None) -> "PromptSet":
+        """The first ``n`` prompts (all if ``n`` is ``None``)."""
+        return self if n is None or n >= len(self) else self[:n]
+
+    def describe(self) -> dict:
+        """Name, size and hash, for results."""
+        return {"name": self.name, "n": len(self), "sha256": self.sha256, "source": self.source}
+
+    def __repr__(self) -> str:
+        first = self.instructions[0][:50] + ("…" if len(self.instructions[0]) > 50 else "") if self.instructions else ""
+        return f"PromptSet({self.name!r}, n={len(self)}, label={self.label}, first={first!r})"
+
+
+def _data_file(*parts: str):
+    return resources.files("persona_refusal").joinpath("data", *parts)
+
+
+def bundled(label: str, split: str) -> PromptSet:
+    """One of the package's own prompt sets: ``label`` harmful/harmless, ``split`` train/val/test."""
+    if label not in ("harmful", "harmless"):
+        raise PromptLoadError(f"unknown bundled set {label!r}", hint="use 'harmful' or 'harmless'")
+    if split not in SPLITS:
+        raise PromptLoadError(f"unknown split {split!r}", hint=f"use one of {SPLITS}")
+    text = _data_file("prompts", f"{label}_{split}.jsonl").read_text(encoding="utf-8")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return PromptSet(tuple(r["instruction"] for r in records), f"bundled:{label}_{split}",
+                     tuple(r.get("category") for r in records), label, f"persona_refusal/data/prompts/{label}_{split}.jsonl")
+
+
+@dataclass(frozen=True)
+class Personas:
+    """The persona study's system prompts and probe questions (shipped with the package)."""
+
+    compliant: tuple[str, ...]
+    """System prompts of an assistant that serves any request without judgment."""
+    refuser: tuple[str, ...]
+    """System prompts of a paranoid safety enforcer that refuses when in doubt."""
+    questions: tuple[str, ...]
+    """User questions that probe willingness to help."""
+
+
+def personas() -> Personas:
+    """The bundled persona prompts (8 compliant, 8 refuser, 16 questions)."""
+    d = json.loads(_data_file("personas.json").read_text(encoding="utf-8"))
+    return Personas(tuple(d["compliant"]), tuple(d["refuser"]), tuple(d["questions"]))
+
+
+def load_prompts(
+    path: str | os.PathLike,
+    *,
+    column: str | None = None,
+    xstest_label: str | None = None,
+    label: str | None = None,
+    limit: int | None = None,
+) -> PromptSet:
+    """Read a prompt file in any supported format (see the module docs).
+
+    Args:
+        path: the file (``.csv``, ``.json``, ``.jsonl``, ``.txt``) or ``hf://owner/name``.
+        column: the column/key holding the prompt, when it is not a standard one.
+        xstest_label: for XSTest, keep only ``"safe"`` or ``"unsafe"`` prompts.
+        label: record ``"harmful"``/``"harmless"`` on the set.
+        limit: keep the first ``limit`` prompts.
+
+    Raises:
+        PromptLoadError: missing or unreadable file, unknown format, no prompt column,
+            or an empty result.
+    """
+    spec = str(path)
+    if spec.startswith("hf://"):
+        ps = _load_hub(spec[5:], column)
+    else:
+        p = Path(spec).expanduser()
+        if not p.exists():
+            raise PromptLoadError(f"prompt file {p} does not exist")
+        if p.is_dir():
+            raise PromptLoadError(f"{p} is a folder, not a prompt file")
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}") from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise PromptLoadError(f"{p} is not UTF-8 text", hint="prompt files are .csv, .json, .jsonl or .txt") from None
+        suffix = p.suffix.lower()
+        if suffix == ".csv":
+            items, cats = _from_csv(text, column, xstest_label, p)
+        elif suffix == ".json":
+            items, cats = _from_records(_parse_json(text, p), column, p)
+        elif suffix == ".jsonl":
+            items, cats = _from_records(_parse_jsonl(text, p), column, p)
+        elif suffix == ".txt":
+            items, cats = [line.strip() for line in text.splitlines() if line.strip()], None
+        else:
+            raise PromptLoadError(f"unknown prompt file format {suffix or '(no extension)'} for {p}",
+                                  hint="use .csv, .json, .jsonl or .txt")
+        ps = PromptSet(tuple(items), p.name, None if cats is None else tuple(cats), label, str(p))
+    if limit is not None:
+        ps = ps.head(limit)
+    if len(ps) == 0:
+        raise PromptLoadError(f"{ps.source or ps.name} holds no prompts")
+    if label is not None and ps.label != label:
+        ps = PromptSet(ps.instructions, ps.name, ps.categories, label, ps.source)
+    return ps
+
+
+def _parse_json(text: str, p: Path):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptLoadError(f"{p} is not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def _parse_jsonl(text: str, p: Path) -> list:
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise PromptLoadError(f"{p} line {i} is not valid JSON ({e.msg})") from None
+    return out
+
+
+def _pick(record: dict, column: str | None, p) -> str:
+    if column is not None:
+        if column not in record:
+            raise PromptLoadError(f"{p} has no field {column!r}")
+        return str(record[column])
+    for key in _TEXT_COLUMNS:
+        if key in record and record[key] is not None:
+            return str(record[key])
+    raise PromptLoadError(f"{p} has records without a prompt field", hint=f"name it with column= (fields: {sorted(record)[:6]})")
+
+
+def _from_records(data, column: str | None, p) -> tuple[list[str], list | None]:
+    if isinstance(data, dict):
+        for key in ("prompts", "instructions", "data", "behaviors"):
+            if isinstance(data.get(key), list):
+                data = data[key]
+                break
+        else:
+            raise PromptLoadError(f"{p} holds a JSON object, not a list of prompts")
+    if not isinstance(data, list):
+        raise PromptLoadError(f"{p} does not hold a list of prompts")
+    items, cats, has_cat = [], [], False
+    for rec in data:
+        if isinstance(rec, str):
+            items.append(rec.strip())
+            cats.append(None)
+        elif isinstance(rec, dict):
+            text = _pick(rec, column, p).strip()
+            extra = rec.get("input")
+            if column is None and "instruction" in rec and isinstance(extra, str) and extra.strip():
+                text = f"{text}\n\n{extra.strip()}"
+            items.append(text)
+            cat = rec.get("category")
+            has_cat = has_cat or cat is not None
+            cats.append(cat)
+        else:
+            raise PromptLoadError(f"{p} holds a {type(rec).__name__} where a prompt was expected")
+    keep = [i for i, t in enumerate(items) if t]
+    return [items[i] for i in keep], ([cats[i] for i in keep] if has_cat else None)
+
+
+def _from_csv(text: str, column: str | None, xstest_label: str | None, p: Path) -> tuple[list[str], list | None]:
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as e:
+        raise PromptLoadError(f"{p} is not valid CSV ({e})") from None
+    if not rows:
+        raise PromptLoadError(f"{p} holds no rows")
+    header = list(rows[0].keys())
+    if xstest_label is not None:
+        if "label" not in header:
+            raise PromptLoadError(f"{p} has no 'label' column for xstest_label")
+        rows = [r for r in rows if r.get("label") == xstest_label]
+    col = column
+    if col is None:
+        col = next((c for c in _TEXT_COLUMNS if c in header), None)
+    if col is None or col not in header:
+        raise PromptLoadError(f"{p} has no prompt column", hint=f"name it with column= (columns: {header[:8]})")
+    items, cats = [], []
+    cat_col = next((c for c in ("category", "Category", "SemanticCategory", "type") if c in header), None)
+    for r in rows:
+        text = (r.get(col) or "").strip()
+        context = (r.get("ContextString") or "").strip() if col == "Behavior" else ""
+        if context:
+            text = f"{context}\n\n{text}"
+        if text:
+            items.append(text)
+            cats.append(r.get(cat_col) if cat_col else None)
+    return items, (cats if cat_col else None)
+
+
+def _load_hub(spec: str, column: str | None) -> PromptSet:
+    name, _, col = spec.partition("#")
+    name, _, split = name.partition(":")
+    try:
+        import datasets  # type: ignore
+    except ImportError:  # pragma: no cover
+        raise PromptLoadError("loading a hub dataset needs the 'datasets' package") from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:
+        raise PromptLoadError(f"could not load dataset {name!r} from the Hugging Face hub ({type(e).__name__})",
+                              hint="check the name and the network") from None
+    items, cats = _from_records([dict(r) for r in ds], column or (col or None), f"hf://{name}")
+    return PromptSet(tuple(items), f"hf:{name}", None if cats is None else tuple(cats), None, f"hf://{spec}")
