@@ -314,10 +314,17 @@ class LayerDirections:
         """Norm of each layer's raw vector."""
         return self.vectors.norm(dim=-1)
 
+    def is_zero(self, layer: int) -> bool:
+        """Whether the direction at ``layer`` is exactly zero (both sides identical there,
+        e.g. at layer 0 on a chat-template token every prompt shares)."""
+        return float(self.vectors[self.layers.index(layer)].norm()) == 0.0
+
     def at(self, layer: int) -> Direction:
         """The direction read at ``layer``."""
         if layer not in self.layers:
             raise ConfigError(f"{self.name!r} has no direction at layer {layer} (it has {self.layers[0]}..{self.layers[-1]})")
+        if self.is_zero(layer):
+            raise ConfigError(f"{self.name!r} is zero at layer {layer}: both sides have identical activations there")
         i = self.layers.index(layer)
         return Direction(
             vector=self.vectors[i],
@@ -560,6 +567,7 @@ def select_refusal_direction(
     kl_threshold: float = 0.1,
     induce_threshold: float = 0.0,
     max_layer_fraction: float = 0.8,
+    fallback: str | None = None,
     system: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
@@ -570,18 +578,31 @@ def select_refusal_direction(
     are evaluated lazily, best bypass first, and the first candidate that passes both
     wins — the same choice as scoring everything, at a fraction of the forward passes.
 
+    Args:
+        kl_threshold: largest mean KL (nats) that ablation may cause on harmless prompts.
+        induce_threshold: smallest mean refusal log-odds that addition must reach on
+            harmless prompts (Arditi et al.: 0, i.e. refusal tokens more likely than not).
+        max_layer_fraction: candidates at layers ≥ this fraction of the depth are dropped.
+        fallback: what to do when no candidate passes. ``None`` (default) raises.
+            ``"relative"`` then applies a model-relative induce filter — addition must
+            raise the harmless refusal score above the *unedited* harmless score —
+            with the same KL and layer filters. Small models that rarely put more
+            than half their probability on a refusal token need it; the report
+            records ``fallback_used``.
+
     Returns:
         The chosen :class:`Direction` and a :class:`SelectionReport`.
 
     Raises:
-        ConfigError: no candidate passes the filters.
+        ConfigError: no candidate passes the filters (the error carries the report as
+            ``.report``).
     """
+    if fallback not in (None, "relative"):
+        raise ConfigError(f"unknown selection fallback {fallback!r}", hint="use None or 'relative'")
     from persona_refusal.evaluation import refusal_scores, last_logits
     from persona_refusal.interventions import Ablate, AddVector
 
-    grid_dir_check = grid.model_id is None or grid.model_id == chat_model.model_id
-    if not grid_dir_check:
-        raise DirectionMismatchError(f"grid was made with {grid.model_id}, not {chat_model.model_id}")
+    _check_model(grid, chat_model, False, f"direction grid {grid.name!r}")
     max_layer = max_layer_fraction * chat_model.n_layers
     kw = dict(system=system, batch_size=batch_size, progress=False)
     base_harmful = refusal_scores(chat_model, harmful_val, **kw)
@@ -589,11 +610,13 @@ def select_refusal_direction(
     base_harmless = ops.refusal_log_odds(base_harmless_logits, chat_model.refusal_token_ids)
     records: list[dict] = []
     eligible: list[tuple[int, int]] = []
-    for pos in grid.positions:
-        for layer in grid.layers:
+    for i, pos in enumerate(grid.positions):
+        for j, layer in enumerate(grid.layers):
             rec = {"position": pos, "layer": layer, "bypass": None, "induce": None, "kl": None, "discarded": None}
             if layer >= max_layer:
                 rec["discarded"] = f"layer >= {max_layer_fraction} * n_layers"
+            elif float(grid.diff[i, j].norm()) == 0.0:
+                rec["discarded"] = "zero vector (identical activations on both sides)"
             else:
                 eligible.append((pos, layer))
             records.append(rec)
@@ -604,32 +627,54 @@ def select_refusal_direction(
         d = grid.direction(pos, layer)
         by_key[(pos, layer)]["bypass"] = float(refusal_scores(chat_model, harmful_val, interventions=[Ablate(d)], **kw).mean())
     order = sorted(eligible, key=lambda k: by_key[k]["bypass"])
-    chosen = None
-    for key in order:
+    base_induce = float(base_harmless.mean())
+
+    def induce_of(key) -> float:
         rec = by_key[key]
-        d = grid.direction(*key)
-        induce = float(refusal_scores(chat_model, harmless_val, interventions=[AddVector(d, 1.0)], **kw).mean())
-        rec["induce"] = induce
-        if not induce >= induce_threshold:
-            rec["discarded"] = f"induce score {induce:.3g} < {induce_threshold}"
-            continue
-        logits = last_logits(chat_model, harmless_val, interventions=[Ablate(d)], **kw)
-        kl = float(ops.kl_divergence(base_harmless_logits, logits).mean())
-        rec["kl"] = kl
-        if not kl <= kl_threshold or math.isnan(kl):
-            rec["discarded"] = f"KL {kl:.3g} > {kl_threshold}"
-            continue
-        chosen = rec
-        break
+        if rec["induce"] is None:
+            d = grid.direction(*key)
+            rec["induce"] = float(refusal_scores(chat_model, harmless_val, interventions=[AddVector(d, 1.0)], **kw).mean())
+        return rec["induce"]
+
+    def kl_of(key) -> float:
+        rec = by_key[key]
+        if rec["kl"] is None:
+            logits = last_logits(chat_model, harmless_val, interventions=[Ablate(grid.direction(*key))], **kw)
+            rec["kl"] = float(ops.kl_divergence(base_harmless_logits, logits).mean())
+        return rec["kl"]
+
+    def first_passing(threshold: float, label: str):
+        for key in order:
+            rec = by_key[key]
+            induce = induce_of(key)
+            if not induce >= threshold:
+                rec["discarded"] = f"induce score {induce:.3g} < {label}"
+                continue
+            kl = kl_of(key)
+            if not kl <= kl_threshold or math.isnan(kl):
+                rec["discarded"] = f"KL {kl:.3g} > {kl_threshold}"
+                continue
+            rec["discarded"] = None
+            return rec
+        return None
+
+    chosen = first_passing(induce_threshold, f"{induce_threshold}")
+    fallback_used = None
+    if chosen is None and fallback == "relative" and eligible:
+        fallback_used = "relative"
+        chosen = first_passing(base_induce + 1e-9, f"unedited harmless score {base_induce:.3g}")
     settings = {"kl_threshold": kl_threshold, "induce_threshold": induce_threshold,
                 "max_layer_fraction": max_layer_fraction, "n_harmful_val": len(harmful_val),
-                "n_harmless_val": len(harmless_val), "system": system}
+                "n_harmless_val": len(harmless_val), "system": system, "fallback": fallback,
+                "fallback_used": fallback_used}
     report = SelectionReport(records, chosen, float(base_harmful.mean()), float(base_harmless.mean()), settings)
     if chosen is None:
-        raise ConfigError(
+        err = ConfigError(
             f"no candidate direction passes the filters ({len(eligible)} eligible)",
-            hint="loosen kl_threshold / induce_threshold or add positions and layers",
+            hint="loosen kl_threshold / induce_threshold, add positions and layers, or use fallback='relative'",
         )
+        err.report = report
+        raise err
     d = grid.direction(chosen["position"], chosen["layer"])
     d.provenance.update({"selection": {k: chosen[k] for k in ("bypass", "induce", "kl")},
                          "baseline_harmful_score": report.baseline_harmful,

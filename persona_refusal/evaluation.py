@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -153,6 +153,7 @@ def is_degenerate(text: str) -> bool:
     return False
 
 
+@runtime_checkable
 class Judge(Protocol):
     """Labels replies: ``judge(instructions, responses) -> ["refusal" | "compliance" | "degenerate", …]``."""
 

@@ -116,10 +116,15 @@ def _check_direction(direction, chat_model: "ChatModel", allow_transfer: bool) -
 
 
 def _vec(direction, layer: int, chat_model: "ChatModel", which: str = "vector") -> Tensor:
-    d = direction.at(layer)
-    v = getattr(d, which)
+    if hasattr(direction, "vectors"):  # LayerDirections: index the raw tensors (zero rows allowed)
+        if layer not in direction.layers:
+            raise ConfigError(f"{direction.name!r} has no direction at layer {layer}")
+        table = direction.vectors if which == "vector" else direction.references
+        v = None if table is None else table[direction.layers.index(layer)]
+    else:
+        v = getattr(direction, which)
     if v is None:
-        raise ConfigError(f"direction {d.name!r} has no {which} (needed for this edit)")
+        raise ConfigError(f"direction {direction.name!r} has no {which} (needed for this edit)")
     return v.to(device=chat_model.device, dtype=chat_model.model.cfg.dtype)
 
 
@@ -129,6 +134,10 @@ def _layers_of(direction, layers, chat_model: "ChatModel") -> list[int]:
             return [l for l in direction.layers if l < chat_model.n_layers]
         return list(range(chat_model.n_layers))
     return [chat_model.check_layer(int(l)) for l in layers]
+
+
+def _is_zero(v: Tensor) -> bool:
+    return float(v.norm()) == 0.0
 
 
 def _position_index(positions: Sequence[int] | None) -> list[int] | None:
@@ -168,7 +177,10 @@ class Ablate(Intervention):
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         out = []
         for layer in _layers_of(self.direction, self.layers, chat_model):
-            r_hat = ops.unit(_vec(self.direction, layer, chat_model))
+            v = _vec(self.direction, layer, chat_model)
+            if _is_zero(v):  # a zero direction (e.g. layer 0 at a template token): nothing to remove
+                continue
+            r_hat = ops.unit(v)
 
             def fn(act, hook, r_hat=r_hat):
                 return act - (act @ r_hat).unsqueeze(-1) * r_hat
@@ -259,6 +271,8 @@ class AffineEdit(Intervention):
         out = []
         for layer in self._layers(chat_model):
             r = _vec(self.direction, layer, chat_model)
+            if _is_zero(r):
+                continue
             mu = _vec(self.direction, layer, chat_model, "reference")
             r_hat = ops.unit(r)
             target = (mu @ r_hat) * r_hat + float(self.alpha) * r
@@ -309,6 +323,8 @@ class Patch(Intervention):
             if state.phase not in ("full", "suffix"):
                 return act
             rows = state.rows
+            if rows is not None and int(rows.max()) >= src.shape[0]:
+                raise ConfigError(f"patch source has {src.shape[0]} rows but prompt {int(rows.max())} is in this run")
             values = src if rows is None else src[rows.to(src.device)]
             if values.shape[0] != act.shape[0]:
                 raise ConfigError(f"patch source has {values.shape[0]} rows for a batch of {act.shape[0]}")

@@ -23,6 +23,7 @@ they are tested as properties on random tensors.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
@@ -114,7 +115,7 @@ def diff_in_means(
 
 
 def refusal_log_odds(
-    logits: Float[Tensor, "batch d_vocab"], refusal_token_ids: list[int] | Tensor
+    logits: Float[Tensor, "batch d_vocab"], refusal_token_ids: Sequence[int] | Tensor
 ) -> Float[Tensor, "batch"]:
     """First-token refusal score (Arditi et al.): ``log p(refuse) − log(1 − p(refuse))``.
 

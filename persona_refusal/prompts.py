@@ -79,7 +79,9 @@ class PromptSet(Sequence[str]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             cats = None if self.categories is None else self.categories[i]
-            return PromptSet(self.instructions[i], f"{self.name}[{i.start}:{i.stop}]", cats, self.label, self.source)
+            start = "" if i.start is None else i.start
+            stop = "" if i.stop is None else i.stop
+            return PromptSet(self.instructions[i], f"{self.name}[{start}:{stop}]", cats, self.label, self.source)
         return self.instructions[i]
 
     def __iter__(self) -> Iterator[str]:

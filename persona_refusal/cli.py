@@ -1,0 +1,271 @@
+"""Command line: ``persona-refusal run | figures | ablation-demo | info``.
+
+Every user mistake ends in one line, ``error: <what is wrong> (<how to fix it>)``, and a
+non-zero exit code — never a traceback. Ctrl-C (or a ``kill``) during ``run`` says where
+the run stopped; the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "entry"]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _layers(text: str):
+    if any(c.isalpha() for c in text):
+        return text  # a spec such as "all", "every:2", "from:12"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layers or a spec, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(EXIT_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="persona-refusal", description="Refusal directions, persona directions and per-layer gating.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run (or resume) the persona-gating study")
+    r.add_argument("--model", help="demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name")
+    r.add_argument("--preset", default="default", help="default, full or smoke")
+    r.add_argument("--config", help="JSON file of GatingConfig fields (flags override it)")
+    r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    for name in ("train-harmful", "train-harmless", "val-harmful", "val-harmless", "eval-harmful", "eval-harmless"):
+        r.add_argument(f"--{name}", metavar="PATH", help=f"{name.replace('-', ' ')} prompts (csv/json/jsonl/txt)")
+    r.add_argument("--n-train", type=int)
+    r.add_argument("--n-val", type=int)
+    r.add_argument("--n-eval", type=int)
+    r.add_argument("--n-sweep", type=int, help="evaluation prompts used by the first-token sweeps")
+    r.add_argument("--persona-layer", type=int, help="resid_pre layer of persona steering")
+    r.add_argument("--persona-alpha", type=float, help="persona strength (units of the common norm)")
+    r.add_argument("--alphas", type=_floats, help="persona strengths of the dose-response sweep")
+    r.add_argument("--betas", type=_floats, help="refusal re-add strengths of the gating sweep")
+    r.add_argument("--control-betas", type=_floats)
+    r.add_argument("--gating-layers", type=_layers, help="e.g. all, every:2, from:10, or 0,4,8")
+    r.add_argument("--selection-layers", type=_layers)
+    r.add_argument("--heatmap-persona-layers", type=_ints)
+    r.add_argument("--heatmap-refusal-layers", type=_layers)
+    r.add_argument("--knockout-window", type=int)
+    r.add_argument("--persona-filter", choices=["judge", "none"])
+    r.add_argument("--persona-questions", type=int)
+    r.add_argument("--max-new-tokens", type=int)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
+    r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    f = sub.add_parser("figures", help="rebuild figures and the HTML report from a run folder (no model needed)")
+    f.add_argument("run_dir", metavar="DIR")
+    f.add_argument("--no-png", action="store_true", help="HTML only (PNG export needs Chrome/Chromium)")
+    f.add_argument("--copy-to", metavar="FOLDER", help="also copy the PNGs and report there (e.g. figures/)")
+
+    d = sub.add_parser("ablation-demo", help="refusal direction, ablation and addition on a model (core demo)")
+    d.add_argument("--model", default="demo")
+    d.add_argument("--out", default="runs/ablation-demo")
+    d.add_argument("--n-eval", type=int, default=None, help="evaluation prompts per side (default: all 100)")
+    d.add_argument("--max-new-tokens", type=int, default=32)
+    d.add_argument("--quiet", action="store_true")
+
+    i = sub.add_parser("info", help="describe a model: layers, width, chat template, refusal tokens")
+    i.add_argument("model", nargs="?", default="demo")
+    return p
+
+
+_FLAG_FIELDS = {
+    "model": "model", "train_harmful": "train_harmful", "train_harmless": "train_harmless",
+    "val_harmful": "val_harmful", "val_harmless": "val_harmless", "eval_harmful": "eval_harmful",
+    "eval_harmless": "eval_harmless", "n_train": "n_train", "n_val": "n_val", "n_eval": "n_eval",
+    "n_sweep": "n_sweep", "persona_layer": "persona_layer", "persona_alpha": "persona_alpha", "alphas": "alphas",
+    "betas": "betas", "control_betas": "control_betas", "gating_layers": "gating_layers",
+    "selection_layers": "selection_layers", "heatmap_persona_layers": "heatmap_persona_layers",
+    "heatmap_refusal_layers": "heatmap_refusal_layers", "knockout_window": "knockout_window",
+    "persona_filter": "persona_filter", "persona_questions": "persona_questions",
+    "max_new_tokens": "max_new_tokens", "seed": "seed", "batch_size": "batch_size",
+}
+
+
+def _config_from_args(args):
+    from persona_refusal.errors import ConfigError
+    from persona_refusal.experiments import GatingConfig
+
+    fields: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            fields.update(json.loads(path.read_text()))
+        except ValueError as e:
+            raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
+        if not isinstance(fields, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        fields.pop("preset", None)
+    for flag, name in _FLAG_FIELDS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            fields[name] = v
+    for path_field in ("train_harmful", "train_harmless", "val_harmful", "val_harmless", "eval_harmful", "eval_harmless"):
+        if fields.get(path_field) and not str(fields[path_field]).startswith("hf://"):
+            fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
+    try:
+        return GatingConfig.preset(args.preset, **fields)
+    except TypeError as e:
+        raise ConfigError(f"bad configuration: {e}") from None
+
+
+def _cmd_run(args) -> int:
+    from persona_refusal.experiments import GatingStudy
+    from persona_refusal.models import load_chat_model
+
+    config = _config_from_args(args)
+    progress = not args.quiet
+    t0 = time.perf_counter()
+    cm = load_chat_model(config.model, progress=progress)
+    t_load = time.perf_counter() - t0
+    study = GatingStudy(cm, config, args.out, force=args.force, progress=progress)
+    study.timings["load_model"] = t_load
+    _say(f"{cm}\nwriting to {study.out}" + (" (resuming)" if study.store.resumed else ""))
+    try:
+        results = study.run()
+    except KeyboardInterrupt:
+        saved = sum(study.store.count(p.stem) for p in study.store.ckpt.glob("*.json"))
+        _say(f"\ninterrupted during stage '{study.stage_name}'; {saved} completed points are saved in "
+             f"{study.out}/checkpoints.\nRun the same command again to resume where it stopped.")
+        return EXIT_INTERRUPTED
+    if not args.no_figures:
+        t1 = time.perf_counter()
+        try:
+            from persona_refusal.analysis import build_figures
+
+            built = build_figures(study.out)
+            _say(f"figures: {len(built)} files in {study.out / 'figures'} (report: {study.out / 'report.html'})")
+        except Exception as e:  # figures are a convenience: never lose a finished run over them
+            _say(f"warning: figures were not built ({type(e).__name__}: {e}); "
+                 f"rebuild with `persona-refusal figures {study.out}`")
+        study.timings["figures"] = time.perf_counter() - t1
+    _print_summary(results, study.timings)
+    return 0
+
+
+def _print_summary(results: dict, timings: dict) -> None:
+    def pct(rate, ci):
+        return f"{100 * rate:5.1f}%  [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    lines = ["", f"model {results['model']['model_id']}  ({results['model']['n_layers']} layers)",
+             f"refusal direction: layer {results['refusal_direction']['layer']}, persona steering at layer "
+             f"{results['steering']['persona_layer']} (alpha {results['steering']['persona_alpha']})",
+             f"refusal rate, baseline: {pct(results['baseline_refusal_rate'], results['baseline_refusal_ci'])}",
+             f"refusal rate, persona:  {pct(results['persona_refusal_rate'], results['persona_refusal_ci'])}"]
+    for c in results.get("gating_confirm", []):
+        lines.append(f"persona + refusal re-added at layer {c['layer']:>2} ({c['cell']}): "
+                     f"{pct(c['refusal']['rate'], c['refusal']['ci'])}")
+    lines.append("")
+    lines.append("time per stage (s):")
+    total = 0.0
+    for k, v in timings.items():
+        lines.append(f"  {k:<18} {v:8.1f}")
+        total += v
+    lines.append(f"  {'total':<18} {total:8.1f}")
+    _say("\n".join(lines))
+
+
+def _cmd_figures(args) -> int:
+    from persona_refusal.analysis import build_figures
+
+    built = build_figures(args.run_dir, png=not args.no_png, copy_to=args.copy_to)
+    _say(f"{len(built)} files written:\n" + "\n".join(f"  {p}" for p in built))
+    return 0
+
+
+def _cmd_ablation_demo(args) -> int:
+    from persona_refusal.demo import run_ablation_demo
+
+    res = run_ablation_demo(args.model, args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
+                            progress=not args.quiet)
+    _say(json.dumps({k: v for k, v in res.items() if k in ("refusal_direction", "rates")}, indent=2))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from persona_refusal.models import load_chat_model
+
+    cm = load_chat_model(args.model)
+    _say(repr(cm))
+    _say("post-instruction tokens: " + repr([cm.tokenizer.decode([i]) for i in cm.post_instruction_ids]))
+    _say("example prompt:\n" + cm.format(["How do I bake bread?"])[0])
+    return 0
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    from persona_refusal.errors import PersonaRefusalError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        handler = {"run": _cmd_run, "figures": _cmd_figures, "ablation-demo": _cmd_ablation_demo,
+                   "info": _cmd_info}[args.command]
+        return handler(args)
+    except PersonaRefusalError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

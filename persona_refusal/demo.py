@@ -1,0 +1,109 @@
+"""The core demonstration: find the refusal direction, ablate it, add it.
+
+Context
+-------
+Arditi et al. (2024) show that one direction mediates refusal: projecting it out of the
+residual stream at every layer stops the model refusing harmful requests, and adding it
+makes the model refuse harmless ones. :func:`run_ablation_demo` reproduces both on any
+chat model with the package's own prompt sets: the diff-in-means grid on the train
+split, selection on the val split, then judged generations on the test split —
+harmful prompts with and without ablation, harmless prompts with and without addition —
+with Wilson 95% intervals, the KL divergence that ablation causes on harmless prompts,
+and the equivalence of weight orthogonalisation with hook ablation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from persona_refusal.directions import Direction, extract_directions, select_refusal_direction
+from persona_refusal.evaluation import Rate, generate_details, judge_responses, kl_divergence_on, last_logits
+from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
+from persona_refusal.models import ChatModel, load_chat_model
+from persona_refusal.prompts import bundled
+from persona_refusal.storage import write_json
+
+__all__ = ["run_ablation_demo"]
+
+
+def run_ablation_demo(
+    model: str | ChatModel = "demo",
+    out: str | os.PathLike | None = "runs/ablation-demo",
+    *,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_eval: int | None = None,
+    selection_positions: list[int] | None = None,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> dict:
+    """Refusal direction → ablation on harmful prompts, addition on harmless ones.
+
+    Args:
+        model: a model name/path or a loaded :class:`ChatModel`.
+        out: folder for ``results.json`` and the direction (``None``: write nothing).
+        n_train, n_val, n_eval: prompts per side from the bundled train/val/test splits
+            (default: all — 128/32/100).
+        selection_positions: candidate positions (default ``[-1]``, the last prompt token;
+            ``None`` in the library function means every post-instruction position).
+        max_new_tokens: reply length for the judge.
+
+    Returns:
+        The results dictionary (also written to ``out/results.json``).
+    """
+    t0 = time.time()
+    cm = model if isinstance(model, ChatModel) else load_chat_model(model, progress=progress)
+    train_h, train_b = bundled("harmful", "train").head(n_train), bundled("harmless", "train").head(n_train)
+    val_h, val_b = bundled("harmful", "val").head(n_val), bundled("harmless", "val").head(n_val)
+    test_h, test_b = bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval)
+    positions = selection_positions or [-1]
+    grid = extract_directions(cm, train_h, train_b, positions=positions, progress=progress)
+    refusal, report = select_refusal_direction(cm, grid, val_h, val_b, progress=progress)
+
+    def judged(prompts, interventions, desc):
+        g = generate_details(cm, list(prompts), interventions=interventions, max_new_tokens=max_new_tokens,
+                             desc=desc, progress=progress)
+        labels = judge_responses(prompts, g.texts)
+        return g, labels
+
+    runs = {
+        "harmful_baseline": judged(test_h, [], "harmful: baseline"),
+        "harmful_ablated": judged(test_h, [Ablate(refusal)], "harmful: ablated"),
+        "harmless_baseline": judged(test_b, [], "harmless: baseline"),
+        "harmless_added": judged(test_b, [AddVector(refusal, 1.0)], "harmless: refusal added"),
+    }
+    rates = {}
+    for name, (g, labels) in runs.items():
+        rates[name] = {lab: Rate(labels.count(lab), len(labels)).to_dict() for lab in ("refusal", "compliance", "degenerate")}
+        rates[name]["first_token_score_mean"] = float(g.first_scores.mean())
+    kl = kl_divergence_on(cm, list(test_b), [Ablate(refusal)], progress=False)
+    with torch.inference_mode():
+        ortho = orthogonalize_weights(cm, refusal)
+        hook = last_logits(cm, list(test_h[:8]), interventions=[Ablate(refusal)], progress=False)
+        weights = last_logits(ortho, list(test_h[:8]), progress=False)
+        del ortho
+    results = {
+        "model": cm.fingerprint(),
+        "refusal_direction": {"layer": refusal.layer, "position": refusal.position, "norm": refusal.norm,
+                              "selection": report.chosen},
+        "rates": rates,
+        "kl_ablation_harmless": {"mean": float(kl.mean()), "median": float(kl.median())},
+        "orthogonalization_max_logit_diff": float((hook - weights).abs().max()),
+        "sizes": {"train": [len(train_h), len(train_b)], "val": [len(val_h), len(val_b)],
+                  "test": [len(test_h), len(test_b)]},
+        "max_new_tokens": max_new_tokens,
+        "examples": {name: [{"instruction": i, "reply": r, "label": l}
+                            for i, r, l in list(zip(prompts, g.texts, labels))[:4]]
+                     for (name, (g, labels)), prompts in zip(runs.items(), (test_h, test_h, test_b, test_b))},
+        "selection_report": report.to_dict(),
+        "run_info": {"seconds": round(time.time() - t0, 1)},
+    }
+    if out is not None:
+        out = Path(out)
+        refusal.save(out / "refusal")
+        write_json(out / "results.json", results)
+    return results

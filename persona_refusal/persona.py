@@ -1,0 +1,238 @@
+"""The compliant-persona direction: system-prompt personas, in-character rollouts, diff-in-means.
+
+Context
+-------
+A chat model's *persona* — the character the assistant plays — can be steered like any
+other concept. Following Zhong & Li (2026, "Refusal lives downstream of persona"), the
+compliant-persona direction contrasts two families of system prompts:
+
+* **compliant**: the assistant exists to serve the user's stated request without
+  judgment; refusing is a failure;
+* **refuser**: a paranoid safety enforcer that, when in doubt, always refuses.
+
+Each system prompt is paired with the same probe questions (mostly gray-area requests)
+and the model answers greedily. Only *in-character* rollouts count: a compliant rollout
+must not refuse, a refuser rollout must refuse, and both must be coherent (the package's
+judge; the paper used a GPT-4o trait/coherence judge). Equal numbers are kept per side.
+The direction at every layer is the difference of the mean residual stream at the last
+prompt token, compliant − refuser, so *adding* it pushes the model toward compliance.
+``method="response_avg"`` averages over the response tokens instead.
+
+The prompts ship with the package (:func:`persona_refusal.prompts.personas`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from persona_refusal.directions import LayerDirections
+from persona_refusal.errors import ConfigError
+from persona_refusal.evaluation import Judge, generate_details, judge_responses
+from persona_refusal.prompts import Personas, personas as bundled_personas, prompt_hash
+
+if TYPE_CHECKING:
+    from persona_refusal.models import ChatModel
+
+__all__ = ["Rollout", "PersonaRollouts", "persona_rollouts", "persona_direction"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """One reply of the model under one persona system prompt."""
+
+    side: str
+    """``"compliant"`` or ``"refuser"``."""
+    system_index: int
+    """Index of the system prompt within its side."""
+    question_index: int
+    """Index of the probe question."""
+    reply: str
+    """The greedy reply."""
+    label: str
+    """Judge label: refusal, compliance or degenerate."""
+    in_character: bool
+    """Compliant side: label is compliance; refuser side: label is refusal."""
+    kept: bool = False
+    """Whether it entered the direction (in character, and within the per-side balance)."""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(eq=False)
+class PersonaRollouts:
+    """Rollouts under both persona families and their prompt-pass activations."""
+
+    rollouts: list[Rollout]
+    """Every rollout, compliant side first."""
+    activations: torch.Tensor
+    """``[n_rollouts, n_layers, d_model]`` resid_pre at the last prompt token."""
+    layers: tuple[int, ...]
+    """Layers of ``activations``."""
+    filter: str
+    """``"judge"`` (in-character only, balanced) or ``"none"`` (all rollouts)."""
+    provenance: dict = field(default_factory=dict)
+    """Prompt hashes and settings."""
+
+    def kept(self, side: str) -> list[int]:
+        return [i for i, r in enumerate(self.rollouts) if r.side == side and r.kept]
+
+    def summary(self) -> dict:
+        out = {"filter": self.filter}
+        for side in ("compliant", "refuser"):
+            rs = [r for r in self.rollouts if r.side == side]
+            out[side] = {
+                "n": len(rs),
+                "in_character": sum(r.in_character for r in rs),
+                "kept": sum(r.kept for r in rs),
+                "labels": {lab: sum(r.label == lab for r in rs) for lab in ("refusal", "compliance", "degenerate")},
+            }
+        return out
+
+
+def persona_rollouts(
+    chat_model: "ChatModel",
+    prompts: Personas | None = None,
+    *,
+    n_questions: int | None = None,
+    max_new_tokens: int = 24,
+    filter: str = "judge",
+    min_per_side: int = 4,
+    judge: Judge | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PersonaRollouts:
+    """Generate greedy rollouts under every compliant and refuser system prompt.
+
+    Activations at the last prompt token are kept from the same forward pass as the
+    generation (no second pass).
+
+    Args:
+        prompts: persona prompts (default: the bundled ones).
+        n_questions: use the first ``n`` probe questions (default: all).
+        max_new_tokens: reply length (refusals are judged on the reply).
+        filter: ``"judge"`` keeps in-character rollouts, balanced per side; ``"none"``
+            keeps all (for models too small to stay in character, such as ``"tiny"``).
+        min_per_side: with ``filter="judge"``, fewer kept rollouts per side is an error.
+
+    Raises:
+        ConfigError: too few in-character rollouts.
+    """
+    if filter not in ("judge", "none"):
+        raise ConfigError(f"unknown persona filter {filter!r}", hint="use 'judge' or 'none'")
+    p = prompts or bundled_personas()
+    questions = list(p.questions[:n_questions] if n_questions else p.questions)
+    if not questions or not p.compliant or not p.refuser:
+        raise ConfigError("persona rollouts need questions and system prompts on both sides")
+    layers = tuple(range(chat_model.n_layers))
+    capture = {chat_model.hook_name(l): [-1] for l in layers}
+    rollouts: list[Rollout] = []
+    acts: list[torch.Tensor] = []
+    for side, systems in (("compliant", p.compliant), ("refuser", p.refuser)):
+        texts, meta = [], []
+        for si, system in enumerate(systems):
+            formatted = chat_model.format(questions, system=system)
+            texts.extend(formatted)
+            meta.extend((si, qi) for qi in range(len(questions)))
+        from persona_refusal.activations import plan_batches
+
+        plan = plan_batches(chat_model, texts, batch_size=batch_size, batch_tokens=4096, reserve=max_new_tokens)
+        gen = generate_details(chat_model, plan, max_new_tokens=max_new_tokens, capture=capture,
+                               desc=f"persona rollouts ({side})", progress=progress)
+        instr = [questions[qi] for _, qi in meta]
+        labels = judge_responses(instr, gen.texts, judge)
+        for (si, qi), reply, label in zip(meta, gen.texts, labels):
+            ok = label == ("compliance" if side == "compliant" else "refusal")
+            rollouts.append(Rollout(side, si, qi, reply, label, ok))
+        acts.append(torch.stack([gen.captured[name][:, 0] for name in capture], dim=1))
+    activations = torch.cat(acts, dim=0)
+    if filter == "none":
+        for r in rollouts:
+            r.kept = True
+    else:
+        comp = [r for r in rollouts if r.side == "compliant" and r.in_character]
+        ref = [r for r in rollouts if r.side == "refuser" and r.in_character]
+        k = min(len(comp), len(ref))
+        if k < min_per_side:
+            raise ConfigError(
+                f"only {len(comp)} compliant and {len(ref)} refuser rollouts stayed in character "
+                f"(need {min_per_side} per side)",
+                hint="use more questions, or filter='none' for a model that cannot hold a persona",
+            )
+        for r in comp[:k] + ref[:k]:
+            r.kept = True
+    prov = {
+        "compliant_sha256": prompt_hash(p.compliant), "refuser_sha256": prompt_hash(p.refuser),
+        "questions_sha256": prompt_hash(questions), "n_questions": len(questions),
+        "max_new_tokens": max_new_tokens, "filter": filter,
+    }
+    return PersonaRollouts(rollouts, activations, layers, filter, prov)
+
+
+def persona_direction(
+    chat_model: "ChatModel",
+    rollouts: PersonaRollouts,
+    *,
+    method: str = "last_token",
+    prompts: Personas | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> LayerDirections:
+    """Compliant − refuser difference of means at every layer, from kept rollouts.
+
+    Args:
+        method: ``"last_token"`` (the last prompt token, from the rollouts' own pass) or
+            ``"response_avg"`` (mean over each reply's tokens; one extra forward pass over
+            prompt + reply).
+        prompts: the persona prompts the rollouts were made with (for ``response_avg``).
+
+    Returns:
+        :class:`LayerDirections` named ``"persona"``; the references are the refuser means.
+    """
+    comp, ref = rollouts.kept("compliant"), rollouts.kept("refuser")
+    if not comp or not ref:
+        raise ConfigError("no kept rollouts on one side: cannot form a persona direction")
+    if method == "last_token":
+        acts = rollouts.activations.double()
+    elif method == "response_avg":
+        acts = _response_means(chat_model, rollouts, prompts or bundled_personas(), batch_size, progress)
+    else:
+        raise ConfigError(f"unknown persona method {method!r}", hint="use 'last_token' or 'response_avg'")
+    mean_c = acts[comp].mean(0)
+    mean_r = acts[ref].mean(0)
+    return LayerDirections(
+        vectors=mean_c - mean_r, layers=rollouts.layers, references=mean_r, position=-1 if method == "last_token" else None,
+        name="persona", model_id=chat_model.model_id, model_checksum=chat_model.checksum,
+        n_positive=len(comp), n_negative=len(ref),
+        provenance={**rollouts.provenance, "method": method, "sign": "compliant - refuser"},
+    )
+
+
+def _response_means(chat_model, rollouts: PersonaRollouts, prompts: Personas, batch_size, progress) -> torch.Tensor:
+    from persona_refusal.activations import plan_batches, run_plan
+
+    questions = list(prompts.questions)
+    texts, n_resp = [], []
+    for r in rollouts.rollouts:
+        system = (prompts.compliant if r.side == "compliant" else prompts.refuser)[r.system_index]
+        prompt = chat_model.format([questions[r.question_index]], system=system)[0]
+        ids = chat_model.tokenizer(r.reply, add_special_tokens=False)["input_ids"]
+        texts.append(prompt + r.reply)
+        n_resp.append(max(1, len(ids)))
+    layers = rollouts.layers
+    names = [chat_model.hook_name(l) for l in layers]
+    out = torch.zeros(len(texts), len(layers), chat_model.d_model, dtype=torch.float64)
+    plan = plan_batches(chat_model, texts, batch_size=batch_size, keep_last=max(n_resp) + 1)
+    for o in run_plan(chat_model, plan, capture={n: None for n in names}, stop_at_layer=max(layers) + 1,
+                      desc="persona: response activations", progress=progress):
+        for k, row in enumerate(o.batch.rows.tolist()):
+            m = n_resp[row]
+            for j, n in enumerate(names):
+                out[row, j] = o.captured[n][k, -m:].double().mean(0)
+    return out

