@@ -9,10 +9,11 @@ cost, so this module makes each pass count:
 
 * **Shared prefixes run once.** Chat prompts start with the same tokens (the system
   prompt and the user header — 20 to 100+ tokens, often more than the instruction).
-  Each batch's longest common token prefix is run once, its keys and values are kept in
-  a TransformerLens KV cache, and only the rest of each prompt is run per row. Edits
-  apply to the prefix too (it runs under the same hooks), so results equal full passes
-  up to float rounding. Prompts are ordered so that equal prefixes share batches.
+  Prompts are sorted so that equal prefixes sit together and split into *prefix groups*
+  (one per system prompt, say); each group's common prefix is run once, its keys and
+  values are kept in a TransformerLens KV cache, and only the rest of each prompt is
+  run per row. Edits apply to the prefix too (it runs under the same hooks), so results
+  equal full passes up to float rounding.
 * **Left padding** for the per-row part, so "position −1" is every prompt's last token.
 * **Only the needed layers and positions**: ``stop_at_layer`` skips layers after the
   last one read, activations are reduced to the requested positions inside the hook and
@@ -61,29 +62,62 @@ DEFAULT_BATCH_TOKENS = 2048
 
 @dataclass
 class Batch:
-    """One forward batch: a shared prefix plus left-padded per-row remainders."""
+    """One forward batch: shared prefixes run once, plus left-padded per-row remainders.
+
+    Rows fall into *prefix groups* (e.g. one per system prompt): each group's common
+    token prefix is one row of ``prefix`` (left-padded to the longest), run once, and its
+    keys and values are shared by the group's rows (``group`` maps rows to prefixes).
+    """
 
     rows: Int[Tensor, "batch"]
     """Indices of the batch's prompts in the prompt list."""
-    prefix: Int[Tensor, "prefix"]
-    """Token ids shared by every row (may be empty)."""
+    prefix: Int[Tensor, "n_groups prefix"]
+    """Shared token prefix of each group, left-padded (zero columns: no prefix)."""
+    prefix_mask: Int[Tensor, "n_groups prefix"]
+    """1 for real prefix tokens, 0 for padding."""
+    group: Int[Tensor, "batch"]
+    """Prefix row of each row."""
     tokens: Int[Tensor, "batch pos"]
     """Remaining token ids per row, left-padded."""
     mask: Int[Tensor, "batch pos"]
     """1 for real tokens, 0 for padding."""
+    conditions: Int[Tensor, "batch"] | None = None
+    """Condition of each row in a multi-condition run (see :func:`apply_conditions`)."""
 
     @property
     def size(self) -> int:
         return int(self.rows.shape[0])
 
+    @property
+    def n_prefix(self) -> int:
+        """Width of the (padded) prefix."""
+        return int(self.prefix.shape[1])
+
+    @property
+    def prefix_conditions(self) -> Tensor | None:
+        """Condition of each prefix row (every row of a group shares its condition)."""
+        if self.conditions is None:
+            return None
+        out = torch.zeros(self.prefix.shape[0], dtype=torch.long)
+        out[self.group.cpu()] = self.conditions.cpu()
+        return out
+
+    def full_mask(self) -> Tensor:
+        """Attention mask over prefix + remainder, per row."""
+        if not self.n_prefix:
+            return self.mask
+        return torch.cat([self.prefix_mask[self.group.to(self.prefix_mask.device)], self.mask], dim=1)
+
     def split(self) -> tuple["Batch", "Batch"]:
-        """Two halves (same prefix), for retrying after running out of memory."""
+        """Two halves (same prefixes), for retrying after running out of memory."""
         h = self.size // 2
         halves = []
         for sl in (slice(0, h), slice(h, None)):
             mask = self.mask[sl]
             keep = int(mask.sum(0).nonzero().min()) if bool(mask.any()) else 0
-            halves.append(Batch(self.rows[sl], self.prefix, self.tokens[sl, keep:], mask[:, keep:]))
+            halves.append(Batch(self.rows[sl], self.prefix, self.prefix_mask, self.group[sl],
+                                self.tokens[sl, keep:], mask[:, keep:],
+                                None if self.conditions is None else self.conditions[sl]))
         return halves[0], halves[1]
 
 
@@ -101,6 +135,42 @@ class BatchPlan:
     """Token length of every prompt."""
 
 
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _prefix_groups(ids: list[list[int]], order: list[int], conditions, keep_last: int) -> list[tuple[list[int], int]]:
+    """Split prompts (in sorted order) into groups sharing a token prefix.
+
+    A new group starts where keeping the next prompt would shrink the current group's
+    prefix by more tokens, summed over the group, than the prompt would share — e.g. at
+    each new system prompt. Returns ``(rows, prefix_length)`` per group.
+    """
+    groups: list[tuple[list[int], int]] = []
+    rows: list[int] = []
+    g = 0
+    for r in order:
+        cap = max(0, len(ids[r]) - max(1, keep_last))
+        if not rows:
+            rows, g = [r], cap
+            continue
+        same = conditions is None or conditions[r] == conditions[rows[0]]
+        l = min(_lcp(ids[rows[0]], ids[r]), cap)
+        if same and not (l < g and len(rows) * (g - l) > l):
+            rows.append(r)
+            g = min(g, l)
+        else:
+            groups.append((rows, g))
+            rows, g = [r], cap
+    if rows:
+        groups.append((rows, g))
+    return groups
+
+
 def plan_batches(
     chat_model: "ChatModel",
     texts: Sequence[str],
@@ -110,20 +180,28 @@ def plan_batches(
     keep_last: int = 8,
     share_prefix: bool = True,
     reserve: int = 0,
+    conditions: Sequence[int] | None = None,
 ) -> BatchPlan:
     """Tokenise formatted prompts and cut them into batches.
 
     Args:
         texts: formatted prompts (see :meth:`ChatModel.format`).
         batch_size: prompts per batch (default: as many as fit ``batch_tokens``).
-        batch_tokens: per-row token budget of a batch when ``batch_size`` is not given.
+        batch_tokens: budget of per-row tokens (padding included, shared prefixes not
+            counted) of a batch when ``batch_size`` is not given.
         keep_last: every row keeps at least this many of its last tokens out of the shared
             prefix (positions read or edited must lie there).
-        share_prefix: run each batch's common prefix once (``False``: plain left padding).
+        share_prefix: run shared prefixes once (``False``: plain left padding).
         reserve: tokens that will be generated (checked against the context window).
+        conditions: condition index of each prompt, for multi-condition runs; prompts of
+            different conditions never share a prefix.
     """
     if len(texts) == 0:
         raise ConfigError("empty prompt set: nothing to run")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if conditions is not None and len(conditions) != len(texts):
+        raise ConfigError("conditions must give one condition per prompt")
     ids = chat_model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     lengths = torch.tensor([len(x) for x in ids])
     for i, n in enumerate(lengths.tolist()):
@@ -133,41 +211,58 @@ def plan_batches(
             raise ConfigError(
                 f"prompt {i} is {n} tokens{f' (+{reserve} to generate)' if reserve else ''}, longer than the "
                 f"context window of {chat_model.n_ctx} tokens", hint="shorten it or generate fewer tokens")
-    order = sorted(range(len(ids)), key=lambda i: (ids[i], i)) if share_prefix else list(range(len(ids)))
+    cond = None if conditions is None else [int(c) for c in conditions]
+    if share_prefix:
+        order = sorted(range(len(ids)), key=lambda i: (ids[i], cond[i] if cond else 0, i))
+        groups = _prefix_groups(ids, order, cond, keep_last)
+    else:
+        order = list(range(len(ids)))
+        groups = [([r], 0) for r in order]
+    # flatten to (row, prefix length, group id) in run order, then cut by budget
+    flat = [(r, p, gi) for gi, (rows, p) in enumerate(groups) for r in rows]
     pad = chat_model.tokenizer.pad_token_id
     device = chat_model.device
     batches: list[Batch] = []
     i = 0
-    while i < len(order):
+    while i < len(flat):
         if batch_size is not None:
-            if batch_size < 1:
-                raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-            j = min(len(order), i + batch_size)
+            j = min(len(flat), i + batch_size)
         else:
-            j, longest = i, 0
-            while j < len(order):
-                longest = max(longest, len(ids[order[j]]))
-                if j > i and longest * (j - i + 1) > batch_tokens:
+            j, widest = i, 0
+            while j < len(flat):
+                r, p, _ = flat[j]
+                widest = max(widest, len(ids[r]) - p)
+                if j > i and widest * (j - i + 1) > batch_tokens:
                     break
                 j += 1
-        rows = order[i:j]
-        seqs = [ids[r] for r in rows]
-        p = 0
-        if share_prefix:
-            limit = min(len(s) for s in seqs) - max(1, keep_last)
-            while p < limit and all(s[p] == seqs[0][p] for s in seqs):
-                p += 1
-        rest = [s[p:] for s in seqs]
-        width = max(len(s) for s in rest)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, s in enumerate(rest):
-            tokens[k, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[k, width - len(s):] = 1
-        batches.append(Batch(torch.tensor(rows), torch.tensor(seqs[0][:p], dtype=torch.long).to(device),
-                             tokens.to(device), mask.to(device)))
+        part = flat[i:j]
+        gids = sorted({gi for _, _, gi in part}, key=[gi for _, _, gi in part].index)
+        plen = {gi: next(p for _, p, g in part if g == gi) for gi in gids}
+        if min(plen.values()) == 0:  # a row without shared prefix: no prefix for this batch
+            plen = {gi: 0 for gi in gids}
+        width_p = max(plen.values())
+        prefix = torch.full((len(gids), width_p), pad, dtype=torch.long)
+        prefix_mask = torch.zeros((len(gids), width_p), dtype=torch.long)
+        for k, gi in enumerate(gids):
+            first = next(r for r, _, g in part if g == gi)
+            n = plen[gi]
+            if n:
+                prefix[k, width_p - n:] = torch.tensor(ids[first][:n], dtype=torch.long)
+                prefix_mask[k, width_p - n:] = 1
+        rest = [ids[r][plen[gi]:] for r, _, gi in part]
+        width = max(len(x) for x in rest)
+        tokens = torch.full((len(part), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for k, x in enumerate(rest):
+            tokens[k, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            mask[k, width - len(x):] = 1
+        rows = torch.tensor([r for r, _, _ in part])
+        group = torch.tensor([gids.index(gi) for _, _, gi in part])
+        batches.append(Batch(rows, prefix.to(device), prefix_mask.to(device), group.to(device), tokens.to(device),
+                             mask.to(device), None if cond is None else torch.tensor([cond[r] for r, _, _ in part])))
         i = j
-    key = sha256_json({"ids": ids, "order": order, "sizes": [b.size for b in batches]})
+    key = sha256_json({"ids": ids, "order": order, "conditions": cond,
+                       "batches": [[b.rows.tolist(), b.n_prefix] for b in batches]})
     return BatchPlan(batches, len(ids), key, lengths)
 
 
@@ -186,27 +281,32 @@ class BatchOutput:
     """Residual stream where the run stopped (``stop_at_layer``), if asked for."""
 
 
-def _prefix_cache(chat_model: "ChatModel", prefix: Tensor, batch: int, stop_at_layer: int | None):
-    """Run the shared prefix once and return a frozen KV cache expanded to ``batch`` rows."""
+def _prefix_cache(chat_model: "ChatModel", batch: Batch, stop_at_layer: int | None, *, frozen: bool = True):
+    """Run each group's shared prefix once; return a KV cache holding them for every row.
+
+    Returns ``None`` when the batch has no prefix.
+    """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+    if not batch.n_prefix:
+        return None
     model = chat_model.model
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    ones = torch.ones((1, prefix.shape[0]), dtype=torch.long, device=prefix.device)
-    with chat_model._state.use("prefix"):
-        model(prefix[None], attention_mask=ones, past_kv_cache=cache,
+    k = batch.prefix.shape[0]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, k)
+    with chat_model._state.use("prefix", None, batch.prefix_conditions):
+        model(batch.prefix, attention_mask=batch.prefix_mask, past_kv_cache=cache,
               stop_at_layer=stop_at_layer if stop_at_layer is not None else model.cfg.n_layers)
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            past_keys=e.past_keys.expand(batch, -1, -1, -1),
-            past_values=e.past_values.expand(batch, -1, -1, -1),
-            frozen=True,
-        )
-        for e in cache.entries
-    ]
-    mask = torch.ones((batch, prefix.shape[0]), dtype=torch.long, device=prefix.device)
-    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+    entries = []
+    for e in cache.entries:
+        g = batch.group.to(e.past_keys.device)
+        if k == 1:
+            keys, values = e.past_keys.expand(batch.size, -1, -1, -1), e.past_values.expand(batch.size, -1, -1, -1)
+        else:
+            keys, values = e.past_keys[g], e.past_values[g]
+        entries.append(TransformerLensKeyValueCacheEntry(past_keys=keys, past_values=values, frozen=frozen))
+    mask = batch.prefix_mask[batch.group.to(batch.prefix_mask.device)]
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=frozen)
 
 
 def next_token_logits(model, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_vocab"]:
@@ -316,8 +416,7 @@ def _run_batch(chat_model, batch: Batch, capture, logits, stop, start_layer, res
 def _forward(chat_model, batch: Batch, capture, logits, stop, start_layer, resid0, keep_resid) -> BatchOutput:
     model = chat_model.model
     state = chat_model._state
-    n_prefix = int(batch.prefix.shape[0])
-    cache = _prefix_cache(chat_model, batch.prefix, batch.size, stop) if n_prefix else None
+    cache = _prefix_cache(chat_model, batch, stop)
     captured: dict[str, Tensor] = {}
 
     def make_hook(name: str, positions):
@@ -328,16 +427,13 @@ def _forward(chat_model, batch: Batch, capture, logits, stop, start_layer, resid
         return hook
 
     cap_hooks = [(name, make_hook(name, None if pos is None else list(pos))) for name, pos in capture.items()]
-    with model.hooks(fwd_hooks=cap_hooks), state.use("suffix" if n_prefix else "full", batch.rows):
+    phase = "suffix" if cache is not None else "full"
+    with model.hooks(fwd_hooks=cap_hooks), state.use(phase, batch.rows, batch.conditions):
         if start_layer is None:
             resid = model(batch.tokens, attention_mask=batch.mask, past_kv_cache=cache, stop_at_layer=stop)
         else:
-            full_mask = batch.mask
-            if n_prefix:
-                ones = torch.ones((batch.size, n_prefix), dtype=batch.mask.dtype, device=batch.mask.device)
-                full_mask = torch.cat([ones, batch.mask], dim=1)
             resid = model(resid0.to(device=chat_model.device, dtype=model.cfg.dtype), start_at_layer=start_layer,
-                          attention_mask=full_mask, past_kv_cache=cache, stop_at_layer=stop)
+                          attention_mask=batch.full_mask(), past_kv_cache=cache, stop_at_layer=stop)
         last = next_token_logits(model, resid).float().cpu() if logits else None
     return BatchOutput(batch, last, captured, resid.detach().float().cpu() if keep_resid else None)
 

@@ -56,7 +56,7 @@ from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
 from persona_refusal.directions import Direction, DirectionGrid, LayerDirections, extract_directions, select_refusal_direction
 from persona_refusal.errors import ConfigError, RunFolderError
-from persona_refusal.evaluation import Rate, generate_details, judge_responses
+from persona_refusal.evaluation import Rate, generate_conditions, judge_responses
 from persona_refusal.interventions import Ablate, AddVector, Intervention, Patch
 from persona_refusal.models import ChatModel
 from persona_refusal.persona import PersonaRollouts, Rollout, persona_direction, persona_rollouts
@@ -144,9 +144,10 @@ class GatingConfig:
     patch_position_layers: list[int] | None = None
     """Layers where each post-instruction position is patched alone (default: 3 layers
     from the persona layer on)."""
-    norm: str = "refusal"
-    """Common steering norm ``s``: ``"refusal"`` (the refusal direction's norm),
-    ``"persona"`` (the persona direction's norm at the persona layer) or ``"mean"``."""
+    norm: str = "persona"
+    """Common steering norm ``s``: ``"persona"`` (the persona direction's norm at the
+    persona layer: α = 3 means three times the compliant − refuser difference where it is
+    added), ``"refusal"`` (the refusal direction's norm at its own layer) or ``"mean"``."""
     persona_questions: int | None = 12
     """Probe questions per persona system prompt (``None``: all 16)."""
     persona_max_new_tokens: int = 24
@@ -569,13 +570,20 @@ class GatingStudy:
             refused[o.batch.rows], scores[o.batch.rows] = r, s
         return {"refused": refused.tolist(), "scores": scores.tolist()}
 
-    def _judged(self, prompts: Sequence[str], interventions: Sequence[Intervention], desc: str) -> dict:
-        gen = generate_details(self.cm, list(prompts), interventions=interventions,
-                               max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size, desc=desc,
-                               progress=self.progress)
-        labels = judge_responses(prompts, gen.texts, self.judge)
-        refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
-        return {"labels": labels, "replies": gen.texts, "refused": refused, "scores": gen.first_scores.tolist()}
+    def _judged_many(self, stage: str, prompts: Sequence[str], conditions: dict[str, Sequence[Intervention]],
+                     desc: str) -> dict[str, dict]:
+        """Generate and judge under several conditions in shared batches; checkpoint each."""
+        missing = {k: v for k, v in conditions.items() if not self.store.has(stage, k)}
+        if missing:
+            gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
+                                       max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
+                                       desc=desc, progress=self.progress)
+            for key, gen in zip(missing, gens):
+                labels = judge_responses(prompts, gen.texts, self.judge)
+                refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
+                self.store.put(stage, key, {"labels": labels, "replies": gen.texts, "refused": refused,
+                                            "scores": gen.first_scores.tolist()})
+        return {k: self.store.get(stage, k) for k in conditions}
 
     # ---------------------------------------------------------------- main
     def run(self) -> dict:
@@ -600,8 +608,8 @@ class GatingStudy:
         # -- baseline vs persona on the evaluation set (generation + judge)
         with self.stage("eval_generation"):
             ev = list(self.prompts["eval_harmful"])
-            base_gen = st.point("eval", "baseline", lambda: self._judged(ev, [], "eval: baseline"))
-            pers_gen = st.point("eval", "persona", lambda: self._judged(ev, [steer()], "eval: persona"))
+            gens = self._judged_many("eval", ev, {"baseline": [], "persona": [steer()]}, "eval: baseline + persona")
+            base_gen, pers_gen = gens["baseline"], gens["persona"]
 
         # -- caches on the sweep subset
         with self.stage("sweep_caches"):
@@ -631,12 +639,12 @@ class GatingStudy:
         # -- dose-response
         alpha_rows = []
         with self.stage("alpha_sweep"):
+            coh = self._judged_many("coherence", self.coherence_prompts,
+                                    {"0": [], **{f"{a}": [steer(a)] for a in cfg.alphas}}, "coherence (all α)")
             for a in cfg.alphas:
                 pt = st.point("alpha", f"{a}", lambda a=a: self._score(plan, [steer(a)], P, "baseline"))
-                coh = st.point("coherence", f"{a}", lambda a=a: self._judged(self.coherence_prompts, [steer(a)],
-                                                                             f"coherence α={a}"))
-                alpha_rows.append({"alpha": a, **summarise(pt, False), "coherence": outcome_rates(coh["labels"])})
-            coh0 = st.point("coherence", "0", lambda: self._judged(self.coherence_prompts, [], "coherence α=0"))
+                alpha_rows.append({"alpha": a, **summarise(pt, False), "coherence": outcome_rates(coh[f"{a}"]["labels"])})
+            coh0 = coh["0"]
 
         # -- gating sweep (persona on) and control (persona off)
         gating, control = [], []
@@ -669,17 +677,15 @@ class GatingStudy:
                 best = max(rows, key=lambda g: (g["restoration"], -g["layer"]))["layer"]
                 if best not in cells.values():
                     cells["best"] = best
+            conds = {f"{name}:{beta_c}@{l}": [steer(), readd(beta_c, l)] for name, l in cells.items()}
+            conds.update({"sweep_baseline": [], "sweep_persona": [steer()]})
+            gens = self._judged_many("confirm", self.sweep_prompts, conds, "confirm chosen cells")
             confirm = []
             for name, l in cells.items():
-                g = st.point("confirm", f"{name}:{beta_c}@{l}", lambda l=l: self._judged(
-                    self.sweep_prompts, [steer(), readd(beta_c, l)], f"confirm {name} (layer {l})"))
+                g = gens[f"{name}:{beta_c}@{l}"]
                 confirm.append({"cell": name, "layer": l, "beta": beta_c, **outcome_rates(g["labels"]),
                                 "first_token": first_token_stats(g["refused"], g["scores"])})
-            sweep_gen = {}
-            for name, ivs in (("baseline", []), ("persona", [steer()])):
-                g = st.point("confirm", f"sweep_{name}", lambda ivs=ivs, name=name: self._judged(
-                    self.sweep_prompts, ivs, f"confirm {name}"))
-                sweep_gen[name] = outcome_rates(g["labels"])
+            sweep_gen = {name: outcome_rates(gens[f"sweep_{name}"]["labels"]) for name in ("baseline", "persona")}
 
         # -- heatmap persona layer x re-add layer
         with self.stage("heatmap"):
@@ -754,8 +760,13 @@ class GatingStudy:
                 x = torch.zeros_like(last)
                 x[order] = last
                 proj[f"harmful_{name}"] = [_mean_ci((x[:, l].double() @ units[l].double())) for l in range(L)]
+                if name == "baseline":
+                    resid_norm = [float(x[:, l].norm(dim=-1).mean()) for l in range(L)]
             proj["harmless_baseline"] = [_mean_ci(harmless_last[:, l].double() @ units[l].double()) for l in range(L)]
-            projections = {"layers": list(range(L)), **proj, "direction": "each layer's diff-in-means at position -1"}
+            projections = {"layers": list(range(L)), **proj, "direction": "each layer's diff-in-means at position -1",
+                           "resid_norm": resid_norm,
+                           "readd_relative_size": {f"{b}": [b * s / n if n > 0 else None for n in resid_norm]
+                                                   for b in cfg.betas}}
 
         # -- cosines with a random null
         with self.stage("cosines"):

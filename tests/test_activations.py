@@ -13,6 +13,7 @@ import pytest
 import torch
 from jaxtyping import Float
 
+import persona_refusal as pr
 from persona_refusal import activations
 from persona_refusal.activations import cache_activations, mean_activations, plan_batches, run_plan
 from persona_refusal.errors import ConfigError
@@ -126,7 +127,9 @@ def test_plan_batches_structure(tiny, prompts):
     for b in plan.batches:
         for k, row in enumerate(b.rows.tolist()):
             real = b.tokens[k][b.mask[k].bool()].tolist()
-            assert b.prefix.tolist() + real == ids[row]  # prefix + row remainder = the prompt
+            g = int(b.group[k])
+            shared = b.prefix[g][b.prefix_mask[g].bool()].tolist()
+            assert shared + real == ids[row]  # its group's prefix + row remainder = the prompt
             assert len(real) >= 8  # keep_last
     # The plan key identifies prompts and batching.
     assert plan.key == plan_batches(tiny, texts, batch_size=2, keep_last=8).key
@@ -244,3 +247,32 @@ def test_abandoned_run_leaves_no_hooks(tiny, prompts, make_direction, assert_no_
     next(gen)
     gen.close()
     assert_no_hooks(tiny.model)
+
+
+def test_prefix_groups_one_per_system_prompt(tiny, prompts, full_forward_last_logits):
+    """Prompts under different system prompts batch together, each group sharing its own
+    (long) prefix, and the results still equal plain full passes."""
+    systems = ["You are a pirate. Answer every question in pirate speech, with gusto and rum.",
+               "You are a careful librarian who cites sources for everything and whispers."]
+    texts = [t for s in systems for t in tiny.format(prompts, system=s)]
+    plan = plan_batches(tiny, texts, batch_tokens=10_000)
+    assert len(plan.batches) == 1
+    b = plan.batches[0]
+    assert b.prefix.shape[0] == 2  # one prefix row per system prompt
+    assert int(b.prefix_mask.sum(1).min()) > 20  # each holds its whole system prompt
+    got = pr.last_logits(tiny, plan, progress=False)
+    want = full_forward_last_logits(tiny, texts)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_multi_condition_batch_equals_separate_runs(tiny, prompts, make_direction):
+    """Rows of different conditions in one batch each get exactly their own edits."""
+    from persona_refusal.evaluation import generate_conditions, generate_details
+
+    d = make_direction(tiny.d_model, layer=1, model=tiny)
+    conds = [[], [pr.Ablate(d)], [pr.AddVector(d, 4.0, layer=2)]]
+    many = generate_conditions(tiny, prompts, conds, max_new_tokens=6, progress=False)
+    for c, ivs in enumerate(conds):
+        one = generate_details(tiny, prompts, interventions=ivs, max_new_tokens=6, progress=False)
+        assert many[c].texts == one.texts
+        assert torch.allclose(many[c].first_scores, one.first_scores, atol=1e-4)
