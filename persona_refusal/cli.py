@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int)
     r.add_argument("--seed", type=int)
     r.add_argument("--batch-size", type=int)
+    r.add_argument("--refusal-direction", metavar="PATH", help="use this saved refusal direction (skip selection)")
+    r.add_argument("--persona-direction", metavar="PATH", help="use these saved persona directions (skip rollouts)")
+    r.add_argument("--allow-transfer", action="store_true", default=None,
+                   help="accept saved directions made with another model of the same width")
     r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
     r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -112,6 +116,8 @@ _FLAG_FIELDS = {
     "heatmap_refusal_layers": "heatmap_refusal_layers", "knockout_window": "knockout_window",
     "persona_filter": "persona_filter", "persona_questions": "persona_questions",
     "max_new_tokens": "max_new_tokens", "seed": "seed", "batch_size": "batch_size",
+    "refusal_direction": "refusal_direction", "persona_direction": "persona_direction",
+    "allow_transfer": "allow_transfer",
 }
 
 
@@ -135,7 +141,8 @@ def _config_from_args(args):
         v = getattr(args, flag, None)
         if v is not None:
             fields[name] = v
-    for path_field in ("train_harmful", "train_harmless", "val_harmful", "val_harmless", "eval_harmful", "eval_harmless"):
+    for path_field in ("train_harmful", "train_harmless", "val_harmful", "val_harmless", "eval_harmful", "eval_harmless",
+                       "refusal_direction", "persona_direction"):
         if fields.get(path_field) and not str(fields[path_field]).startswith("hf://"):
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
     try:

@@ -111,6 +111,13 @@ class GatingConfig:
     """Candidate layers for selection (default ``"every:3,below:0.8"``: every 3rd layer
     below 0.8·n_layers). Layer lists also take the strings ``"all"``, ``"every:N"``,
     ``"from:N"`` and ``"below:F"`` (comma-combined)."""
+    refusal_direction: str | None = None
+    """A saved :class:`Direction` to use as the refusal direction instead of selecting one
+    (the diff-in-means grid is still computed, for per-layer analyses)."""
+    persona_direction: str | None = None
+    """Saved :class:`LayerDirections` to use as persona directions instead of rollouts."""
+    allow_transfer: bool = False
+    """Accept saved directions made with another model of the same width, on purpose."""
     kl_threshold: float = 0.1
     """Selection: largest KL (nats) that ablation may cause on harmless val prompts."""
     induce_threshold: float = 0.0
@@ -428,6 +435,7 @@ class GatingStudy:
         self.prompts = self._load_prompts()
         self.config_record = {
             "config": config.to_dict(),
+            "inputs": _input_hashes(config),
             "resolved": self.layers,
             "model": chat_model.fingerprint(),
             "prompt_sets": {k: v.describe() for k, v in self.prompts.items()},
@@ -491,6 +499,12 @@ class GatingStudy:
                                           batch_size=self.cfg.batch_size, progress=self.progress)
                 grid.save(grid_path)
         grid = DirectionGrid.load(grid_path, chat_model=self.cm)
+        if self.cfg.refusal_direction and not (d_dir / "refusal.json").is_file():
+            given = Direction.load(self.cfg.refusal_direction, chat_model=self.cm, allow_transfer=self.cfg.allow_transfer)
+            self.cm.check_layer(given.layer, what="the given refusal direction's layer")
+            write_json(d_dir / "refusal_selection.json", {"chosen": None, "source": str(self.cfg.refusal_direction),
+                                                          "candidates": [], "settings": {"given": True}})
+            given.save(dir_path)
         if not (d_dir / "refusal.json").is_file():
             with self.stage("refusal_selection"):
                 sub = DirectionGrid(
@@ -511,13 +525,22 @@ class GatingStudy:
                     raise
                 write_json(d_dir / "refusal_selection.json", report.to_dict())
                 direction.save(dir_path)
-        direction = Direction.load(dir_path, chat_model=self.cm)
+        direction = Direction.load(dir_path, chat_model=self.cm, allow_transfer=self.cfg.allow_transfer)
         return grid, direction, read_json(d_dir / "refusal_selection.json")
 
     def persona(self) -> tuple[LayerDirections, dict, list[dict]]:
         """Stage: persona rollouts, filter, diff-in-means at every layer."""
         d_dir = self.out / "directions"
         path = d_dir / "persona"
+        if self.cfg.persona_direction and not (d_dir / "persona.json").is_file():
+            given = LayerDirections.load(self.cfg.persona_direction, chat_model=self.cm,
+                                         allow_transfer=self.cfg.allow_transfer)
+            if set(given.layers) != set(range(self.cm.n_layers)):
+                raise ConfigError(f"the given persona directions cover layers {given.layers[0]}..{given.layers[-1]}, "
+                                  f"not every layer 0..{self.cm.n_layers - 1}")
+            write_json(d_dir / "persona_rollouts.json", {"summary": {"source": str(self.cfg.persona_direction)},
+                                                         "rollouts": []})
+            given.save(path)
         if not (d_dir / "persona.json").is_file():
             with self.stage("persona"):
                 ro = persona_rollouts(self.cm, n_questions=self.cfg.persona_questions,
@@ -527,7 +550,7 @@ class GatingStudy:
                 write_json(d_dir / "persona_rollouts.json",
                            {"summary": ro.summary(), "rollouts": [r.to_dict() for r in ro.rollouts]})
                 dirs.save(path)
-        dirs = LayerDirections.load(path, chat_model=self.cm)
+        dirs = LayerDirections.load(path, chat_model=self.cm, allow_transfer=self.cfg.allow_transfer)
         rec = read_json(d_dir / "persona_rollouts.json")
         return dirs, rec["summary"], rec["rollouts"]
 
@@ -850,6 +873,24 @@ class GatingStudy:
             "threads": torch.get_num_threads(),
             "versions": {n: version(n) for n in ("persona-refusal", "torch", "transformer-lens", "transformers")},
         }
+
+
+def _input_hashes(config: GatingConfig) -> dict:
+    """sha256 of the saved directions a configuration names (a changed file is a new run)."""
+    from persona_refusal.storage import sha256_file
+
+    out = {}
+    for name in ("refusal_direction", "persona_direction"):
+        path = getattr(config, name)
+        if path:
+            stem = Path(path)
+            stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+            files = [stem.with_name(stem.name + ext) for ext in (".json", ".safetensors")]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConfigError(f"{name} file {missing[0]} does not exist")
+            out[name] = {f.name: sha256_file(f) for f in files}
+    return out
 
 
 def _unit_or_zero(v: torch.Tensor) -> torch.Tensor:
