@@ -65,7 +65,7 @@ COLORS = {
 """One colour per condition, shared by every figure (colour-blind safe Okabe–Ito hues)."""
 
 FIGURE_SIZES = {
-    "gating": (1000, 720),
+    "gating": (1000, 900),
     "alpha": (1000, 640),
     "outcomes": (1000, 600),
     "heatmap": (1000, 560),
@@ -288,10 +288,15 @@ def gating_figure(results: dict) -> go.Figure:
     measure). The shaded regions split re-add layers into *early* (before the persona is
     injected) and *late* (after); the dashed vertical line is the persona layer.
 
-    Bottom panel: restoration ``(rate − persona)/(baseline − persona)`` with its paired
-    bootstrap 95% interval; 0 = persona level (no effect), 1 = baseline level (refusal
-    fully back). If refusal is gated at the expression stage, the lines rise only in the
-    late region.
+    Middle panel: restoration ``(rate − persona)/(baseline − persona)`` of the rate, with
+    its paired bootstrap 95% interval (0 = persona level, 1 = baseline level).
+
+    Bottom panel: the mean first-token refusal log-odds (``log p(refusal token) −
+    log(1 − p)``) with its 95% interval, for the same conditions, against the baseline and
+    persona-only levels. It is continuous, so it shows partial restoration before any
+    greedy first token flips. Restoration ``(x − persona)/(baseline − persona)`` of the
+    rate and of the score, with paired bootstrap intervals, is in the hover text. If
+    refusal is gated at the expression stage, the lines rise only in the late region.
 
     Read it as: a curve that stays at the persona level on the left and climbs to the
     baseline on the right supports "refusal is computed early but expressed late, and the
@@ -305,7 +310,7 @@ def gating_figure(results: dict) -> go.Figure:
     steering = results.get("steering") or {}
     n = sweep.get("n")
 
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.64, 0.36], vertical_spacing=0.07)
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.48, 0.24, 0.28], vertical_spacing=0.05)
     layers = sorted({int(g["layer"]) for g in gating + control})
     if not layers:
         _no_data(fig, "no gating sweep in these results")
@@ -318,7 +323,7 @@ def gating_figure(results: dict) -> go.Figure:
                                         (P, x_range[1], COLORS["late"], "late: after", "right")):
             if x1 <= x0:
                 continue
-            for r in (1, 2):
+            for r in (1, 2, 3):
                 fig.add_vrect(x0=x0, x1=x1, fillcolor=color, line_width=0, layer="below", row=r, col=1,
                               exclude_empty_subplots=False)
         fig.add_annotation(x=P, y=1.0, xref="x", yref="y domain",
@@ -335,9 +340,9 @@ def gating_figure(results: dict) -> go.Figure:
         _hline_trace(fig, x_range, sweep.get(key), name, COLORS[key], row=1, extra=extra)
 
     # gating lines, one per beta
+    rest_all: list = []
     betas = sorted({g["beta"] for g in gating})
     shades = _series(COLORS["gating"], len(betas))
-    rest_all: list[float | None] = []
     for beta, color in zip(betas, shades):
         rows = sorted((g for g in gating if g["beta"] == beta), key=lambda g: g["layer"])
         x = [g["layer"] for g in rows]
@@ -355,8 +360,7 @@ def gating_figure(results: dict) -> go.Figure:
                            "[%{customdata[0]:.1f}, %{customdata[1]:.1f}] (%{customdata[2]}/%{customdata[3]})"
                            "<br>restoration %{customdata[4]} %{customdata[5]}<extra>β=" + f"{beta:g}</extra>")),
             row=1, col=1)
-        rest = [g.get("restoration") for g in rows]
-        rest_all += rest + [c for g in rows for c in (g.get("restoration_ci") or [])]
+        rest_all += [g.get("restoration") for g in rows] + [c for g in rows for c in (g.get("restoration_ci") or [])]
 
     # control: refusal re-added without persona steering
     cbetas = sorted({g["beta"] for g in control})
@@ -429,12 +433,47 @@ def gating_figure(results: dict) -> go.Figure:
     fig.add_annotation(x=1, xref="x2 domain", y=0, yref="y2", text="persona level", showarrow=False, xanchor="right",
                        yanchor="top", font=dict(size=10, color=COLORS["persona"]))
 
-    _persona_marker(fig, P, rows=[1, 2], label=False)
+    # score row: mean first-token refusal log-odds (continuous; moves even when no greedy
+    # first token flips, so gating shows up here before it shows in the rates)
+    for key, name in (("baseline", "baseline"), ("persona", "persona only")):
+        rec = sweep.get(key) or {}
+        if _finite(rec.get("score_mean")):
+            fig.add_hline(y=rec["score_mean"], line=dict(color=COLORS[key], width=1, dash="dot"), row=3, col=1,
+                          exclude_empty_subplots=False)
+            fig.add_annotation(x=1, xref="x3 domain", y=rec["score_mean"], yref="y3", text=f"{name} level",
+                               showarrow=False, xanchor="right", yanchor="bottom",
+                               font=dict(size=10, color=COLORS[key]))
+    for rows_all, betas_k, colors, dash, label in (
+            (gating, betas, shades, "solid", "persona + refusal"), (control, cbetas,
+                                                                     _series(COLORS["control"], len(cbetas)), "dash",
+                                                                     "control")):
+        for beta, color in zip(betas_k, colors):
+            rows = sorted((g for g in rows_all if g["beta"] == beta), key=lambda g: g["layer"])
+            x = [g["layer"] for g in rows]
+            y = [g.get("score_mean") for g in rows]
+            if not any(_finite(v) for v in y):
+                continue
+            ci = [(g.get("score_ci") or [None, None]) for g in rows]
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="lines+markers", name=f"{label} log-odds, β={beta:g}",
+                legendgroup=("gating" if label.startswith("persona") else "control") + f" β={beta:g}",
+                showlegend=False, line=dict(color=color, width=2, dash=dash), marker=dict(size=5),
+                error_y=_err(y, [c[0] for c in ci], [c[1] for c in ci]) | dict(color=_rgba(color, 0.5)),
+                customdata=[[_fmt(v, ".2f"), _ci_text(*c), _fmt(g.get("score_restoration"), ".2f"),
+                             _ci_text(*(g.get("score_restoration_ci") or [None, None]))] for v, c, g in
+                            zip(y, ci, rows)],
+                hovertemplate=("re-added at layer %{x}<br>mean log-odds %{customdata[0]} %{customdata[1]}"
+                               "<br>score restoration %{customdata[2]} %{customdata[3]}<extra>" + label
+                               + f" β={beta:g}</extra>")),
+                row=3, col=1)
+
+    _persona_marker(fig, P, rows=[1, 2, 3], label=False)
     _layers_axis(fig, layers)
     fig.update_yaxes(title_text=_RATE_AXIS + "<br><sup>greedy first token is a refusal token</sup>",
                      range=[-3, 103], row=1, col=1)
     fig.update_yaxes(title_text="restoration<br><sup>0 = persona, 1 = baseline</sup>", row=2, col=1)
-    fig.update_xaxes(title_text="layer where the refusal direction is re-added (resid_pre index)", row=2, col=1)
+    fig.update_yaxes(title_text="refusal log-odds<br><sup>first token, mean ± 95% CI</sup>", row=3, col=1)
+    fig.update_xaxes(title_text="layer where the refusal direction is re-added (resid_pre index)", row=3, col=1)
     sub = (f"n = {n} harmful prompts (sweep subset) · persona α = {_fmt(steering.get('persona_alpha'), 'g')} at "
            f"layer {P} · refusal direction from layer {(results.get('refusal_direction') or {}).get('layer')} · "
            f"strengths in units of s = {_fmt(steering.get('s'), '.3g')}")

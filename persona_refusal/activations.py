@@ -86,6 +86,7 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Number of prompts (rows) in the batch."""
         return int(self.rows.shape[0])
 
     @property
@@ -195,6 +196,12 @@ def plan_batches(
         reserve: tokens that will be generated (checked against the context window).
         conditions: condition index of each prompt, for multi-condition runs; prompts of
             different conditions never share a prefix.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> plan = plan_batches(cm, cm.format(["Hi", "Hello there", "Tell me a story."]), batch_size=2)
+        >>> plan.n_prompts, [b.size for b in plan.batches]
+        (3, [2, 1])
     """
     if len(texts) == 0:
         raise ConfigError("empty prompt set: nothing to run")
@@ -363,6 +370,13 @@ def run_plan(
             ``blocks.{start_layer}.hook_resid_pre`` with ``capture={name: None}``).
             Interventions acting before ``start_layer`` are not re-applied.
         keep_resid: keep the residual stream where the run stopped.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> plan = plan_batches(cm, cm.format(["Hi", "Hello there"]))
+        >>> out = list(run_plan(cm, plan, capture={"blocks.2.hook_resid_pre": [-1]}, logits=True, progress=False))
+        >>> out[0].captured["blocks.2.hook_resid_pre"].shape[1:], out[0].last_logits.shape[-1]
+        (torch.Size([1, 64]), 384)
     """
     from tqdm.auto import tqdm
 

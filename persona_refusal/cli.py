@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--betas", type=_floats, help="refusal re-add strengths of the gating sweep")
     r.add_argument("--control-betas", type=_floats)
     r.add_argument("--gating-layers", type=_layers, help="e.g. all, every:2, from:10, or 0,4,8")
+    r.add_argument("--control-layers", type=_layers, help="layers of the control sweep (default every:2)")
     r.add_argument("--selection-layers", type=_layers)
     r.add_argument("--heatmap-persona-layers", type=_ints)
     r.add_argument("--heatmap-refusal-layers", type=_layers)
@@ -111,7 +112,7 @@ _FLAG_FIELDS = {
     "val_harmful": "val_harmful", "val_harmless": "val_harmless", "eval_harmful": "eval_harmful",
     "eval_harmless": "eval_harmless", "n_train": "n_train", "n_val": "n_val", "n_eval": "n_eval",
     "n_sweep": "n_sweep", "persona_layer": "persona_layer", "persona_alpha": "persona_alpha", "alphas": "alphas",
-    "betas": "betas", "control_betas": "control_betas", "gating_layers": "gating_layers",
+    "betas": "betas", "control_betas": "control_betas", "gating_layers": "gating_layers", "control_layers": "control_layers",
     "selection_layers": "selection_layers", "heatmap_persona_layers": "heatmap_persona_layers",
     "heatmap_refusal_layers": "heatmap_refusal_layers", "knockout_window": "knockout_window",
     "persona_filter": "persona_filter", "persona_questions": "persona_questions",
@@ -129,13 +130,15 @@ def _config_from_args(args):
     if args.config:
         path = Path(args.config)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist", hint="check the path")
         try:
-            fields.update(json.loads(path.read_text()))
+            loaded = json.loads(path.read_text())
         except ValueError as e:
-            raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
-        if not isinstance(fields, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
+            raise ConfigError(f"config file {path} is not valid JSON ({e})", hint="fix the file") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object",
+                              hint='write it as {"field": value, ...} with GatingConfig fields')
+        fields.update(loaded)
         fields.pop("preset", None)
     for flag, name in _FLAG_FIELDS.items():
         v = getattr(args, flag, None)
@@ -147,8 +150,10 @@ def _config_from_args(args):
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
     try:
         return GatingConfig.preset(args.preset, **fields)
-    except TypeError as e:
-        raise ConfigError(f"bad configuration: {e}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a value of the wrong type, or an unknown field
+        raise ConfigError(f"bad configuration: {e}", hint="see the GatingConfig fields in persona_refusal.experiments") from None
 
 
 def _cmd_run(args) -> int:
@@ -243,7 +248,14 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+    """Run the CLI; returns the exit code.
+
+    Example:
+        >>> main(["run", "--out", "runs/demo"])        # doctest: +SKIP
+        0
+        >>> main(["figures", "runs/demo"])             # doctest: +SKIP
+        0
+    """
     from persona_refusal.errors import PersonaRefusalError
 
     parser = build_parser()
@@ -261,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PersonaRefusalError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_ERROR
+    except OSError as e:  # e.g. an output folder that cannot be created or written
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where} (check the path and its permissions)", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
@@ -270,7 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Example:
+        >>> entry()        # doctest: +SKIP
+    """
     sys.exit(main())
 
 

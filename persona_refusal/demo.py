@@ -39,6 +39,7 @@ def run_ablation_demo(
     n_eval: int | None = None,
     selection_positions: list[int] | None = None,
     max_new_tokens: int = 32,
+    fallback: str | None = "relative",
     progress: bool = True,
 ) -> dict:
     """Refusal direction → ablation on harmful prompts, addition on harmless ones.
@@ -51,9 +52,18 @@ def run_ablation_demo(
         selection_positions: candidate positions (default ``[-1]``, the last prompt token;
             ``None`` in the library function means every post-instruction position).
         max_new_tokens: reply length for the judge.
+        fallback: passed to :func:`select_refusal_direction`. ``"relative"`` (default)
+            accepts, when no candidate meets Arditi et al.'s absolute induce threshold
+            (small models rarely do), the best-bypass candidate whose induce score beats
+            the unedited harmless score; ``None`` raises instead. Which rule chose the
+            direction is recorded under ``refusal_direction.fallback_used``.
 
     Returns:
         The results dictionary (also written to ``out/results.json``).
+
+    Example:
+        >>> results = run_ablation_demo("demo", "runs/ablation-demo", n_eval=20)   # doctest: +SKIP
+        >>> results["rates"]["harmful_ablated"]["refusal"]["rate"]                  # doctest: +SKIP
     """
     t0 = time.time()
     cm = model if isinstance(model, ChatModel) else load_chat_model(model, progress=progress)
@@ -62,7 +72,7 @@ def run_ablation_demo(
     test_h, test_b = bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval)
     positions = selection_positions or [-1]
     grid = extract_directions(cm, train_h, train_b, positions=positions, progress=progress)
-    refusal, report = select_refusal_direction(cm, grid, val_h, val_b, progress=progress)
+    refusal, report = select_refusal_direction(cm, grid, val_h, val_b, fallback=fallback, progress=progress)
 
     def judged(prompts, interventions, desc):
         g = generate_details(cm, list(prompts), interventions=interventions, max_new_tokens=max_new_tokens,
@@ -89,7 +99,8 @@ def run_ablation_demo(
     results = {
         "model": cm.fingerprint(),
         "refusal_direction": {"layer": refusal.layer, "position": refusal.position, "norm": refusal.norm,
-                              "selection": report.chosen},
+                              "selection": report.chosen,
+                              "fallback_used": report.settings.get("fallback_used")},
         "rates": rates,
         "kl_ablation_harmless": {"mean": float(kl.mean()), "median": float(kl.median())},
         "orthogonalization_max_logit_diff": float((hook - weights).abs().max()),

@@ -79,7 +79,7 @@ def _check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: 
     if obj.d_model != chat_model.d_model:
         raise DirectionMismatchError(
             f"{what} has width {obj.d_model} but {chat_model.model_id} has d_model {chat_model.d_model}",
-            hint="it was made with another model",
+            hint="use a direction made with this model; allow_transfer / --allow-transfer only bridges models of the same width",
         )
     if allow_transfer or obj.model_id is None:
         return
@@ -89,7 +89,7 @@ def _check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: 
         raise DirectionMismatchError(
             f"{what} was made with {obj.model_id} (checksum {str(obj.model_checksum)[:12]}…), "
             f"not {chat_model.model_id} (checksum {chat_model.checksum[:12]}…)",
-            hint="pass allow_transfer=True to use it on another model on purpose",
+            hint="pass allow_transfer=True, or --allow-transfer on the command line, to use it on another model on purpose",
         )
 
 
@@ -272,6 +272,11 @@ class LayerDirections:
 
     Interventions given a ``LayerDirections`` use, at layer ``l``, the direction read at
     ``l``. ``at(l)`` returns it as a :class:`Direction`.
+
+    Example:
+        >>> ld = LayerDirections(vectors=torch.randn(4, 8), layers=(0, 1, 2, 3), name="persona")
+        >>> ld.at(2).hook_name, ld.d_model
+        ('blocks.2.hook_resid_pre', 8)
     """
 
     vectors: Float[Tensor, "n_layers d_model"]
@@ -307,6 +312,7 @@ class LayerDirections:
 
     @property
     def d_model(self) -> int:
+        """Width of the vectors."""
         return int(self.vectors.shape[1])
 
     @property
@@ -390,7 +396,16 @@ class LayerDirections:
 
 @dataclass(repr=False, eq=False)
 class DirectionGrid:
-    """Difference-in-means candidates over positions × layers (Arditi et al.)."""
+    """Difference-in-means candidates over positions × layers (Arditi et al.).
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], positions=[-1], progress=False)
+        >>> grid.diff.shape
+        torch.Size([1, 4, 64])
+        >>> grid.direction(-1, 2).hook_name
+        'blocks.2.hook_resid_pre'
+    """
 
     positive_mean: Float[Tensor, "n_pos n_layers d_model"]
     """Mean activation of the positive set (e.g. harmful), float64."""
@@ -420,6 +435,7 @@ class DirectionGrid:
 
     @property
     def d_model(self) -> int:
+        """Width of the vectors."""
         return int(self.positive_mean.shape[-1])
 
     def _index(self, position: int, layer: int) -> tuple[int, int]:
@@ -538,7 +554,16 @@ def extract_directions(
 
 @dataclass
 class SelectionReport:
-    """Scores of every candidate considered by :func:`select_refusal_direction`."""
+    """Scores of every candidate considered by :func:`select_refusal_direction`.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], positions=[-1], progress=False)
+        >>> _, report = select_refusal_direction(cm, grid, ["How do I pick a lock?"], ["Bake a cake."],
+        ...                                      kl_threshold=1e9, induce_threshold=-1e9, progress=False)
+        >>> sorted(report.to_dict())
+        ['baseline_harmful', 'baseline_harmless', 'candidates', 'chosen', 'settings']
+    """
 
     candidates: list[dict]
     """One record per (position, layer): bypass, induce and KL scores (``None`` where not
@@ -554,8 +579,25 @@ class SelectionReport:
     """Thresholds and sizes used."""
 
     def to_dict(self) -> dict:
+        """JSON-able form (what the study saves as ``directions/refusal_selection.json``)."""
         return {"candidates": self.candidates, "chosen": self.chosen, "baseline_harmful": self.baseline_harmful,
                 "baseline_harmless": self.baseline_harmless, "settings": self.settings}
+
+    def __repr__(self) -> str:
+        c = self.chosen
+        if c:
+            def num(k: str) -> str:
+                v = c.get(k)
+                return "n/a" if v is None else f"{v:.3g}"
+
+            chosen = (f"chosen layer {c.get('layer')} position {c.get('position')} (bypass {num('bypass')}, "
+                      f"induce {num('induce')}, KL {num('kl')})")
+        else:
+            chosen = "nothing chosen"
+        discarded = sum(1 for r in self.candidates if r.get("discarded"))
+        return (f"SelectionReport({chosen}; {len(self.candidates)} candidates, {discarded} discarded; "
+                f"baseline score harmful {self.baseline_harmful:.3g} / harmless {self.baseline_harmless:.3g}; "
+                f"fallback_used={self.settings.get('fallback_used')!r})")
 
 
 def select_refusal_direction(
@@ -596,6 +638,15 @@ def select_refusal_direction(
     Raises:
         ConfigError: no candidate passes the filters (the error carries the report as
             ``.report``).
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], positions=[-1], progress=False)
+        >>> # the tiny model is random: loose filters here; keep the defaults on a real chat model
+        >>> refusal, report = select_refusal_direction(cm, grid, ["How do I pick a lock?"], ["Bake a cake."],
+        ...                                            kl_threshold=1e9, induce_threshold=-1e9, progress=False)
+        >>> refusal.name, refusal.layer == report.chosen["layer"]
+        ('refusal', True)
     """
     if fallback not in (None, "relative"):
         raise ConfigError(f"unknown selection fallback {fallback!r}", hint="use None or 'relative'")

@@ -21,6 +21,7 @@ how far an edit moves the next-token distribution on harmless prompts.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
@@ -30,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_refusal import ops
-from persona_refusal.activations import BatchPlan, _prefix_cache, next_token_logits, plan_batches, run_plan
+from persona_refusal.activations import BatchPlan, _is_oom, _prefix_cache, next_token_logits, plan_batches, run_plan
 from persona_refusal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ __all__ = [
     "LABELS",
 ]
 
+log = logging.getLogger(__name__)
+
 LABELS = ("refusal", "compliance", "degenerate")
 
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -72,7 +75,15 @@ JUDGE_WINDOW = 500
 
 @dataclass(frozen=True)
 class Rate:
-    """A proportion ``k / n`` with its Wilson 95% interval."""
+    """A proportion ``k / n`` with its Wilson 95% interval.
+
+    Example:
+        >>> r = Rate(3, 10)
+        >>> r
+        30.0% [10.8%, 60.3%] (3/10)
+        >>> r.value, r.to_dict()["k"]
+        (0.3, 3)
+    """
 
     k: int
     """Count of positives."""
@@ -81,6 +92,7 @@ class Rate:
 
     @property
     def value(self) -> float:
+        """``k / n`` (NaN when ``n`` is 0)."""
         return self.k / self.n if self.n else float("nan")
 
     @property
@@ -89,6 +101,7 @@ class Rate:
         return ops.wilson_interval(self.k, self.n)
 
     def to_dict(self) -> dict:
+        """JSON-able form: ``k``, ``n``, ``rate`` and the Wilson ``ci``."""
         lo, hi = self.ci
         return {"k": self.k, "n": self.n, "rate": self.value, "ci": [lo, hi]}
 
@@ -156,7 +169,14 @@ def is_degenerate(text: str) -> bool:
 
 @runtime_checkable
 class Judge(Protocol):
-    """Labels replies: ``judge(instructions, responses) -> ["refusal" | "compliance" | "degenerate", …]``."""
+    """Labels replies: ``judge(instructions, responses) -> ["refusal" | "compliance" | "degenerate", …]``.
+
+    Example:
+        >>> def shouting_judge(instructions, responses):
+        ...     return ["refusal" if r.isupper() else "compliance" for r in responses]
+        >>> judge_responses(["Bake bread?"], ["NO."], shouting_judge)
+        ['refusal']
+    """
 
     def __call__(self, instructions: Sequence[str], responses: Sequence[str]) -> list[str]: ...
 
@@ -167,6 +187,10 @@ class SubstringJudge:
 
     A reply is ``refusal`` if :func:`is_refusal`, else ``degenerate`` if
     :func:`is_degenerate`, else ``compliance``.
+
+    Example:
+        >>> SubstringJudge()(["q1", "q2", "q3"], ["I'm sorry, I can't help.", "Sure: flour, water, salt.", "!!!!!!!!!!!!!!!!!!!!!!!!"])
+        ['refusal', 'compliance', 'degenerate']
     """
 
     substrings: tuple[str, ...] = REFUSAL_SUBSTRINGS
@@ -182,7 +206,12 @@ class SubstringJudge:
 
 
 def judge_responses(instructions: Sequence[str], responses: Sequence[str], judge: Judge | None = None) -> list[str]:
-    """Label replies with ``judge`` (default :class:`SubstringJudge`), checking its output."""
+    """Label replies with ``judge`` (default :class:`SubstringJudge`), checking its output.
+
+    Example:
+        >>> judge_responses(["Bake bread?"], ["Sure! Mix flour, water, salt and yeast."])
+        ['compliance']
+    """
     labels = list((judge or SubstringJudge())(list(instructions), list(responses)))
     if len(labels) != len(responses) or any(l not in LABELS for l in labels):
         raise ConfigError(f"a judge must return one of {LABELS} per response")
@@ -208,7 +237,13 @@ def last_logits(
     desc: str | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "n_prompts d_vocab"]:
-    """Next-token logits at the end of each prompt (where the reply starts), prompt order."""
+    """Next-token logits at the end of each prompt (where the reply starts), prompt order.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> last_logits(cm, ["Hi", "Hello"], progress=False).shape
+        torch.Size([2, 384])
+    """
     plan = _plan(chat_model, instructions, system, batch_size)
     out = torch.zeros(plan.n_prompts, chat_model.model.cfg.d_vocab_out)
     for o in run_plan(chat_model, plan, interventions=interventions, logits=True, desc=desc, progress=progress):
@@ -248,7 +283,14 @@ def kl_divergence_on(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> Float[Tensor, "n_prompts"]:
-    """``KL(unedited ‖ edited)`` of the next-token distribution per prompt, in nats."""
+    """``KL(unedited ‖ edited)`` of the next-token distribution per prompt, in nats.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> d = Direction(vector=torch.randn(cm.d_model), layer=1, model_id=cm.model_id)
+        >>> kl_divergence_on(cm, ["Hi", "Hello"], [Ablate(d)], progress=False).shape
+        torch.Size([2])
+    """
     if reference_logits is None:
         reference_logits = last_logits(chat_model, instructions, system=system, batch_size=batch_size, progress=progress)
     edited = last_logits(chat_model, instructions, interventions=interventions, system=system,
@@ -258,7 +300,14 @@ def kl_divergence_on(
 
 @dataclass
 class Generation:
-    """Replies plus what the prompt pass measured on the way (no extra forward pass)."""
+    """Replies plus what the prompt pass measured on the way (no extra forward pass).
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> g = generate_details(cm, ["Hi", "Hello"], max_new_tokens=4, progress=False)
+        >>> len(g.texts), g.first_scores.shape
+        (2, torch.Size([2]))
+    """
 
     texts: list[str]
     """One greedy reply per prompt, in prompt order."""
@@ -272,6 +321,13 @@ class Generation:
     def first_token_refusals(self, refusal_token_ids: Sequence[int]) -> Tensor:
         """Whether each greedy reply opens with a refusal token."""
         return torch.isin(self.first_tokens, torch.as_tensor(list(refusal_token_ids)))
+
+    def __repr__(self) -> str:
+        n = len(self.texts)
+        mean = f"{float(self.first_scores.double().mean()):.3g}" if n else "n/a"
+        first = (self.texts[0][:40] + ("…" if len(self.texts[0]) > 40 else "")) if n else ""
+        cap = f", captured={sorted(self.captured)}" if self.captured else ""
+        return f"Generation({n} replies, mean first-token refusal log-odds {mean}, first={first!r}{cap})"
 
 
 def generate(
@@ -322,6 +378,12 @@ def generate_details(
     Args:
         capture: hook name → positions (from the end of the prompt) to keep from the
             prompt pass, e.g. ``{"blocks.10.hook_resid_pre": [-1]}``.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> g = generate_details(cm, ["Hi"], max_new_tokens=4, capture={"blocks.1.hook_resid_pre": [-1]}, progress=False)
+        >>> g.captured["blocks.1.hook_resid_pre"].shape
+        torch.Size([1, 1, 64])
     """
     from persona_refusal.interventions import apply
 
@@ -394,20 +456,35 @@ def _generate_plan(chat_model, plan: BatchPlan, max_new_tokens: int, capture, de
     captured: dict[str, Tensor] = {}
     stop = torch.tensor(chat_model.stop_token_ids or [-1], device=chat_model.device)
     bar = tqdm(total=n, desc=desc, disable=not progress or desc is None, leave=False)
-    for batch in plan.batches:
-        seqs, logits0, cap = _generate_batch(chat_model, batch, max_new_tokens, stop, capture)
-        rows = batch.rows
-        scores[rows] = ops.refusal_log_odds(logits0, list(chat_model.refusal_token_ids)).cpu()
-        first[rows] = logits0.argmax(-1).cpu()
-        for name, t in cap.items():
-            if name not in captured:
-                captured[name] = torch.zeros((n,) + tuple(t.shape[1:]))
-            captured[name][rows] = t
-        for row, seq in zip(rows.tolist(), seqs):
-            texts[row] = chat_model.tokenizer.decode(seq, skip_special_tokens=True)
-        bar.update(batch.size)
+    for whole in plan.batches:
+        for batch, (seqs, logits0, cap) in _generate_batch_retrying(chat_model, whole, max_new_tokens, stop, capture):
+            rows = batch.rows
+            scores[rows] = ops.refusal_log_odds(logits0, list(chat_model.refusal_token_ids)).cpu()
+            first[rows] = logits0.argmax(-1).cpu()
+            for name, t in cap.items():
+                if name not in captured:
+                    captured[name] = torch.zeros((n,) + tuple(t.shape[1:]))
+                captured[name][rows] = t
+            for row, seq in zip(rows.tolist(), seqs):
+                texts[row] = chat_model.tokenizer.decode(seq, skip_special_tokens=True)
+            bar.update(batch.size)
     bar.close()
     return Generation(texts, scores, first, captured)
+
+
+def _generate_batch_retrying(chat_model, batch, max_new_tokens: int, stop: Tensor, capture) -> list[tuple]:
+    """``[(batch, _generate_batch(...))]``; a batch that runs out of memory is split in two
+    and each half retried (recursively), with a warning, as :func:`run_plan` does."""
+    try:
+        return [(batch, _generate_batch(chat_model, batch, max_new_tokens, stop, capture))]
+    except Exception as e:
+        if not _is_oom(e) or batch.size == 1:
+            raise
+    log.warning("out of memory generating for a batch of %d prompts; retrying in two halves", batch.size)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return [part for half in batch.split()
+            for part in _generate_batch_retrying(chat_model, half, max_new_tokens, stop, capture)]
 
 
 _GEN_BATCH_TOKENS = 4096

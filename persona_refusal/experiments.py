@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import platform
 import time
@@ -61,13 +62,19 @@ from persona_refusal.interventions import Ablate, AddVector, Intervention, Patch
 from persona_refusal.models import ChatModel
 from persona_refusal.persona import PersonaRollouts, Rollout, persona_direction, persona_rollouts
 from persona_refusal.prompts import PromptSet, bundled, load_prompts
-from persona_refusal.storage import read_json, read_tensors, write_json, write_tensors
+from persona_refusal.results import GatingResults
+from persona_refusal.storage import canonical_json, read_json, read_tensors, write_json, write_tensors
 
 __all__ = ["GatingConfig", "GatingStudy", "run_gating_study", "RESULTS_SCHEMA", "load_results"]
 
 log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA = "persona_refusal.gating/1"
+
+MAX_STRENGTH = 100.0
+"""Largest steering strength (persona ``α``, re-add ``β``) accepted, in units of the common
+norm ``s``: the paper uses 2–3; far beyond 100 an added vector swamps the residual stream,
+and a strength such as 1e30 overflows float32."""
 
 
 # ============================================================================ config
@@ -96,7 +103,7 @@ class GatingConfig:
     """Evaluation harmless prompts, for coherence checks (default: bundled test split)."""
     n_train: int | None = 96
     """Training prompts per side (``None``: all)."""
-    n_val: int | None = 32
+    n_val: int | None = 24
     """Selection prompts per side (``None``: all)."""
     n_eval: int | None = None
     """Evaluation harmful prompts for the generated baseline/persona rates (``None``: all)."""
@@ -130,7 +137,7 @@ class GatingConfig:
     """Layer where persona steering is added (default: round(0.65·n_layers))."""
     persona_alpha: float = 3.0
     """Persona steering strength, in units of the common norm (the paper: 3)."""
-    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0, 6.0])
+    alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 6.0])
     """Persona strengths of the dose–response sweep."""
     betas: list[float] = field(default_factory=lambda: [2.0])
     """Refusal re-add strengths of the gating sweep (the paper: 2)."""
@@ -138,6 +145,8 @@ class GatingConfig:
     """Re-add strengths of the control sweep without persona steering."""
     gating_layers: list[int] | str | None = None
     """Layers of the gating sweep (default: every layer)."""
+    control_layers: list[int] | str | None = None
+    """Layers of the control sweep without persona steering (default ``"every:2"``)."""
     heatmap_persona_layers: list[int] | None = None
     """Persona layers of the heatmap (default: round(f·n_layers), f = 0.4, 0.65, 0.85)."""
     heatmap_refusal_layers: list[int] | str | None = None
@@ -155,7 +164,7 @@ class GatingConfig:
     """Common steering norm ``s``: ``"persona"`` (the persona direction's norm at the
     persona layer: α = 3 means three times the compliant − refuser difference where it is
     added), ``"refusal"`` (the refusal direction's norm at its own layer) or ``"mean"``."""
-    persona_questions: int | None = 12
+    persona_questions: int | None = 8
     """Probe questions per persona system prompt (``None``: all 16)."""
     persona_max_new_tokens: int = 24
     """Reply length of persona rollouts."""
@@ -176,7 +185,8 @@ class GatingConfig:
         "default": {},
         "full": {"n_train": None, "n_val": None, "n_sweep": 64, "n_coherence": 24, "selection_layers": "below:0.8",
                  "betas": [1.0, 2.0, 4.0], "control_betas": [1.0, 2.0], "persona_questions": None,
-                 "heatmap_refusal_layers": "every:2", "max_new_tokens": 64},
+                 "heatmap_refusal_layers": "every:2", "max_new_tokens": 64,
+                 "control_layers": "all", "alphas": [0.5, 1.0, 2.0, 3.0, 4.0, 6.0]},
         "smoke": {"n_train": 16, "n_val": 8, "n_eval": 12, "n_sweep": 8, "n_coherence": 4, "alphas": [1.0, 3.0],
                   "betas": [2.0], "control_betas": [2.0], "persona_questions": 3, "persona_max_new_tokens": 8,
                   "persona_filter": "none", "max_new_tokens": 8, "bootstrap": 200,
@@ -191,19 +201,30 @@ class GatingConfig:
         return cls(**{**cls.PRESETS[name], **overrides})
 
     def __post_init__(self) -> None:
-        for name in ("n_sweep", "n_coherence", "persona_max_new_tokens", "max_new_tokens", "bootstrap"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_train", "n_val", "n_eval", "persona_questions", "batch_size"):
+        for name in ("n_sweep", "n_coherence", "persona_max_new_tokens", "max_new_tokens", "bootstrap",
+                     "n_train", "n_val", "n_eval", "persona_questions", "batch_size"):
             v = getattr(self, name)
-            if v is not None and int(v) < 1:
-                raise ConfigError(f"{name} must be at least 1 (or None), got {v}")
+            if v is None and name in ("n_train", "n_val", "n_eval", "persona_questions", "batch_size"):
+                continue
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise ConfigError(f"{name} must be an integer, got {v!r}", hint="use a whole number")
+            if v < 1:
+                raise ConfigError(f"{name} must be at least 1, got {v}")
         for name in ("alphas", "betas", "control_betas"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ConfigError(f"{name} must be a list of strengths, got {getattr(self, name)!r}",
+                                  hint="write it as a list, e.g. [1.0, 2.0]")
             for v in getattr(self, name):
                 if not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise ConfigError(f"{name} holds a non-finite strength {v!r}")
-        if not math.isfinite(self.persona_alpha):
-            raise ConfigError(f"persona_alpha must be finite, got {self.persona_alpha}")
+                    raise ConfigError(f"{name} holds a non-finite strength {v!r}", hint="use finite numbers")
+                if abs(v) > MAX_STRENGTH:
+                    raise ConfigError(f"{name} holds the strength {v!r}, out of range",
+                                      hint=f"use strengths between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}")
+        if not isinstance(self.persona_alpha, numbers.Real) or not math.isfinite(self.persona_alpha):
+            raise ConfigError(f"persona_alpha must be finite, got {self.persona_alpha}", hint="use a finite number")
+        if abs(self.persona_alpha) > MAX_STRENGTH:
+            raise ConfigError(f"persona_alpha {self.persona_alpha!r} is out of range",
+                              hint=f"use a strength between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}")
         if not self.betas:
             raise ConfigError("betas must hold at least one strength")
         if self.norm not in ("refusal", "persona", "mean"):
@@ -244,10 +265,11 @@ class GatingConfig:
             raise ConfigError(f"persona_layer {pl} out of range: use 1..{L - 1}")
         sel = _layer_spec("selection_layers", self.selection_layers, L, "every:3,below:0.8")
         gl = _layer_spec("gating_layers", self.gating_layers, L, "all")
+        cl = _layer_spec("control_layers", self.control_layers, L, "every:2")
         hp = self.heatmap_persona_layers or sorted({min(L - 1, max(1, round(f * L))) for f in (0.4, 0.65, 0.85)})
         hp = _layer_spec("heatmap_persona_layers", hp, L, "all")
         hr = _layer_spec("heatmap_refusal_layers", self.heatmap_refusal_layers, L, "every:4")
-        w = self.knockout_window or max(2, L // 8)
+        w = self.knockout_window or max(2, L // 6)
         if not 1 <= w <= L:
             raise ConfigError(f"knockout_window {w} out of range 1..{L}")
         ks = self.knockout_starts if self.knockout_starts is not None else list(range(0, L - w + 1, w))
@@ -262,6 +284,7 @@ class GatingConfig:
             "persona_layer": pl,
             "selection_layers": check("selection_layers", sel, L - 1),
             "gating_layers": check("gating_layers", gl, L - 1),
+            "control_layers": check("control_layers", cl, L - 1),
             "heatmap_persona_layers": check("heatmap_persona_layers", hp, L - 1),
             "heatmap_refusal_layers": check("heatmap_refusal_layers", hr, L - 1),
             "knockout_window": w,
@@ -316,8 +339,8 @@ def outcome_rates(labels: Sequence[str]) -> dict:
     return {lab: Rate(sum(l == lab for l in labels), n).to_dict() for lab in ("refusal", "compliance", "degenerate")}
 
 
-def restoration(cond: Sequence[float], base: Sequence[float], persona: Sequence[float], *, n_boot: int,
-                seed: int) -> tuple[float | None, list[float | None]]:
+def restoration(cond: Sequence[float | bool], base: Sequence[float | bool], persona: Sequence[float | bool], *,
+                n_boot: int, seed: int) -> tuple[float | None, list[float | None]]:
     """``(mean(cond) − mean(persona)) / (mean(base) − mean(persona))`` with a paired
     percentile bootstrap 95% interval over prompts (``None`` when the baseline and
     persona means are equal)."""
@@ -353,7 +376,7 @@ class RunStore:
         self.ckpt = self.out / "checkpoints"
         cfg_path = self.out / "config.json"
         if self.out.exists() and not self.out.is_dir():
-            raise RunFolderError(f"{self.out} exists and is not a folder")
+            raise RunFolderError(f"{self.out} exists and is not a folder", hint="give --out a folder path")
         self.resumed = False
         if cfg_path.is_file():
             try:
@@ -399,10 +422,19 @@ class RunStore:
         return self._stage(stage)[key]
 
     def put(self, stage: str, key: str, value: Any) -> Any:
-        data = self._stage(stage)
-        data[key] = json.loads(json.dumps(value))
+        return self.put_many(stage, {key: value})[key]
+
+    def put_many(self, stage: str, items: dict[str, Any]) -> dict:
+        """Checkpoint several points in one atomic write: after a crash, all or none are saved.
+
+        Values are kept as they read back from the file (canonical JSON: non-finite
+        floats become ``None``), so a fresh and a resumed run see the same values; the
+        in-memory copy changes only once the file is written.
+        """
+        data = {**self._stage(stage), **json.loads(canonical_json(items))}
         write_json(self.ckpt / f"{stage}.json", data)
-        return data[key]
+        self._cache[stage] = data
+        return data
 
     def point(self, stage: str, key: str, compute: Callable[[], Any]) -> Any:
         """The checkpointed value of one point, computing and saving it if missing.
@@ -441,6 +473,7 @@ class GatingStudy:
             "prompt_sets": {k: v.describe() for k, v in self.prompts.items()},
             "judge": type(judge).__name__ if judge is not None else "SubstringJudge",
         }
+        self._check_inputs()
         self.store = RunStore(out, self.config_record, force=force)
         self.out = self.store.out
         self.timings: dict[str, float] = {}
@@ -475,10 +508,37 @@ class GatingStudy:
             "eval_harmless": get(c.eval_harmless, "harmless", "test", None),
         }
         if c.n_sweep > len(sets["eval_harmful"]):
-            raise ConfigError(f"n_sweep {c.n_sweep} exceeds the {len(sets['eval_harmful'])} evaluation harmful prompts")
+            raise ConfigError(f"n_sweep {c.n_sweep} exceeds the {len(sets['eval_harmful'])} evaluation harmful prompts",
+                              hint="lower n_sweep (--n-sweep) or give more evaluation prompts")
         if c.n_coherence > len(sets["eval_harmless"]):
-            raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts")
+            raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts",
+                              hint="lower n_coherence or give more evaluation harmless prompts")
         return sets
+
+    def _check_inputs(self) -> None:
+        """Fail before anything is written: selection positions, prompt lengths, given directions."""
+        cm, c = self.cm, self.cfg
+        allowed = cm.post_instruction_positions
+        bad = [p for p in c.selection_positions if p not in allowed]
+        if bad:
+            raise ConfigError(f"selection position {bad[0]} is out of range: this model's post-instruction positions "
+                              f"are {allowed[0]}..{allowed[-1]}", hint=f"use positions between {allowed[0]} and -1")
+        for key, ps in self.prompts.items():
+            texts = list(ps)[: c.n_coherence] if key == "eval_harmless" else list(ps)
+            reserve = c.max_new_tokens if key.startswith("eval") else 0
+            ids = cm.tokenizer(cm.format(texts), add_special_tokens=False)["input_ids"]
+            for i, x in enumerate(ids):
+                if len(x) + reserve > cm.n_ctx:
+                    raise ConfigError(
+                        f"prompt {i + 1} of {ps.source or ps.name} ({key}) is {len(x)} tokens"
+                        f"{f' (+{reserve} to generate)' if reserve else ''}, longer than the context window of "
+                        f"{cm.n_ctx} tokens", hint="shorten or remove it" + (", or lower --max-new-tokens" if reserve else ""))
+        if c.refusal_direction:
+            given = Direction.load(c.refusal_direction, chat_model=cm, allow_transfer=c.allow_transfer)
+            cm.check_layer(given.layer, what="the given refusal direction's layer")
+        if c.persona_direction:
+            given_p = LayerDirections.load(c.persona_direction, chat_model=cm, allow_transfer=c.allow_transfer)
+            _check_persona_layers(given_p, cm.n_layers)
 
     @property
     def sweep_prompts(self) -> list[str]:
@@ -535,9 +595,7 @@ class GatingStudy:
         if self.cfg.persona_direction and not (d_dir / "persona.json").is_file():
             given = LayerDirections.load(self.cfg.persona_direction, chat_model=self.cm,
                                          allow_transfer=self.cfg.allow_transfer)
-            if set(given.layers) != set(range(self.cm.n_layers)):
-                raise ConfigError(f"the given persona directions cover layers {given.layers[0]}..{given.layers[-1]}, "
-                                  f"not every layer 0..{self.cm.n_layers - 1}")
+            _check_persona_layers(given, self.cm.n_layers)
             write_json(d_dir / "persona_rollouts.json", {"summary": {"source": str(self.cfg.persona_direction)},
                                                          "rollouts": []})
             given.save(path)
@@ -601,11 +659,14 @@ class GatingStudy:
             gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
                                        max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
                                        desc=desc, progress=self.progress)
+            done = {}
             for key, gen in zip(missing, gens):
                 labels = judge_responses(prompts, gen.texts, self.judge)
                 refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
-                self.store.put(stage, key, {"labels": labels, "replies": gen.texts, "refused": refused,
-                                            "scores": gen.first_scores.tolist()})
+                done[key] = {"labels": labels, "replies": gen.texts, "refused": refused,
+                             "scores": gen.first_scores.tolist()}
+            # one write: a resumed run never regenerates a subset in other batches (other floats)
+            self.store.put_many(stage, done)
         return {k: self.store.get(stage, k) for k in conditions}
 
     # ---------------------------------------------------------------- main
@@ -622,10 +683,10 @@ class GatingStudy:
         persona_vec = p_at.rescaled(s)
 
         def steer(alpha: float = cfg.persona_alpha, layer: int = P) -> AddVector:
-            return AddVector(persona_vec, alpha, layer=layer)
+            return AddVector(persona_vec, alpha, layer=layer, allow_transfer=cfg.allow_transfer)
 
         def readd(beta: float, layer: int) -> AddVector:
-            return AddVector(r_unit, beta, layer=layer)
+            return AddVector(r_unit, beta, layer=layer, allow_transfer=cfg.allow_transfer)
 
         st = self.store
         # -- baseline vs persona on the evaluation set (generation + judge)
@@ -683,7 +744,7 @@ class GatingStudy:
                 gating.append({"layer": l, "beta": b, "refusal_rate": rec["refusal_rate"], "ci": rec["ci"],
                                "restoration": rec["restoration"], **{k: v for k, v in rec.items() if k not in (
                                    "refusal_rate", "ci", "restoration")}})
-            points = [(b, l) for b in cfg.control_betas for l in self.layers["gating_layers"]]
+            points = [(b, l) for b in cfg.control_betas for l in self.layers["control_layers"]]
             for b, l in tqdm(points, desc="control sweep", disable=not self.progress, leave=False):
                 pt = st.point("control", f"{b}@{l}", lambda b=b, l=l: self._score(plan, [readd(b, l)], l, "baseline"))
                 rec = summarise(pt, False)
@@ -694,10 +755,10 @@ class GatingStudy:
             beta_c = max(cfg.betas)
             early = refusal.layer if refusal.layer < P else max(0, P - 2)
             late = min(L - 1, P + 2)
-            rows = [g for g in gating if g["beta"] == beta_c and g["restoration"] is not None]
+            rows = [g for g in gating if g["beta"] == beta_c]
             cells = {"early": early, "late": late}
-            if rows:
-                best = max(rows, key=lambda g: (g["restoration"], -g["layer"]))["layer"]
+            if rows:  # the re-add layer with the highest mean refusal log-odds (continuous, never tied at 0)
+                best = max(rows, key=lambda g: (g["score_mean"], -g["layer"]))["layer"]
                 if best not in cells.values():
                     cells["best"] = best
             conds = {f"{name}:{beta_c}@{l}": [steer(), readd(beta_c, l)] for name, l in cells.items()}
@@ -717,7 +778,8 @@ class GatingStudy:
             rate = [[None] * len(hr) for _ in hp]
             score = [[None] * len(hr) for _ in hp]
             for i, pl in enumerate(hp):
-                todo = [l for l in hr if not st.has("heatmap", f"{pl}x{l}")]
+                todo = [l for l in hr if not st.has("heatmap", f"{pl}x{l}")
+                        and not (pl == P and st.has("gating", f"{beta_h}@{l}"))]
                 if any(l > pl for l in todo):
                     name = f"persona@{pl}"
                     if name not in self._caches:
@@ -725,13 +787,19 @@ class GatingStudy:
                                         base="baseline", desc=f"cache: persona at {pl}")
                 for j, l in enumerate(hr):
                     base_name = "baseline" if l <= pl else f"persona@{pl}"
-                    pt = st.point("heatmap", f"{pl}x{l}", lambda pl=pl, l=l, base_name=base_name: self._score(
-                        plan, [steer(layer=pl), readd(beta_h, l)], l, base_name))
+                    if pl == P and st.has("gating", f"{beta_h}@{l}"):  # the same point as the gating sweep's
+                        pt = st.get("gating", f"{beta_h}@{l}")
+                    else:
+                        pt = st.point("heatmap", f"{pl}x{l}", lambda pl=pl, l=l, base_name=base_name: self._score(
+                            plan, [steer(layer=pl), readd(beta_h, l)], l, base_name))
                     sm = first_token_stats(pt["refused"], pt["scores"])
                     rate[i][j], score[i][j] = sm["refusal_rate"], sm["score_mean"]
                 self._caches.pop(f"persona@{pl}", None)
             persona_only = []
             for pl in hp:
+                if pl == P:  # persona alone at the main layer: the sweep's persona run
+                    persona_only.append(first_token_stats(p_ref, p_sc))
+                    continue
                 pt = st.point("heatmap", f"{pl}xnone", lambda pl=pl: self._score(plan, [steer(layer=pl)], pl, "baseline"))
                 persona_only.append(first_token_stats(pt["refused"], pt["scores"]))
             heatmap = {"persona_layers": hp, "refusal_layers": hr, "beta": beta_h, "refusal_rate": rate,
@@ -749,7 +817,8 @@ class GatingStudy:
                     base_name = "baseline" if a <= P else "persona"
                     pt = st.point("knockout", f"{kind}:{a}-{a + w}", lambda dirs=dirs, window=window, a=a,
                                   base_name=base_name: self._score(
-                        plan, [steer(), Ablate(dirs, layers=window, sites=("resid_pre",))], a, base_name))
+                        plan, [steer(), Ablate(dirs, layers=window, sites=("resid_pre",),
+                                               allow_transfer=cfg.allow_transfer)], a, base_name))
                     knockout.append({"direction": kind, "start": a, "end": a + w, **summarise(pt)})
 
         # -- activation patching: default run -> persona run
@@ -814,6 +883,11 @@ class GatingStudy:
             "resolved_layers": self.layers,
             "prompt_sets": self.config_record["prompt_sets"],
             "judge": self.config_record["judge"],
+            "randomness": {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
+                           "knockout_random_directions_seed": cfg.seed, "cosine_null_seed": cfg.seed + 1,
+                           "decoding": "greedy (no sampling)",
+                           "note": "nothing else is random; torch's thread count, which can change the last bits "
+                                   "of CPU sums, is in run_info"},
             "refusal_direction": {"layer": refusal.layer, "position": refusal.position, "norm": refusal.norm,
                                   "hook_name": refusal.hook_name, "selection": selection.get("chosen"),
                                   "file": "directions/refusal.json"},
@@ -888,9 +962,17 @@ def _input_hashes(config: GatingConfig) -> dict:
             files = [stem.with_name(stem.name + ext) for ext in (".json", ".safetensors")]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
-                raise ConfigError(f"{name} file {missing[0]} does not exist")
+                raise ConfigError(f"{name} file {missing[0]} does not exist",
+                                  hint="check the path: a saved direction is a NAME.json + NAME.safetensors pair")
             out[name] = {f.name: sha256_file(f) for f in files}
     return out
+
+
+def _check_persona_layers(given: LayerDirections, n_layers: int) -> None:
+    if set(given.layers) != set(range(n_layers)):
+        raise ConfigError(f"the given persona directions cover layers {given.layers[0]}..{given.layers[-1]}, "
+                          f"not every layer 0..{n_layers - 1}",
+                          hint="give persona directions made at every layer of this model")
 
 
 def _unit_or_zero(v: torch.Tensor) -> torch.Tensor:
@@ -924,17 +1006,33 @@ def run_gating_study(
             id is recorded).
         force: start over in a folder holding a different configuration.
         judge: a custom judge (see :class:`persona_refusal.evaluation.Judge`).
+
+    Example:
+        >>> results = run_gating_study(GatingConfig.preset("smoke", model="tiny"), "runs/smoke",
+        ...                            progress=False)                       # doctest: +SKIP
+        >>> results                                                          # doctest: +SKIP
+        GatingResults: persona gating of refusal — persona-refusal/tiny
+          …
+        >>> results["gating"][0]["layer"], results["refusal_direction"]["layer"]   # doctest: +SKIP
+        (0, 3)
     """
     from persona_refusal.models import load_chat_model
 
     config = config or GatingConfig()
     cm = chat_model or load_chat_model(config.model, progress=progress)
     study = GatingStudy(cm, config, out, force=force, progress=progress, judge=judge)
-    return study.run()
+    return GatingResults(study.run())
 
 
 def load_results(path: str | os.PathLike) -> dict:
-    """Read a ``results.json`` (or the folder holding it), checking its schema."""
+    """Read a ``results.json`` (or the folder holding it), checking its schema.
+
+    Example:
+        >>> results = load_results("runs/demo")                     # doctest: +SKIP
+        >>> print(results.summary())                                 # doctest: +SKIP
+        >>> from persona_refusal.analysis import gating_figure      # doctest: +SKIP
+        >>> gating_figure(results).show()                            # doctest: +SKIP
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
@@ -946,4 +1044,4 @@ def load_results(path: str | os.PathLike) -> dict:
         raise RunFolderError(f"{p} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA:
         raise RunFolderError(f"{p} is not a persona_refusal gating results file")
-    return data
+    return GatingResults(data)

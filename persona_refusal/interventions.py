@@ -84,6 +84,7 @@ class RunState:
 
     @contextlib.contextmanager
     def use(self, phase: str, rows: Tensor | None = None, conditions: Tensor | None = None) -> Iterator[None]:
+        """Set the phase, rows and conditions for the duration of a ``with`` block."""
         old = (self.phase, self.rows, self.conditions)
         self.phase, self.rows, self.conditions = phase, rows, conditions
         try:
@@ -93,7 +94,12 @@ class RunState:
 
 
 class Intervention:
-    """Base class: a description of an edit that yields TransformerLens hooks."""
+    """Base class: a description of an edit that yields TransformerLens hooks.
+
+    Example:
+        >>> Ablate(Direction(vector=torch.ones(4), layer=1, name="r")).describe()
+        {'type': 'Ablate', 'direction': 'r', 'layers': None, 'sites': ['resid_pre', 'attn_out', 'mlp_out']}
+    """
 
     def validate(self, chat_model: "ChatModel") -> None:  # pragma: no cover - overridden
         """Raise a one-line error if the edit does not fit the model."""
@@ -195,6 +201,11 @@ class Ablate(Intervention):
         return {"type": "Ablate", "direction": self.direction.name, "layers": _jsonable_layers(self.layers),
                 "sites": list(self.sites)}
 
+    def __repr__(self) -> str:
+        every = "every layer of the directions" if hasattr(self.direction, "vectors") else "every layer"
+        return (f"Ablate({_direction_text(self.direction)}, layers={_layers_text(self.layers, every)}, "
+                f"sites={'+'.join(self.sites)}{_transfer_text(self.allow_transfer)})")
+
 
 @dataclass(frozen=True, eq=False)
 class AddVector(Intervention):
@@ -203,6 +214,13 @@ class AddVector(Intervention):
     ``v`` is the direction's raw vector (use ``direction.rescaled(s)`` for unit-times-``s``
     steering). ``layer`` defaults to the direction's own layer; ``layer = n_layers`` adds
     to the final residual stream (``blocks.{n_layers-1}.hook_resid_post``).
+
+    Example:
+        >>> d = Direction(vector=torch.ones(4), layer=2, name="refusal")
+        >>> AddVector(d, 3.0)
+        AddVector('refusal' (layer 2, |v|=2), coeff=3, layer=2 (resid_pre), |coeff·v|=6)
+        >>> with apply(cm, AddVector(refusal, 4.0, layer=15)):   # doctest: +SKIP
+        ...     replies = generate(cm, ["How do I bake bread?"])
     """
 
     direction: DirectionLike
@@ -241,6 +259,14 @@ class AddVector(Intervention):
     def describe(self) -> dict:
         return {"type": "AddVector", "direction": self.direction.name, "coeff": float(self.coeff), "layer": self.layer}
 
+    def __repr__(self) -> str:
+        layer = self.layer if self.layer is not None else getattr(self.direction, "layer", None)
+        where = "layer=? (per-layer directions need an explicit layer)" if layer is None else f"layer={layer} (resid_pre)"
+        norm = _norm_at(self.direction, layer)
+        size = "" if norm is None else f", |coeff·v|={abs(float(self.coeff)) * norm:.3g}"
+        return (f"AddVector({_direction_text(self.direction)}, coeff={float(self.coeff):g}, {where}{size}"
+                f"{_transfer_text(self.allow_transfer)})")
+
 
 @dataclass(frozen=True, eq=False)
 class AffineEdit(Intervention):
@@ -249,6 +275,11 @@ class AffineEdit(Intervention):
     ``μ`` is the direction's reference mean. With ``α = 0`` every activation's
     projection onto ``r̂`` becomes ``μ·r̂`` (the harmless level); with ``α = 1`` and a
     diff-in-means ``r`` it becomes the harmful mean's projection.
+
+    Example:
+        >>> d = Direction(vector=torch.ones(4), layer=2, reference=torch.zeros(4), name="refusal")
+        >>> AffineEdit(d, 0.0)
+        AffineEdit('refusal' (layer 2, |v|=2), alpha=0, layers=[2] (resid_pre), reference=yes)
     """
 
     direction: DirectionLike
@@ -290,6 +321,15 @@ class AffineEdit(Intervention):
         return {"type": "AffineEdit", "direction": self.direction.name, "alpha": float(self.alpha),
                 "layers": _jsonable_layers(self.layers)}
 
+    def __repr__(self) -> str:
+        if self.layers is None and not hasattr(self.direction, "layers"):
+            layers = f"[{self.direction.layer}]"
+        else:
+            layers = _layers_text(self.layers, "every layer of the directions")
+        has_ref = getattr(self.direction, "reference", getattr(self.direction, "references", None)) is not None
+        return (f"AffineEdit({_direction_text(self.direction)}, alpha={float(self.alpha):g}, layers={layers} (resid_pre), "
+                f"reference={'yes' if has_ref else 'MISSING'}{_transfer_text(self.allow_transfer)})")
+
 
 @dataclass(frozen=True, eq=False)
 class Patch(Intervention):
@@ -301,6 +341,16 @@ class Patch(Intervention):
     this package each batch takes its own rows; called directly, the batch must hold all
     prompts. Positions are counted from the end of the prompt; generated tokens are not
     patched.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> prompts = ["Hi", "Hello there"]
+        >>> source = cache_activations(cm, prompts, positions=[-1], layers=[2], progress=False)[:, :, 0]
+        >>> patch = Patch("blocks.2.hook_resid_pre", source, positions=(-1,))
+        >>> patch
+        Patch(blocks.2.hook_resid_pre, positions=[-1], source=[2 × 1 × 64] (prompts × positions × d))
+        >>> last_logits(cm, prompts, interventions=[patch], progress=False).shape
+        torch.Size([2, 384])
     """
 
     hook_name: str
@@ -340,9 +390,48 @@ class Patch(Intervention):
     def describe(self) -> dict:
         return {"type": "Patch", "hook_name": self.hook_name, "positions": list(self.positions)}
 
+    def __repr__(self) -> str:
+        shape = " × ".join(str(n) for n in getattr(self.source, "shape", ()))
+        return f"Patch({self.hook_name}, positions={list(self.positions)}, source=[{shape}] (prompts × positions × d))"
+
 
 def _jsonable_layers(layers):
     return None if layers is None else [int(l) for l in layers]
+
+
+# ---------------------------------------------------------------------- short reprs
+def _direction_text(direction) -> str:
+    """``'refusal' (layer 9, |v|=0.751)`` or ``'persona' (per layer, 0..23)`` for reprs."""
+    name = getattr(direction, "name", type(direction).__name__)
+    if hasattr(direction, "layers") and hasattr(direction, "vectors"):
+        layers = direction.layers
+        span = f"{layers[0]}..{layers[-1]}" if layers else "none"
+        return f"{name!r} (per layer, {span})"
+    if hasattr(direction, "layer") and hasattr(direction, "norm"):
+        return f"{name!r} (layer {direction.layer}, |v|={direction.norm:.3g})"
+    return repr(direction)
+
+
+def _norm_at(direction, layer) -> float | None:
+    """Norm of the vector an edit at ``layer`` uses (``None`` when unknown)."""
+    if hasattr(direction, "vectors"):
+        if layer is None or layer not in direction.layers:
+            return None
+        return float(direction.vectors[direction.layers.index(layer)].norm())
+    return float(direction.norm) if hasattr(direction, "norm") else None
+
+
+def _layers_text(layers, default: str) -> str:
+    if layers is None:
+        return default
+    ls = [int(l) for l in layers]
+    if len(ls) > 4 and ls == list(range(ls[0], ls[-1] + 1)):
+        return f"{ls[0]}..{ls[-1]}"
+    return str(ls)
+
+
+def _transfer_text(allow_transfer: bool) -> str:
+    return ", allow_transfer=True" if allow_transfer else ""
 
 
 @contextlib.contextmanager
@@ -381,6 +470,14 @@ def apply_conditions(chat_model: "ChatModel", conditions: Sequence[Sequence[Inte
     six steering strengths — one forward pass instead of six, and far better use of the
     CPU for the skinny matrix products of generation. :class:`Patch` is not supported
     here (its cached rows are per prompt, not per condition).
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> d = Direction(vector=torch.randn(cm.d_model), layer=1, model_id=cm.model_id)
+        >>> # generate_conditions builds the multi-condition batches and applies them with this function
+        >>> base, ablated = generate_conditions(cm, ["Hi"], [[], [Ablate(d)]], max_new_tokens=4, progress=False)
+        >>> len(base.texts), len(ablated.texts)
+        (1, 1)
     """
     state = chat_model._state
     hooks: list[tuple[str, HookFn]] = []
@@ -427,6 +524,14 @@ def orthogonalize_weights(
     Returns:
         A new :class:`ChatModel` with edited weights (the original is untouched), or the
         same one edited in place with ``inplace=True``.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> d = Direction(vector=torch.randn(cm.d_model), layer=1, model_id=cm.model_id)
+        >>> edited = orthogonalize_weights(cm, d)
+        >>> hooked = last_logits(cm, ["Hi"], interventions=[Ablate(d)], progress=False)
+        >>> torch.allclose(last_logits(edited, ["Hi"], progress=False), hooked, atol=1e-4)
+        True
     """
     from persona_refusal.models import ChatModel
 

@@ -373,7 +373,8 @@ def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
             )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ModelLoadError(f"{path} is not a model: expected a .gguf file or a Hugging Face folder")
+            raise ModelLoadError(f"{path} is not a model: expected a .gguf file or a Hugging Face folder",
+                                 hint="give a .gguf file, a folder with config.json and .safetensors weights, or a hub name")
         _check_gguf_header(path)
         stat = path.stat()
         key_src = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
@@ -406,7 +407,8 @@ def _check_gguf_header(path: Path) -> None:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes {magic!r})")
+        raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes {magic!r})",
+                             hint="give a .gguf model file, or download it again if it is damaged")
 
 
 def _cached_checksum(path: Path, key_src: dict) -> str:
@@ -428,12 +430,15 @@ def _hf_from_gguf(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                  trust_remote_code=False)
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types for a bad file
-        raise ModelLoadError(f"could not read GGUF file {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise ModelLoadError(f"could not read GGUF file {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                             hint="the file is truncated, corrupt or of an unsupported architecture: download it again "
+                                  "or use another model") from e
     return hf, tokenizer
 
 
@@ -559,7 +564,7 @@ def _load_converted(folder: Path, *, device, dtype, n_ctx) -> ChatModel:
     if meta.get("format") != _CACHE_FORMAT:
         raise ModelLoadError("cache format changed")
     cfg = _cfg_from_json(read_json(folder / "config.json"), device="cpu", dtype=torch.float32, n_ctx=n_ctx)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), trust_remote_code=False)
     state = read_tensors(folder / "weights.safetensors")
     with torch.device("meta"):
         model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
@@ -652,7 +657,7 @@ def _load_hub(name: str, *, device, dtype, n_devices, n_ctx) -> ChatModel:
             hint="see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES",
         ) from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(official)
+        tokenizer = AutoTokenizer.from_pretrained(official, trust_remote_code=False)
         model = HookedTransformer.from_pretrained(
             official, device=device, dtype=dtype, n_devices=n_devices, tokenizer=None,
             n_ctx=n_ctx, default_padding_side="left",

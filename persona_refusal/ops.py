@@ -45,7 +45,12 @@ __all__ = [
 
 
 def unit(v: Float[Tensor, "*batch d_model"], eps: float = 1e-12) -> Float[Tensor, "*batch d_model"]:
-    """``v / |v|`` along the last dimension (a zero vector raises)."""
+    """``v / |v|`` along the last dimension (a zero vector raises).
+
+    Example:
+        >>> unit(torch.tensor([3.0, 4.0]))
+        tensor([0.6000, 0.8000])
+    """
     norm = v.norm(dim=-1, keepdim=True)
     if bool((norm <= eps).any()):
         raise ValueError("cannot normalise a zero-length direction")
@@ -55,7 +60,12 @@ def unit(v: Float[Tensor, "*batch d_model"], eps: float = 1e-12) -> Float[Tensor
 def projection(
     x: Float[Tensor, "*batch d_model"], direction: Float[Tensor, "d_model"]
 ) -> Float[Tensor, "*batch"]:
-    """Scalar projection ``x·r̂`` of each activation onto a direction."""
+    """Scalar projection ``x·r̂`` of each activation onto a direction.
+
+    Example:
+        >>> projection(torch.tensor([[1.0, 2.0]]), torch.tensor([0.0, 5.0]))
+        tensor([2.])
+    """
     return x @ unit(direction).to(x.dtype)
 
 
@@ -76,7 +86,13 @@ def project_out(
 def add_vector(
     x: Float[Tensor, "*batch d_model"], vector: Float[Tensor, "d_model"], coeff: float
 ) -> Float[Tensor, "*batch d_model"]:
-    """Activation addition ``x + c·v``."""
+    """Activation addition ``x + c·v``.
+
+    Example:
+        >>> add_vector(torch.zeros(2, 3), torch.ones(3), 2.0)
+        tensor([[2., 2., 2.],
+                [2., 2., 2.]])
+    """
     return x + coeff * vector.to(x.dtype)
 
 
@@ -91,6 +107,11 @@ def affine_edit(
     ``direction`` is ``r`` as given (its norm sets the unit of ``α``: with the raw
     difference of means, ``α = 1`` moves the projection to the harmful mean's);
     pass a unit vector to get ``x − ((x − μ)·r̂) r̂ + α r̂``.
+
+    Example:
+        >>> x, r, mu = torch.randn(5, 8), torch.randn(8), torch.randn(8)
+        >>> torch.allclose(affine_edit(x, r, mu, 0.0) @ unit(r), (mu @ unit(r)).expand(5), atol=1e-5)
+        True
     """
     r = direction.to(x.dtype)
     r_hat = unit(r)
@@ -101,14 +122,24 @@ def affine_edit(
 def cosine(
     a: Float[Tensor, "*batch d_model"], b: Float[Tensor, "*batch d_model"]
 ) -> Float[Tensor, "*batch"]:
-    """Cosine similarity along the last dimension."""
+    """Cosine similarity along the last dimension.
+
+    Example:
+        >>> round(float(cosine(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))), 4)
+        0.7071
+    """
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
 
 def diff_in_means(
     positive: Float[Tensor, "n_pos_samples *shape"], negative: Float[Tensor, "n_neg_samples *shape"]
 ) -> Float[Tensor, "*shape"]:
-    """Difference of the sample means, ``mean(positive) − mean(negative)``, in float64."""
+    """Difference of the sample means, ``mean(positive) − mean(negative)``, in float64.
+
+    Example:
+        >>> diff_in_means(torch.tensor([[2.0], [4.0]]), torch.tensor([[1.0]]))
+        tensor([2.], dtype=torch.float64)
+    """
     if positive.shape[0] == 0 or negative.shape[0] == 0:
         raise ValueError("difference in means needs at least one sample on each side")
     return positive.double().mean(0) - negative.double().mean(0)
@@ -122,6 +153,11 @@ def refusal_log_odds(
     ``p(refuse)`` is the total next-token probability of the refusal tokens (``"I"``,
     ``"As"``, … for the family). Positive means the model most likely opens with a
     refusal token. Computed in float64 with log-sum-exp for stability.
+
+    Example:
+        >>> logits = torch.log(torch.tensor([[0.75, 0.2, 0.05]]))   # p(token 0) = 0.75
+        >>> round(float(refusal_log_odds(logits, [0])[0]), 4)          # log(0.75 / 0.25)
+        1.0986
     """
     logprobs = logits.double().log_softmax(dim=-1)
     ids = torch.as_tensor(refusal_token_ids, device=logits.device, dtype=torch.long)
@@ -134,7 +170,13 @@ def refusal_log_odds(
 def kl_divergence(
     logits_p: Float[Tensor, "batch d_vocab"], logits_q: Float[Tensor, "batch d_vocab"]
 ) -> Float[Tensor, "batch"]:
-    """``KL(p ‖ q)`` between next-token distributions, per row, in nats (float64)."""
+    """``KL(p ‖ q)`` between next-token distributions, per row, in nats (float64).
+
+    Example:
+        >>> logits = torch.randn(2, 10)
+        >>> kl_divergence(logits, logits)
+        tensor([0., 0.], dtype=torch.float64)
+    """
     lp = logits_p.double().log_softmax(-1)
     lq = logits_q.double().log_softmax(-1)
     return (lp.exp() * (lp - lq)).sum(-1)
@@ -162,7 +204,13 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 def random_unit_vectors(
     n: int, d_model: int, *, seed: int, dtype: torch.dtype = torch.float32
 ) -> Float[Tensor, "n d_model"]:
-    """``n`` random unit vectors from a fixed seed (for null distributions and controls)."""
+    """``n`` random unit vectors from a fixed seed (for null distributions and controls).
+
+    Example:
+        >>> v = random_unit_vectors(3, 8, seed=0)
+        >>> v.shape, torch.allclose(v.norm(dim=-1), torch.ones(3))
+        (torch.Size([3, 8]), True)
+    """
     g = torch.Generator().manual_seed(int(seed))
     v = torch.randn(n, d_model, generator=g, dtype=torch.float64)
     return (v / v.norm(dim=-1, keepdim=True)).to(dtype)

@@ -44,7 +44,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Rollout:
-    """One reply of the model under one persona system prompt."""
+    """One reply of the model under one persona system prompt.
+
+    Example:
+        >>> Rollout("compliant", 0, 3, "Sure, here is how.", "compliance", True).to_dict()["in_character"]
+        True
+    """
 
     side: str
     """``"compliant"`` or ``"refuser"``."""
@@ -62,12 +67,19 @@ class Rollout:
     """Whether it entered the direction (in character, and within the per-side balance)."""
 
     def to_dict(self) -> dict:
+        """JSON-able form (as saved in ``directions/persona_rollouts.json``)."""
         return dict(self.__dict__)
 
 
 @dataclass(eq=False)
 class PersonaRollouts:
-    """Rollouts under both persona families and their prompt-pass activations."""
+    """Rollouts under both persona families and their prompt-pass activations.
+
+    Example:
+        >>> ro = persona_rollouts(load_chat_model("tiny"), n_questions=1, max_new_tokens=4, filter="none", progress=False)
+        >>> len(ro.rollouts), tuple(ro.activations.shape)
+        (16, (16, 4, 64))
+    """
 
     rollouts: list[Rollout]
     """Every rollout, compliant side first."""
@@ -81,9 +93,27 @@ class PersonaRollouts:
     """Prompt hashes and settings."""
 
     def kept(self, side: str) -> list[int]:
+        """Indices of the rollouts of ``side`` (``"compliant"``/``"refuser"``) that entered the direction."""
         return [i for i, r in enumerate(self.rollouts) if r.side == side and r.kept]
 
+    def __repr__(self) -> str:
+        parts = []
+        for side in ("compliant", "refuser"):
+            rs = [r for r in self.rollouts if r.side == side]
+            parts.append(f"{side}: {len(rs)} rollouts, {sum(r.in_character for r in rs)} in character, "
+                         f"{sum(r.kept for r in rs)} kept")
+        shape = " × ".join(str(n) for n in self.activations.shape)
+        return f"PersonaRollouts({'; '.join(parts)}; filter={self.filter!r}; activations [{shape}])"
+
     def summary(self) -> dict:
+        """Counts per side: rollouts, in character, kept, and judge labels.
+
+        Example:
+            >>> ro = persona_rollouts(load_chat_model("tiny"), n_questions=1, max_new_tokens=4,
+            ...                       filter="none", progress=False)
+            >>> ro.summary()["compliant"]["n"]
+            8
+        """
         out = {"filter": self.filter}
         for side in ("compliant", "refuser"):
             rs = [r for r in self.rollouts if r.side == side]
@@ -123,6 +153,13 @@ def persona_rollouts(
 
     Raises:
         ConfigError: too few in-character rollouts.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> # filter="none": the random tiny model cannot stay in character; real models use "judge"
+        >>> ro = persona_rollouts(cm, n_questions=2, max_new_tokens=4, filter="none", progress=False)
+        >>> ro.summary()["compliant"]["n"], len(ro.kept("refuser"))
+        (16, 16)
     """
     if filter not in ("judge", "none"):
         raise ConfigError(f"unknown persona filter {filter!r}", hint="use 'judge' or 'none'")
@@ -194,6 +231,14 @@ def persona_direction(
 
     Returns:
         :class:`LayerDirections` named ``"persona"``; the references are the refuser means.
+
+    Example:
+        >>> cm = load_chat_model("tiny")
+        >>> ro = persona_rollouts(cm, n_questions=1, max_new_tokens=4, filter="none", progress=False)
+        >>> persona = persona_direction(cm, ro)
+        >>> persona.name, persona.layers
+        ('persona', (0, 1, 2, 3))
+        >>> steer = AddVector(persona, 3.0, layer=3)  # 3 × (compliant − refuser) added at layer 3
     """
     comp, ref = rollouts.kept("compliant"), rollouts.kept("refuser")
     if not comp or not ref:

@@ -44,7 +44,12 @@ _TEXT_COLUMNS = ("instruction", "prompt", "goal", "Goal", "Behavior", "behavior"
 
 
 def prompt_hash(instructions: Sequence[str]) -> str:
-    """sha256 of a list of prompts (order matters), as recorded in results."""
+    """sha256 of a list of prompts (order matters), as recorded in results.
+
+    Example:
+        >>> prompt_hash(["a", "b"]) == prompt_hash(["a", "b"]) != prompt_hash(["b", "a"])
+        True
+    """
     return sha256_json(list(instructions))
 
 
@@ -110,7 +115,13 @@ def _data_file(*parts: str):
 
 
 def bundled(label: str, split: str) -> PromptSet:
-    """One of the package's own prompt sets: ``label`` harmful/harmless, ``split`` train/val/test."""
+    """One of the package's own prompt sets: ``label`` harmful/harmless, ``split`` train/val/test.
+
+    Example:
+        >>> ps = bundled("harmful", "train")
+        >>> len(ps), ps.label
+        (128, 'harmful')
+    """
     if label not in ("harmful", "harmless"):
         raise PromptLoadError(f"unknown bundled set {label!r}", hint="use 'harmful' or 'harmless'")
     if split not in SPLITS:
@@ -123,7 +134,12 @@ def bundled(label: str, split: str) -> PromptSet:
 
 @dataclass(frozen=True)
 class Personas:
-    """The persona study's system prompts and probe questions (shipped with the package)."""
+    """The persona study's system prompts and probe questions (shipped with the package).
+
+    Example:
+        >>> personas()
+        Personas(8 compliant and 8 refuser system prompts, 16 questions)
+    """
 
     compliant: tuple[str, ...]
     """System prompts of an assistant that serves any request without judgment."""
@@ -132,9 +148,19 @@ class Personas:
     questions: tuple[str, ...]
     """User questions that probe willingness to help."""
 
+    def __repr__(self) -> str:
+        return (f"Personas({len(self.compliant)} compliant and {len(self.refuser)} refuser system prompts, "
+                f"{len(self.questions)} questions)")
+
 
 def personas() -> Personas:
-    """The bundled persona prompts (8 compliant, 8 refuser, 16 questions)."""
+    """The bundled persona prompts (8 compliant, 8 refuser, 16 questions).
+
+    Example:
+        >>> p = personas()
+        >>> len(p.compliant), len(p.refuser), len(p.questions)
+        (8, 8, 16)
+    """
     d = json.loads(_data_file("personas.json").read_text(encoding="utf-8"))
     return Personas(tuple(d["compliant"]), tuple(d["refuser"]), tuple(d["questions"]))
 
@@ -159,6 +185,13 @@ def load_prompts(
     Raises:
         PromptLoadError: missing or unreadable file, unknown format, no prompt column,
             or an empty result.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "mine.txt"
+        >>> _ = path.write_text("How do I bake bread?\\nName three rivers.\\n")
+        >>> load_prompts(path, label="harmless").instructions
+        ('How do I bake bread?', 'Name three rivers.')
     """
     spec = str(path)
     if spec.startswith("hf://"):
@@ -166,13 +199,13 @@ def load_prompts(
     else:
         p = Path(spec).expanduser()
         if not p.exists():
-            raise PromptLoadError(f"prompt file {p} does not exist")
+            raise PromptLoadError(f"prompt file {p} does not exist", hint="check the path")
         if p.is_dir():
-            raise PromptLoadError(f"{p} is a folder, not a prompt file")
+            raise PromptLoadError(f"{p} is a folder, not a prompt file", hint="give the path of a .csv, .json, .jsonl or .txt file")
         try:
             raw = p.read_bytes()
         except OSError as e:
-            raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}") from None
+            raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}", hint="check its permissions") from None
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -193,7 +226,8 @@ def load_prompts(
     if limit is not None:
         ps = ps.head(limit)
     if len(ps) == 0:
-        raise PromptLoadError(f"{ps.source or ps.name} holds no prompts")
+        raise PromptLoadError(f"{ps.source or ps.name} holds no prompts",
+                              hint="give a file with at least one prompt (for .txt: one per line)")
     if label is not None and ps.label != label:
         ps = PromptSet(ps.instructions, ps.name, ps.categories, label, ps.source)
     return ps
@@ -225,7 +259,8 @@ def _pick(record: dict, column: str | None, p) -> str:
     for key in _TEXT_COLUMNS:
         if key in record and record[key] is not None:
             return str(record[key])
-    raise PromptLoadError(f"{p} has records without a prompt field", hint=f"name it with column= (fields: {sorted(record)[:6]})")
+    raise PromptLoadError(f"{p} has records without a prompt field",
+                          hint=f"name the field 'instruction' or 'prompt', or pass column= (fields: {sorted(record)[:6]})")
 
 
 def _from_records(data, column: str | None, p) -> tuple[list[str], list | None]:
@@ -264,7 +299,7 @@ def _from_csv(text: str, column: str | None, xstest_label: str | None, p: Path) 
     except csv.Error as e:
         raise PromptLoadError(f"{p} is not valid CSV ({e})") from None
     if not rows:
-        raise PromptLoadError(f"{p} holds no rows")
+        raise PromptLoadError(f"{p} holds no rows", hint="give a CSV with a header line and at least one prompt row")
     header = list(rows[0].keys())
     if xstest_label is not None:
         if "label" not in header:
@@ -274,7 +309,8 @@ def _from_csv(text: str, column: str | None, xstest_label: str | None, p: Path) 
     if col is None:
         col = next((c for c in _TEXT_COLUMNS if c in header), None)
     if col is None or col not in header:
-        raise PromptLoadError(f"{p} has no prompt column", hint=f"name it with column= (columns: {header[:8]})")
+        raise PromptLoadError(f"{p} has no prompt column",
+                              hint=f"name the column 'instruction' or 'prompt', or pass column= (columns: {header[:8]})")
     items, cats = [], []
     cat_col = next((c for c in ("category", "Category", "SemanticCategory", "type") if c in header), None)
     for r in rows:

@@ -35,7 +35,13 @@ __all__ = [
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> atomic_write_bytes(pathlib.Path(tempfile.mkdtemp()) / "a.bin", b"ab").read_bytes()
+        b'ab'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,7 +68,13 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text atomically."""
+    """Write UTF-8 text atomically.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> atomic_write_text(pathlib.Path(tempfile.mkdtemp()) / "a.txt", "hello").read_text()
+        'hello'
+    """
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -84,17 +96,35 @@ def _jsonable(obj: Any) -> Any:
 
 
 def canonical_json(obj: Any, *, indent: int | None = 2) -> str:
-    """JSON with sorted keys and no NaN (non-finite floats become ``null``)."""
+    """JSON with sorted keys and no NaN (non-finite floats become ``null``).
+
+    Example:
+        >>> canonical_json({"b": 1, "a": float("inf")}, indent=None)
+        '{"a": null, "b": 1}\\n'
+    """
     return json.dumps(_jsonable(obj), sort_keys=True, indent=indent, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as canonical JSON, atomically."""
+    """Write ``obj`` as canonical JSON, atomically.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = write_json(pathlib.Path(tempfile.mkdtemp()) / "x.json", {"b": 1, "a": [1.5, float("nan")]})
+        >>> read_json(path)
+        {'a': [1.5, None], 'b': 1}
+    """
     return atomic_write_text(path, canonical_json(obj))
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
+    """Read a JSON file.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> read_json(write_json(pathlib.Path(tempfile.mkdtemp()) / "x.json", {"k": [1, 2]}))
+        {'k': [1, 2]}
+    """
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -104,18 +134,38 @@ def write_tensors(
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Save tensors as safetensors, atomically."""
+    """Save tensors as safetensors, atomically.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = write_tensors(pathlib.Path(tempfile.mkdtemp()) / "t.safetensors", {"v": torch.ones(3)})
+        >>> read_tensors(path)["v"]
+        tensor([1., 1., 1.])
+    """
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
     return atomic_write_bytes(path, data)
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle)."""
+    """Load a safetensors file (never pickle).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = write_tensors(pathlib.Path(tempfile.mkdtemp()) / "t.safetensors", {"v": torch.zeros(2)})
+        >>> sorted(read_tensors(path))
+        ['v']
+    """
     return load_file(str(path))
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, streamed."""
+    """Hex sha256 of a file, streamed.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> sha256_file(atomic_write_bytes(pathlib.Path(tempfile.mkdtemp()) / "e", b""))[:16]
+        'e3b0c44298fc1c14'
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -124,10 +174,20 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 22) -> str:
 
 
 def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes."""
+    """Hex sha256 of bytes.
+
+    Example:
+        >>> sha256_bytes(b"")[:16]
+        'e3b0c44298fc1c14'
+    """
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_json(obj: Any) -> str:
-    """Hex sha256 of the canonical (compact) JSON form of ``obj``."""
+    """Hex sha256 of the canonical (compact) JSON form of ``obj``.
+
+    Example:
+        >>> sha256_json({"a": 1, "b": 2}) == sha256_json({"b": 2, "a": 1})
+        True
+    """
     return sha256_bytes(canonical_json(obj, indent=None).encode("utf-8"))

