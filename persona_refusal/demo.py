@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from persona_refusal.directions import Direction, extract_directions, select_refusal_direction
-from persona_refusal.evaluation import Rate, generate_details, judge_responses, kl_divergence_on, last_logits
+from persona_refusal.evaluation import (Rate, generate_details, judge_responses, kl_divergence_on, last_logits,
+                                         refusal_scores)
 from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import bundled
@@ -40,6 +41,7 @@ def run_ablation_demo(
     selection_positions: list[int] | None = None,
     max_new_tokens: int = 32,
     fallback: str | None = "relative",
+    add_coeffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0),
     progress: bool = True,
 ) -> dict:
     """Refusal direction → ablation on harmful prompts, addition on harmless ones.
@@ -74,6 +76,12 @@ def run_ablation_demo(
     grid = extract_directions(cm, train_h, train_b, positions=positions, progress=progress)
     refusal, report = select_refusal_direction(cm, grid, val_h, val_b, fallback=fallback, progress=progress)
 
+    # the addition strength, calibrated on the harmless val split (never on the test split)
+    val_scores = {float(c): float(refusal_scores(cm, val_b, interventions=[AddVector(refusal, float(c))],
+                                                 progress=False).mean()) for c in add_coeffs}
+    passing = [c for c, v in val_scores.items() if v >= 0.0]
+    c_add = min(passing) if passing else max(val_scores, key=val_scores.get)
+
     def judged(prompts, interventions, desc):
         g = generate_details(cm, list(prompts), interventions=interventions, max_new_tokens=max_new_tokens,
                              desc=desc, progress=progress)
@@ -84,7 +92,7 @@ def run_ablation_demo(
         "harmful_baseline": judged(test_h, [], "harmful: baseline"),
         "harmful_ablated": judged(test_h, [Ablate(refusal)], "harmful: ablated"),
         "harmless_baseline": judged(test_b, [], "harmless: baseline"),
-        "harmless_added": judged(test_b, [AddVector(refusal, 1.0)], "harmless: refusal added"),
+        "harmless_added": judged(test_b, [AddVector(refusal, c_add)], f"harmless: refusal added (c={c_add:g})"),
     }
     rates = {}
     for name, (g, labels) in runs.items():
@@ -102,6 +110,9 @@ def run_ablation_demo(
                               "selection": report.chosen,
                               "fallback_used": report.settings.get("fallback_used")},
         "rates": rates,
+        "addition": {"coeff": c_add, "layer": refusal.layer, "val_mean_log_odds": {f"{c:g}": v for c, v in val_scores.items()},
+                     "rule": "smallest c with mean first-token refusal log-odds >= 0 on harmless val, else the highest",
+                     "threshold_met": bool(passing)},
         "kl_ablation_harmless": {"mean": float(kl.mean()), "median": float(kl.median())},
         "orthogonalization_max_logit_diff": float((hook - weights).abs().max()),
         "sizes": {"train": [len(train_h), len(train_b)], "val": [len(val_h), len(val_b)],

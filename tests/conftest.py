@@ -274,3 +274,18 @@ def full_forward_last_logits(cm: ChatModel, texts, interventions=()) -> torch.Te
 @pytest.fixture(name="full_forward_last_logits")
 def _full_forward_fixture():
     return full_forward_last_logits
+
+
+def run_smoke_study(out) -> None:
+    """A smoke-preset study on the tiny model into ``out`` (the input of analysis and report
+    tests). Its runtime shape checks are off here: they belong to the study's own tests."""
+    import jaxtyping
+
+    from persona_refusal.experiments import GatingConfig, run_gating_study
+
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        run_gating_study(GatingConfig.preset("smoke", model="tiny"), out, progress=False)
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", old)

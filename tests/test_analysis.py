@@ -24,8 +24,9 @@ import persona_refusal.ops
 from persona_refusal import analysis
 from persona_refusal.analysis import figures as F
 from persona_refusal.analysis.report import _rate_text, headline
-from persona_refusal.experiments import GatingConfig, load_results, run_gating_study
+from persona_refusal.experiments import load_results
 from persona_refusal.storage import read_json
+from conftest import run_smoke_study
 
 PACKAGE_DIR = Path(persona_refusal.__file__).resolve().parent
 FIGURE_NAMES = ["gating", "outcomes", "alpha", "heatmap", "projections", "knockout", "patching", "cosine", "selection"]
@@ -35,17 +36,8 @@ FIGURE_NAMES = ["gating", "outcomes", "alpha", "heatmap", "projections", "knocko
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """A finished smoke study on the tiny model (no figures built in it)."""
-    import jaxtyping
-
     out = tmp_path_factory.mktemp("smoke_run")
-    # The study is the input here, not the subject: its runtime shape checks belong to
-    # test_experiments; the analysis code below still runs with them on.
-    old = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        run_gating_study(GatingConfig.preset("smoke", model="tiny"), out, progress=False)
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", old)
+    run_smoke_study(out)
     return out
 
 

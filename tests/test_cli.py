@@ -446,3 +446,13 @@ def test_killed_run_resumes_to_identical_results(cli, cli_env, reference, tmp_pa
         _assert_resumes_to_reference(cli, out, reference, resuming=False)
     except AssertionError as e:
         raise AssertionError(f"after kill -9 {delay:.2f} s into the study (seed {seed}): {e}") from e
+
+
+def test_ablation_demo_without_a_passing_direction_is_one_line_error(cli, tmp_path):
+    """On the random tiny model no candidate beats even the relative fallback: the core demo
+    says so in one line and writes nothing (on the demo model the slow tier runs it)."""
+    out = tmp_path / "abl"
+    res = cli(["ablation-demo", "--model", "tiny", "--n-eval", "4", "--max-new-tokens", "3", "--out", out,
+               "--quiet"], cwd=tmp_path)
+    line = assert_one_line_error(res, out)
+    assert line.startswith("error: no candidate direction passes the filters")

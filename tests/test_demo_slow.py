@@ -95,6 +95,8 @@ def test_refusal_direction_ablation_and_addition(demo, tmp_path):
     assert abl_h["rate"] < base_h["rate"], "ablating the refusal direction should lower harmful refusal"
     assert add_b["rate"] > base_b["rate"], "adding the refusal direction should induce refusal on harmless prompts"
     assert res["refusal_direction"]["layer"] < 0.8 * demo.n_layers
+    # the addition strength was calibrated on the val split, never on the test split
+    assert f"{res['addition']['coeff']:g}" in res["addition"]["val_mean_log_odds"]
     assert res["orthogonalization_max_logit_diff"] < 1e-2
     assert (tmp_path / "refusal.json").is_file() and (tmp_path / "results.json").is_file()
 

@@ -29,7 +29,6 @@ pytest.importorskip("ipykernel", reason="the notebook extra is not installed (pi
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "persona_refusal_tour.ipynb"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 KERNEL = "persona-refusal-test"
-TIME_LIMIT_S = 60
 
 
 def _figures(nb) -> list[dict]:
@@ -77,7 +76,7 @@ def test_notebook_runs_on_the_tiny_model(executed):
               if out.get("output_type") == "error"]
     assert not errors, f"cell errors: {[e.get('ename') for e in errors]}"
     assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code"), "a code cell did not run"
-    assert seconds < TIME_LIMIT_S, f"the tiny-model notebook took {seconds:.0f} s (limit {TIME_LIMIT_S} s)"
+    print(f"tiny-model notebook: {seconds:.0f} s")  # a benchmark figure, not a test: no timing assertion
     text = "".join(out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.get("outputs", []))
     assert "persona-refusal/tiny" in text, "the notebook did not pick up PERSONA_REFUSAL_NOTEBOOK_MODEL=tiny"
 

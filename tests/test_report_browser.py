@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_refusal.experiments import GatingConfig, run_gating_study
+from conftest import run_smoke_study
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -148,18 +148,10 @@ def _axis_class(axis_key: str) -> str:
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory) -> Path:
     """A smoke study on the tiny model, with figures and report.html (no PNGs)."""
-    import jaxtyping
-
     from persona_refusal.analysis import build_figures
 
     out = tmp_path_factory.mktemp("browser_run")
-    # The study is the input here; its runtime shape checks belong to other tests.
-    old = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        run_gating_study(GatingConfig.preset("smoke", model="tiny"), out, progress=False)
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", old)
+    run_smoke_study(out)
     build_figures(out, png=False)
     return out
 
