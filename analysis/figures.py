@@ -423,6 +423,10 @@ def gating_figure(results: dict) -> go.Figure:
                            "<br>(0 = persona level, 1 = baseline level)<extra>β=" + f"{beta:g}</extra>")),
             row=2, col=1)
     if not any_rest:
+        # an invisible trace gives the empty panel's axes data (plotly draws the panel's
+        # shapes with NaN coordinates on an axis pair without any trace)
+        fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[0, 0], mode="lines", line=dict(width=0),
+                                 showlegend=False, hoverinfo="skip"), row=2, col=1)
         b, p = _rate(sweep.get("baseline"))[0], _rate(sweep.get("persona"))[0]
         _no_data(fig, f"restoration undefined: baseline and persona refusal rates are equal on the sweep subset "
                       f"({_fmt_pct(b)} vs {_fmt_pct(p)})", xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)

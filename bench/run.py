@@ -62,22 +62,19 @@ def matmul_peak(repeats: int) -> float:
     return best
 
 
-def hf_model_for(cm, cache: Path):
-    """The same weights as a transformers model (from the demo's GGUF, cached as safetensors)."""
+def hf_model_for(cm):
+    """The same weights as a transformers model, dequantized from the bundled GGUF
+    (``None`` for models that are not bundled; transformers cannot re-save a GGUF model,
+    so this takes a few seconds each run)."""
     from transformers import AutoModelForCausalLM
 
-    folder = cache / f"hf-{cm.checksum[:16]}"
-    if (folder / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    if cm.source == "tiny":
-        return None
     from persona_refusal.assets import BUNDLED_MODELS, bundled_model_path
 
-    key = next(k for k, v in BUNDLED_MODELS.items() if v.sha256 == cm.checksum)
+    key = next((k for k, v in BUNDLED_MODELS.items() if v.sha256 == cm.checksum), None)
+    if key is None:
+        return None
     path = bundled_model_path(key)
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    hf.save_pretrained(str(folder))
-    return hf
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
 def forward_flops(cm, n_tokens: int, logits_positions: int) -> float:
@@ -88,16 +85,33 @@ def forward_flops(cm, n_tokens: int, logits_positions: int) -> float:
     return 2.0 * (n_tokens * L * per_layer + logits_positions * d * cfg.d_vocab)
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS and return it (kB), so
+    the peak measured next is that of the work that follows, not of loading the model."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS")
+
+
+def _peak_rss_kb() -> int:
+    return _status_kb("VmHWM")
+
+
 def memory_probe(args) -> None:
     """Subprocess body: peak RSS of mean_activations vs run_with_cache at one setting."""
-    import resource
-
     import persona_refusal as pr
 
     cm = pr.load_chat_model(args.model, progress=False)
     filler = " Please answer in detail." * args.pad
     prompts = [p + filler for p in pr.bundled("harmless", "train")][: args.n]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _reset_peak_rss()
     if args.mode == "package":
         pr.mean_activations(cm, prompts, progress=False)
     else:  # TransformerLens run_with_cache over the same prompts, all resid_pre hooks
@@ -107,7 +121,7 @@ def memory_probe(args) -> None:
                 _, cache = cm.model.run_with_cache(toks, attention_mask=mask,
                                                    names_filter=lambda n: n.endswith("hook_resid_pre"))
                 del cache
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kb()
     toks = cm.tokenizer(cm.format(prompts[:1]), add_special_tokens=False)["input_ids"][0]
     print(json.dumps({"extra_mb": (peak - base) / 1024, "seq_len": len(toks)}))
 
@@ -133,7 +147,6 @@ def main(argv=None) -> int:
 
     import persona_refusal as pr
     from persona_refusal.activations import plan_batches, run_plan
-    from persona_refusal.assets import cache_dir
 
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -154,7 +167,7 @@ def main(argv=None) -> int:
     d = grid.direction(-1, cm.n_layers // 2)
 
     # 1 + 2: forward passes
-    hf = hf_model_for(cm, cache_dir() / "bench")
+    hf = hf_model_for(cm)
     model = cm.model
 
     def ht_plain():

@@ -172,6 +172,17 @@ def _prefix_groups(ids: list[list[int]], order: list[int], conditions, keep_last
     return groups
 
 
+def _batch_cost(ids: list[list[int]], part: list[tuple[int, int, int]]) -> int:
+    """Tokens a batch runs through the model, padding included: every row's part after its
+    group's prefix, plus each group's prefix once (as :func:`plan_batches` builds it; a batch
+    where one row has no prefix runs every row whole)."""
+    plen = {gi: p for _, p, gi in reversed(part)}  # the group's prefix length (its first row's)
+    if min(plen.values()) == 0:
+        return len(part) * max(len(ids[r]) for r, _, _ in part)
+    rows = len(part) * max(len(ids[r]) - plen[gi] for r, _, gi in part)
+    return rows + len(plen) * max(plen.values())
+
+
 def plan_batches(
     chat_model: "ChatModel",
     texts: Sequence[str],
@@ -188,8 +199,9 @@ def plan_batches(
     Args:
         texts: formatted prompts (see :meth:`ChatModel.format`).
         batch_size: prompts per batch (default: as many as fit ``batch_tokens``).
-        batch_tokens: budget of per-row tokens (padding included, shared prefixes not
-            counted) of a batch when ``batch_size`` is not given.
+        batch_tokens: budget of tokens a batch runs through the model (rows and group
+            prefixes, padding included) when ``batch_size`` is not given; it bounds the
+            memory of one forward pass whatever the prompts' length.
         keep_last: every row keeps at least this many of its last tokens out of the shared
             prefix (positions read or edited must lie there).
         share_prefix: run shared prefixes once (``False``: plain left padding).
@@ -234,13 +246,9 @@ def plan_batches(
     while i < len(flat):
         if batch_size is not None:
             j = min(len(flat), i + batch_size)
-        else:
-            j, widest = i, 0
-            while j < len(flat):
-                r, p, _ = flat[j]
-                widest = max(widest, len(ids[r]) - p)
-                if j > i and widest * (j - i + 1) > batch_tokens:
-                    break
+        else:  # grow the batch while its tokens (rows and prefixes, padding included) fit the budget
+            j = i + 1
+            while j < len(flat) and _batch_cost(ids, flat[i:j + 1]) <= batch_tokens:
                 j += 1
         part = flat[i:j]
         gids = sorted({gi for _, _, gi in part}, key=[gi for _, _, gi in part].index)

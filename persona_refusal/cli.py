@@ -157,11 +157,12 @@ def _config_from_args(args):
 
 
 def _cmd_run(args) -> int:
-    from persona_refusal.experiments import GatingStudy
+    from persona_refusal.experiments import GatingStudy, study_prompts
     from persona_refusal.models import load_chat_model
 
     config = _config_from_args(args)
     progress = not args.quiet
+    study_prompts(config)  # a bad prompt file fails now, not after loading the model
     t0 = time.perf_counter()
     cm = load_chat_model(config.model, progress=progress)
     t_load = time.perf_counter() - t0

@@ -464,7 +464,7 @@ class GatingStudy:
         self.layers = config.resolve(chat_model.n_layers)
         self.progress = progress
         self.judge = judge
-        self.prompts = self._load_prompts()
+        self.prompts = study_prompts(config)
         self.config_record = {
             "config": config.to_dict(),
             "inputs": _input_hashes(config),
@@ -491,29 +491,6 @@ class GatingStudy:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-
-    def _load_prompts(self) -> dict[str, PromptSet]:
-        c = self.cfg
-
-        def get(path, label, split, n):
-            ps = load_prompts(path, label=label) if path else bundled(label, split)
-            return ps.head(n)
-
-        sets = {
-            "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train),
-            "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train),
-            "val_harmful": get(c.val_harmful, "harmful", "val", c.n_val),
-            "val_harmless": get(c.val_harmless, "harmless", "val", c.n_val),
-            "eval_harmful": get(c.eval_harmful, "harmful", "test", c.n_eval),
-            "eval_harmless": get(c.eval_harmless, "harmless", "test", None),
-        }
-        if c.n_sweep > len(sets["eval_harmful"]):
-            raise ConfigError(f"n_sweep {c.n_sweep} exceeds the {len(sets['eval_harmful'])} evaluation harmful prompts",
-                              hint="lower n_sweep (--n-sweep) or give more evaluation prompts")
-        if c.n_coherence > len(sets["eval_harmless"]):
-            raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts",
-                              hint="lower n_coherence or give more evaluation harmless prompts")
-        return sets
 
     def _check_inputs(self) -> None:
         """Fail before anything is written: selection positions, prompt lengths, given directions."""
@@ -947,6 +924,33 @@ class GatingStudy:
             "threads": torch.get_num_threads(),
             "versions": {n: version(n) for n in ("persona-refusal", "torch", "transformer-lens", "transformers")},
         }
+
+
+def study_prompts(config: GatingConfig) -> dict[str, PromptSet]:
+    """The six prompt sets of a study (given files, else the bundled splits), trimmed to the
+    configured sizes. Cheap: the CLI calls it before loading the model, so a bad prompt
+    file fails in a second rather than after a minute of model loading."""
+    c = config
+
+    def get(path, label, split, n):
+        ps = load_prompts(path, label=label) if path else bundled(label, split)
+        return ps.head(n)
+
+    sets = {
+        "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train),
+        "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train),
+        "val_harmful": get(c.val_harmful, "harmful", "val", c.n_val),
+        "val_harmless": get(c.val_harmless, "harmless", "val", c.n_val),
+        "eval_harmful": get(c.eval_harmful, "harmful", "test", c.n_eval),
+        "eval_harmless": get(c.eval_harmless, "harmless", "test", None),
+    }
+    if c.n_sweep > len(sets["eval_harmful"]):
+        raise ConfigError(f"n_sweep {c.n_sweep} exceeds the {len(sets['eval_harmful'])} evaluation harmful prompts",
+                          hint="lower n_sweep (--n-sweep) or give more evaluation prompts")
+    if c.n_coherence > len(sets["eval_harmless"]):
+        raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts",
+                          hint="lower n_coherence or give more evaluation harmless prompts")
+    return sets
 
 
 def _input_hashes(config: GatingConfig) -> dict:

@@ -276,3 +276,18 @@ def test_multi_condition_batch_equals_separate_runs(tiny, prompts, make_directio
         one = generate_details(tiny, prompts, interventions=ivs, max_new_tokens=6, progress=False)
         assert many[c].texts == one.texts
         assert torch.allclose(many[c].first_scores, one.first_scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("pad", [0, 6])
+def test_batch_budget_counts_prefix_tokens(tiny, pad):
+    """The token budget bounds what a batch really runs, prefixes included: long prompts
+    that share little (each its own prefix group) make more, smaller batches, so the
+    memory of one forward pass does not grow with the prompts' length."""
+    filler = " and please explain every step in detail" * pad
+    texts = tiny.format([f"Question {i}: how do I make bread{filler}?" for i in range(24)])
+    budget = 256
+    plan = plan_batches(tiny, texts, batch_tokens=budget)
+    for b in plan.batches:
+        run = b.tokens.numel() + (b.prefix.numel() if b.n_prefix else 0)
+        assert run <= budget or b.size == 1, (b.size, tuple(b.tokens.shape), tuple(b.prefix.shape))
+    assert sorted(torch.cat([b.rows for b in plan.batches]).tolist()) == list(range(24))

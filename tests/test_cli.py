@@ -456,3 +456,12 @@ def test_ablation_demo_without_a_passing_direction_is_one_line_error(cli, tmp_pa
                "--quiet"], cwd=tmp_path)
     line = assert_one_line_error(res, out)
     assert line.startswith("error: no candidate direction passes the filters")
+
+
+def test_prompt_files_are_checked_before_the_model_is_loaded(cli, tmp_path):
+    """A bad prompt file fails at once: it is reported even when the model would fail to load
+    (and so never costs a minute of loading the demo model first)."""
+    res = cli([*RUN, "--model", "no-such-model", "--out", tmp_path / "out", "--train-harmful",
+               tmp_path / "missing.txt"], cwd=tmp_path)
+    line = assert_one_line_error(res, tmp_path / "out")
+    assert line == f"error: prompt file {tmp_path / 'missing.txt'} does not exist (check the path)"
