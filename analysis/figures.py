@@ -275,6 +275,11 @@ def _hline_trace(fig: go.Figure, x_range: tuple[float, float], rec: dict | None,
 
 
 # ============================================================================ gating (headline)
+def _at_beta(records: list[dict], beta: float) -> list[dict]:
+    """The sweep records of one strength β, ordered by layer."""
+    return sorted((g for g in records if g["beta"] == beta), key=lambda g: g["layer"])
+
+
 def gating_figure(results: dict) -> go.Figure:
     """Where does re-adding the refusal direction restore refusal under persona steering?
 
@@ -344,7 +349,7 @@ def gating_figure(results: dict) -> go.Figure:
     betas = sorted({g["beta"] for g in gating})
     shades = _series(COLORS["gating"], len(betas))
     for beta, color in zip(betas, shades):
-        rows = sorted((g for g in gating if g["beta"] == beta), key=lambda g: g["layer"])
+        rows = _at_beta(gating, beta)
         x = [g["layer"] for g in rows]
         rr = [_rate(g) for g in rows]
         group = f"gating β={beta:g}"
@@ -365,7 +370,7 @@ def gating_figure(results: dict) -> go.Figure:
     # control: refusal re-added without persona steering
     cbetas = sorted({g["beta"] for g in control})
     for i, beta in enumerate(cbetas):
-        rows = sorted((g for g in control if g["beta"] == beta), key=lambda g: g["layer"])
+        rows = _at_beta(control, beta)
         x = [g["layer"] for g in rows]
         rr = [_rate(g) for g in rows]
         color = _series(COLORS["control"], len(cbetas))[i]
@@ -404,7 +409,7 @@ def gating_figure(results: dict) -> go.Figure:
     rng = _clip_band(rest_all, lo=-0.1, hi=1.1)
     any_rest = False
     for beta, color in zip(betas, shades):
-        rows = sorted((g for g in gating if g["beta"] == beta), key=lambda g: g["layer"])
+        rows = _at_beta(gating, beta)
         x = [g["layer"] for g in rows]
         pt = [g.get("restoration") for g in rows]
         if not any(_finite(v) for v in pt):
@@ -447,12 +452,11 @@ def gating_figure(results: dict) -> go.Figure:
             fig.add_annotation(x=1, xref="x3 domain", y=rec["score_mean"], yref="y3", text=f"{name} level",
                                showarrow=False, xanchor="right", yanchor="bottom",
                                font=dict(size=10, color=COLORS[key]))
-    for rows_all, betas_k, colors, dash, label in (
-            (gating, betas, shades, "solid", "persona + refusal"), (control, cbetas,
-                                                                     _series(COLORS["control"], len(cbetas)), "dash",
-                                                                     "control")):
+    series = ((gating, betas, shades, "solid", "persona + refusal"),
+              (control, cbetas, _series(COLORS["control"], len(cbetas)), "dash", "control"))
+    for rows_all, betas_k, colors, dash, label in series:
         for beta, color in zip(betas_k, colors):
-            rows = sorted((g for g in rows_all if g["beta"] == beta), key=lambda g: g["layer"])
+            rows = _at_beta(rows_all, beta)
             x = [g["layer"] for g in rows]
             y = [g.get("score_mean") for g in rows]
             if not any(_finite(v) for v in y):

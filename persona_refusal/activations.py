@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -417,22 +417,33 @@ def run_plan(
             bar.close()
 
 
-def _run_batch(chat_model, batch: Batch, capture, logits, stop, start_layer, resid0, keep_resid) -> list[BatchOutput]:
+def retry_halving(batch: Batch, run: Callable[[Batch, slice], Any], what: str,
+                  rows: slice = slice(None)) -> list[tuple[Batch, Any]]:
+    """``[(batch, run(batch, rows))]``; when ``run`` runs out of memory on more than one
+    prompt, a warning, then each half of the batch is retried (recursively).
+
+    ``rows`` selects the (half-)batch's rows within the batch first given, for callers that
+    slice per-row inputs (e.g. cached residuals) to match.
+    """
     try:
-        return [_forward(chat_model, batch, capture, logits, stop, start_layer, resid0, keep_resid)]
+        return [(batch, run(batch, rows))]
     except Exception as e:
         if not _is_oom(e) or batch.size == 1:
             raise
-    log.warning("out of memory on a batch of %d prompts; retrying in two halves", batch.size)
+    log.warning("out of memory %s a batch of %d prompts; retrying in two halves", what, batch.size)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    outs = []
-    for half, sl in zip(batch.split(), (slice(0, batch.size // 2), slice(batch.size // 2, None))):
-        r = None
-        if resid0 is not None:
-            r = resid0[sl][:, resid0.shape[1] - half.tokens.shape[1]:]
-        outs.extend(_run_batch(chat_model, half, capture, logits, stop, start_layer, r, keep_resid))
-    return outs
+    start, h = rows.start or 0, batch.size // 2
+    parts = (slice(start, start + h), slice(start + h, start + batch.size))
+    return [out for half, sl in zip(batch.split(), parts) for out in retry_halving(half, run, what, sl)]
+
+
+def _run_batch(chat_model, batch: Batch, capture, logits, stop, start_layer, resid0, keep_resid) -> list[BatchOutput]:
+    def run(b: Batch, rows: slice) -> BatchOutput:
+        r = None if resid0 is None else resid0[rows][:, resid0.shape[1] - b.tokens.shape[1]:]
+        return _forward(chat_model, b, capture, logits, stop, start_layer, r, keep_resid)
+
+    return [out for _, out in retry_halving(batch, run, "on")]
 
 
 def _forward(chat_model, batch: Batch, capture, logits, stop, start_layer, resid0, keep_resid) -> BatchOutput:

@@ -162,11 +162,11 @@ def _cmd_run(args) -> int:
 
     config = _config_from_args(args)
     progress = not args.quiet
-    study_prompts(config)  # a bad prompt file fails now, not after loading the model
+    prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
     t0 = time.perf_counter()
     cm = load_chat_model(config.model, progress=progress)
     t_load = time.perf_counter() - t0
-    study = GatingStudy(cm, config, args.out, force=args.force, progress=progress)
+    study = GatingStudy(cm, config, args.out, force=args.force, progress=progress, prompts=prompts)
     study.timings["load_model"] = t_load
     _say(f"{cm}\nwriting to {study.out}" + (" (resuming)" if study.store.resumed else ""))
     try:

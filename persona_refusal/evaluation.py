@@ -31,7 +31,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_refusal import ops
-from persona_refusal.activations import BatchPlan, _is_oom, _prefix_cache, next_token_logits, plan_batches, run_plan
+from persona_refusal.activations import (
+    Batch, BatchPlan, _prefix_cache, next_token_logits, plan_batches, retry_halving, run_plan,
+)
 from persona_refusal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -456,8 +458,11 @@ def _generate_plan(chat_model, plan: BatchPlan, max_new_tokens: int, capture, de
     captured: dict[str, Tensor] = {}
     stop = torch.tensor(chat_model.stop_token_ids or [-1], device=chat_model.device)
     bar = tqdm(total=n, desc=desc, disable=not progress or desc is None, leave=False)
+    def generate_batch(b: Batch, _rows) -> tuple:
+        return _generate_batch(chat_model, b, max_new_tokens, stop, capture)
+
     for whole in plan.batches:
-        for batch, (seqs, logits0, cap) in _generate_batch_retrying(chat_model, whole, max_new_tokens, stop, capture):
+        for batch, (seqs, logits0, cap) in retry_halving(whole, generate_batch, "generating for"):
             rows = batch.rows
             scores[rows] = ops.refusal_log_odds(logits0, list(chat_model.refusal_token_ids)).cpu()
             first[rows] = logits0.argmax(-1).cpu()
@@ -470,21 +475,6 @@ def _generate_plan(chat_model, plan: BatchPlan, max_new_tokens: int, capture, de
             bar.update(batch.size)
     bar.close()
     return Generation(texts, scores, first, captured)
-
-
-def _generate_batch_retrying(chat_model, batch, max_new_tokens: int, stop: Tensor, capture) -> list[tuple]:
-    """``[(batch, _generate_batch(...))]``; a batch that runs out of memory is split in two
-    and each half retried (recursively), with a warning, as :func:`run_plan` does."""
-    try:
-        return [(batch, _generate_batch(chat_model, batch, max_new_tokens, stop, capture))]
-    except Exception as e:
-        if not _is_oom(e) or batch.size == 1:
-            raise
-    log.warning("out of memory generating for a batch of %d prompts; retrying in two halves", batch.size)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return [part for half in batch.split()
-            for part in _generate_batch_retrying(chat_model, half, max_new_tokens, stop, capture)]
 
 
 _GEN_BATCH_TOKENS = 4096

@@ -458,13 +458,14 @@ class GatingStudy:
     """
 
     def __init__(self, chat_model: ChatModel, config: GatingConfig, out: str | os.PathLike, *,
-                 force: bool = False, progress: bool = True, judge=None) -> None:
+                 force: bool = False, progress: bool = True, judge=None,
+                 prompts: dict[str, PromptSet] | None = None) -> None:
         self.cm = chat_model
         self.cfg = config
         self.layers = config.resolve(chat_model.n_layers)
         self.progress = progress
         self.judge = judge
-        self.prompts = study_prompts(config)
+        self.prompts = prompts if prompts is not None else study_prompts(config)  # already read: by the CLI
         self.config_record = {
             "config": config.to_dict(),
             "inputs": _input_hashes(config),
