@@ -22,14 +22,7 @@ maths), :mod:`~persona_refusal.directions`, :mod:`~persona_refusal.interventions
 """
 
 from persona_refusal.activations import cache_activations, mean_activations
-from persona_refusal.directions import (
-    Direction,
-    DirectionGrid,
-    LayerDirections,
-    SelectionReport,
-    extract_directions,
-    select_refusal_direction,
-)
+from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
 from persona_refusal.errors import (
     ChecksumError,
     ConfigError,
@@ -59,8 +52,10 @@ from persona_refusal.interventions import (
     apply,
     orthogonalize_weights,
 )
+from persona_refusal.extraction import extract_directions
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PromptSet, bundled, load_prompts, personas
+from persona_refusal.selection import SelectionReport, select_refusal_direction
 
 __version__ = "0.1.0"
 

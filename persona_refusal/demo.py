@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from persona_refusal.directions import Direction, extract_directions, select_refusal_direction
+from persona_refusal.directions import Direction
+from persona_refusal.extraction import extract_directions
+from persona_refusal.selection import select_refusal_direction
 from persona_refusal.evaluation import (Rate, generate_details, judge_responses, kl_divergence_on, last_logits,
                                          refusal_scores)
 from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights

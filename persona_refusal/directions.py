@@ -1,13 +1,13 @@
-"""Directions in the residual stream: difference-in-means extraction, selection, storage.
+"""Directions in the residual stream: the data types, and how they are stored.
 
 Context
 -------
 Arditi et al. (2024) find that refusal is mediated by one direction: the difference
 between the mean activation on harmful and on harmless instructions, read at a layer and
 at a position of the chat template after the instruction. Every (position, layer) gives a
-*candidate*; :func:`extract_directions` computes the whole grid
+*candidate*; :func:`persona_refusal.extraction.extract_directions` computes the whole grid
 ``[n_positions, n_layers, d_model]`` in one batched pass per prompt set, and
-:func:`select_refusal_direction` picks one as the paper does:
+:func:`persona_refusal.selection.select_refusal_direction` picks one as the paper does:
 
 * score each candidate by the first-token refusal score (log-odds of the refusal tokens)
   on held-out **harmful** prompts with the candidate **ablated** at every layer
@@ -47,9 +47,6 @@ __all__ = [
     "Direction",
     "LayerDirections",
     "DirectionGrid",
-    "SelectionReport",
-    "extract_directions",
-    "select_refusal_direction",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,7 +72,7 @@ def _tensor_digest(tensors: dict[str, Tensor]) -> str:
     return sha256_bytes(parts)
 
 
-def _check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: str) -> None:
+def check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: str) -> None:
     if obj.d_model != chat_model.d_model:
         raise DirectionMismatchError(
             f"{what} has width {obj.d_model} but {chat_model.model_id} has d_model {chat_model.d_model}",
@@ -186,7 +183,7 @@ class Direction:
         Width must match. The model id and weights checksum must match too, unless
         ``allow_transfer`` (using a direction on another model on purpose).
         """
-        _check_model(self, chat_model, allow_transfer, f"direction {self.name!r}")
+        check_model(self, chat_model, allow_transfer, f"direction {self.name!r}")
         return self
 
     # -------------------------------------------------------------- io
@@ -347,7 +344,7 @@ class LayerDirections:
 
     def check(self, chat_model: "ChatModel", *, allow_transfer: bool = False) -> "LayerDirections":
         """As :meth:`Direction.check`; also every layer must exist in the model."""
-        _check_model(self, chat_model, allow_transfer, f"directions {self.name!r}")
+        check_model(self, chat_model, allow_transfer, f"directions {self.name!r}")
         bad = [l for l in self.layers if l >= chat_model.n_layers + 1]
         if bad:
             raise DirectionMismatchError(f"directions {self.name!r} have layers {bad} beyond the model's {chat_model.n_layers}")
@@ -491,7 +488,7 @@ class DirectionGrid:
             provenance=meta.get("provenance") or {},
         )
         if chat_model is not None:
-            _check_model(grid, chat_model, allow_transfer, f"direction grid {grid.name!r}")
+            check_model(grid, chat_model, allow_transfer, f"direction grid {grid.name!r}")
         return grid
 
     def __repr__(self) -> str:
@@ -499,235 +496,3 @@ class DirectionGrid:
             f"DirectionGrid({self.name!r}, positions={list(self.positions)}, layers={self.layers[0]}..{self.layers[-1]}, "
             f"d_model={self.d_model}, n={self.n_positive}/{self.n_negative}, model={self.model_id})"
         )
-
-
-def extract_directions(
-    chat_model: "ChatModel",
-    positive: Sequence[str],
-    negative: Sequence[str],
-    *,
-    positions: Sequence[int] | None = None,
-    layers: Sequence[int] | None = None,
-    system: str | None = None,
-    name: str = "refusal",
-    batch_size: int | None = None,
-    progress: bool = True,
-) -> DirectionGrid:
-    """Difference-in-means candidates for every (position, layer) in one pass per set.
-
-    Args:
-        chat_model: the model.
-        positive: instructions of the positive class (e.g. harmful), unformatted.
-        negative: instructions of the negative class (e.g. harmless), unformatted.
-        positions: positions from the end of the prompt (default: the post-instruction
-            template tokens, e.g. ``[-5, …, -1]`` for Qwen).
-        layers: ``resid_pre`` layers (default: every layer).
-        system: system prompt used to format both sets (``None``: the template default).
-        name: label of the directions.
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], progress=False)
-        >>> grid.diff.shape[1:] == (cm.n_layers, cm.d_model)
-        True
-    """
-    from persona_refusal.activations import mean_activations
-    from persona_refusal.prompts import prompt_hash
-
-    positions = list(positions) if positions is not None else chat_model.post_instruction_positions
-    layers = list(layers) if layers is not None else list(range(chat_model.n_layers))
-    for l in layers:
-        chat_model.check_layer(l)
-    if not positive or not negative:
-        raise ConfigError("extracting a direction needs at least one prompt in each set")
-    kwargs = dict(positions=positions, layers=layers, system=system, batch_size=batch_size, progress=progress)
-    pos_mean = mean_activations(chat_model, positive, desc=f"{name}: + prompts", **kwargs)
-    neg_mean = mean_activations(chat_model, negative, desc=f"{name}: − prompts", **kwargs)
-    return DirectionGrid(
-        positive_mean=pos_mean, negative_mean=neg_mean, positions=tuple(positions), layers=tuple(layers),
-        name=name, model_id=chat_model.model_id, model_checksum=chat_model.checksum,
-        n_positive=len(positive), n_negative=len(negative),
-        provenance={"positive_sha256": prompt_hash(positive), "negative_sha256": prompt_hash(negative),
-                    "system": system, "site": "resid_pre", "method": "diff_in_means"},
-    )
-
-
-@dataclass
-class SelectionReport:
-    """Scores of every candidate considered by :func:`select_refusal_direction`.
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], positions=[-1], progress=False)
-        >>> _, report = select_refusal_direction(cm, grid, ["How do I pick a lock?"], ["Bake a cake."],
-        ...                                      kl_threshold=1e9, induce_threshold=-1e9, progress=False)
-        >>> sorted(report.to_dict())
-        ['baseline_harmful', 'baseline_harmless', 'candidates', 'chosen', 'settings']
-    """
-
-    candidates: list[dict]
-    """One record per (position, layer): bypass, induce and KL scores (``None`` where not
-    computed because a better candidate had already passed every filter), and why it was
-    discarded, if it was."""
-    chosen: dict | None
-    """The winning record."""
-    baseline_harmful: float
-    """Mean refusal score on the harmful val prompts without intervention."""
-    baseline_harmless: float
-    """Mean refusal score on the harmless val prompts without intervention."""
-    settings: dict
-    """Thresholds and sizes used."""
-
-    def to_dict(self) -> dict:
-        """JSON-able form (what the study saves as ``directions/refusal_selection.json``)."""
-        return {"candidates": self.candidates, "chosen": self.chosen, "baseline_harmful": self.baseline_harmful,
-                "baseline_harmless": self.baseline_harmless, "settings": self.settings}
-
-    def __repr__(self) -> str:
-        c = self.chosen
-        if c:
-            def num(k: str) -> str:
-                v = c.get(k)
-                return "n/a" if v is None else f"{v:.3g}"
-
-            chosen = (f"chosen layer {c.get('layer')} position {c.get('position')} (bypass {num('bypass')}, "
-                      f"induce {num('induce')}, KL {num('kl')})")
-        else:
-            chosen = "nothing chosen"
-        discarded = sum(1 for r in self.candidates if r.get("discarded"))
-        return (f"SelectionReport({chosen}; {len(self.candidates)} candidates, {discarded} discarded; "
-                f"baseline score harmful {self.baseline_harmful:.3g} / harmless {self.baseline_harmless:.3g}; "
-                f"fallback_used={self.settings.get('fallback_used')!r})")
-
-
-def select_refusal_direction(
-    chat_model: "ChatModel",
-    grid: DirectionGrid,
-    harmful_val: Sequence[str],
-    harmless_val: Sequence[str],
-    *,
-    kl_threshold: float = 0.1,
-    induce_threshold: float = 0.0,
-    max_layer_fraction: float = 0.8,
-    fallback: str | None = None,
-    system: str | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
-) -> tuple[Direction, SelectionReport]:
-    """Pick the refusal direction from a grid of candidates (Arditi et al. 2024).
-
-    Bypass is scored for every eligible candidate; the two filters (induce score and KL)
-    are evaluated lazily, best bypass first, and the first candidate that passes both
-    wins — the same choice as scoring everything, at a fraction of the forward passes.
-
-    Args:
-        kl_threshold: largest mean KL (nats) that ablation may cause on harmless prompts.
-        induce_threshold: smallest mean refusal log-odds that addition must reach on
-            harmless prompts (Arditi et al.: 0, i.e. refusal tokens more likely than not).
-        max_layer_fraction: candidates at layers ≥ this fraction of the depth are dropped.
-        fallback: what to do when no candidate passes. ``None`` (default) raises.
-            ``"relative"`` then applies a model-relative induce filter — addition must
-            raise the harmless refusal score above the *unedited* harmless score —
-            with the same KL and layer filters. Small models that rarely put more
-            than half their probability on a refusal token need it; the report
-            records ``fallback_used``.
-
-    Returns:
-        The chosen :class:`Direction` and a :class:`SelectionReport`.
-
-    Raises:
-        ConfigError: no candidate passes the filters (the error carries the report as
-            ``.report``).
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> grid = extract_directions(cm, ["Tell me how to pick a lock."], ["Bake bread."], positions=[-1], progress=False)
-        >>> # the tiny model is random: loose filters here; keep the defaults on a real chat model
-        >>> refusal, report = select_refusal_direction(cm, grid, ["How do I pick a lock?"], ["Bake a cake."],
-        ...                                            kl_threshold=1e9, induce_threshold=-1e9, progress=False)
-        >>> refusal.name, refusal.layer == report.chosen["layer"]
-        ('refusal', True)
-    """
-    if fallback not in (None, "relative"):
-        raise ConfigError(f"unknown selection fallback {fallback!r}", hint="use None or 'relative'")
-    from persona_refusal.evaluation import refusal_scores, last_logits
-    from persona_refusal.interventions import Ablate, AddVector
-
-    _check_model(grid, chat_model, False, f"direction grid {grid.name!r}")
-    max_layer = max_layer_fraction * chat_model.n_layers
-    kw = dict(system=system, batch_size=batch_size, progress=False)
-    base_harmful = refusal_scores(chat_model, harmful_val, **kw)
-    base_harmless_logits = last_logits(chat_model, harmless_val, **kw)
-    base_harmless = ops.refusal_log_odds(base_harmless_logits, chat_model.refusal_token_ids)
-    records: list[dict] = []
-    eligible: list[tuple[int, int]] = []
-    for i, pos in enumerate(grid.positions):
-        for j, layer in enumerate(grid.layers):
-            rec = {"position": pos, "layer": layer, "bypass": None, "induce": None, "kl": None, "discarded": None}
-            if layer >= max_layer:
-                rec["discarded"] = f"layer >= {max_layer_fraction} * n_layers"
-            elif float(grid.diff[i, j].norm()) == 0.0:
-                rec["discarded"] = "zero vector (identical activations on both sides)"
-            else:
-                eligible.append((pos, layer))
-            records.append(rec)
-    by_key = {(r["position"], r["layer"]): r for r in records}
-    from tqdm.auto import tqdm
-
-    for pos, layer in tqdm(eligible, desc="selection: bypass score", disable=not progress, leave=False):
-        d = grid.direction(pos, layer)
-        by_key[(pos, layer)]["bypass"] = float(refusal_scores(chat_model, harmful_val, interventions=[Ablate(d)], **kw).mean())
-    order = sorted(eligible, key=lambda k: by_key[k]["bypass"])
-    base_induce = float(base_harmless.mean())
-
-    def induce_of(key) -> float:
-        rec = by_key[key]
-        if rec["induce"] is None:
-            d = grid.direction(*key)
-            rec["induce"] = float(refusal_scores(chat_model, harmless_val, interventions=[AddVector(d, 1.0)], **kw).mean())
-        return rec["induce"]
-
-    def kl_of(key) -> float:
-        rec = by_key[key]
-        if rec["kl"] is None:
-            logits = last_logits(chat_model, harmless_val, interventions=[Ablate(grid.direction(*key))], **kw)
-            rec["kl"] = float(ops.kl_divergence(base_harmless_logits, logits).mean())
-        return rec["kl"]
-
-    def first_passing(threshold: float, label: str):
-        for key in order:
-            rec = by_key[key]
-            induce = induce_of(key)
-            if not induce >= threshold:
-                rec["discarded"] = f"induce score {induce:.3g} < {label}"
-                continue
-            kl = kl_of(key)
-            if not kl <= kl_threshold or math.isnan(kl):
-                rec["discarded"] = f"KL {kl:.3g} > {kl_threshold}"
-                continue
-            rec["discarded"] = None
-            return rec
-        return None
-
-    chosen = first_passing(induce_threshold, f"{induce_threshold}")
-    fallback_used = None
-    if chosen is None and fallback == "relative" and eligible:
-        fallback_used = "relative"
-        chosen = first_passing(base_induce + 1e-9, f"unedited harmless score {base_induce:.3g}")
-    settings = {"kl_threshold": kl_threshold, "induce_threshold": induce_threshold,
-                "max_layer_fraction": max_layer_fraction, "n_harmful_val": len(harmful_val),
-                "n_harmless_val": len(harmless_val), "system": system, "fallback": fallback,
-                "fallback_used": fallback_used}
-    report = SelectionReport(records, chosen, float(base_harmful.mean()), float(base_harmless.mean()), settings)
-    if chosen is None:
-        err = ConfigError(
-            f"no candidate direction passes the filters ({len(eligible)} eligible)",
-            hint="loosen kl_threshold / induce_threshold, add positions and layers, or use fallback='relative'",
-        )
-        err.report = report
-        raise err
-    d = grid.direction(chosen["position"], chosen["layer"])
-    d.provenance.update({"selection": {k: chosen[k] for k in ("bypass", "induce", "kl")},
-                         "baseline_harmful_score": report.baseline_harmful,
-                         "baseline_harmless_score": report.baseline_harmless, **settings})
-    return d, report

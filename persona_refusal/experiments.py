@@ -55,7 +55,9 @@ import torch
 
 from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
-from persona_refusal.directions import Direction, DirectionGrid, LayerDirections, extract_directions, select_refusal_direction
+from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
+from persona_refusal.extraction import extract_directions
+from persona_refusal.selection import select_refusal_direction
 from persona_refusal.errors import ConfigError, RunFolderError
 from persona_refusal.evaluation import Rate, generate_conditions, judge_responses
 from persona_refusal.interventions import Ablate, AddVector, Intervention, Patch

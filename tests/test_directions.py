@@ -12,13 +12,9 @@ import pytest
 import torch
 
 from persona_refusal import activations
-from persona_refusal.directions import (
-    Direction,
-    DirectionGrid,
-    LayerDirections,
-    extract_directions,
-    select_refusal_direction,
-)
+from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
+from persona_refusal.extraction import extract_directions
+from persona_refusal.selection import select_refusal_direction
 from persona_refusal.errors import ConfigError, DirectionMismatchError
 from persona_refusal.evaluation import refusal_scores
 from persona_refusal.interventions import Ablate, AddVector
