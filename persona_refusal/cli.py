@@ -17,33 +17,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from persona_refusal.errors import ConfigError, PersonaRefusalError
+from persona_refusal.study.config import StudyConfig, add_flags, flags_to_fields
+
 __all__ = ["main", "entry"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _layers(text: str):
-    if any(c.isalpha() for c in text):
-        return text  # a spec such as "all", "every:2", "from:12"
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layers or a spec, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,36 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run (or resume) the persona-gating study")
-    r.add_argument("--model", help="demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name")
     r.add_argument("--preset", default="default", help="default, full or smoke")
-    r.add_argument("--config", help="JSON file of GatingConfig fields (flags override it)")
+    r.add_argument("--config", help="JSON file of StudyConfig fields, flat or by section (flags override it)")
     r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    for name in ("train-harmful", "train-harmless", "val-harmful", "val-harmless", "eval-harmful", "eval-harmless"):
-        r.add_argument(f"--{name}", metavar="PATH", help=f"{name.replace('-', ' ')} prompts (csv/json/jsonl/txt)")
-    r.add_argument("--n-train", type=int)
-    r.add_argument("--n-val", type=int)
-    r.add_argument("--n-eval", type=int)
-    r.add_argument("--n-sweep", type=int, help="evaluation prompts used by the first-token sweeps")
-    r.add_argument("--persona-layer", type=int, help="resid_pre layer of persona steering")
-    r.add_argument("--persona-alpha", type=float, help="persona strength (units of the common norm)")
-    r.add_argument("--alphas", type=_floats, help="persona strengths of the dose-response sweep")
-    r.add_argument("--betas", type=_floats, help="refusal re-add strengths of the gating sweep")
-    r.add_argument("--control-betas", type=_floats)
-    r.add_argument("--gating-layers", type=_layers, help="e.g. all, every:2, from:10, or 0,4,8")
-    r.add_argument("--control-layers", type=_layers, help="layers of the control sweep (default every:2)")
-    r.add_argument("--selection-layers", type=_layers)
-    r.add_argument("--heatmap-persona-layers", type=_ints)
-    r.add_argument("--heatmap-refusal-layers", type=_layers)
-    r.add_argument("--knockout-window", type=int)
-    r.add_argument("--persona-filter", choices=["judge", "none"])
-    r.add_argument("--persona-questions", type=int)
-    r.add_argument("--max-new-tokens", type=int)
-    r.add_argument("--seed", type=int)
-    r.add_argument("--batch-size", type=int)
-    r.add_argument("--refusal-direction", metavar="PATH", help="use this saved refusal direction (skip selection)")
-    r.add_argument("--persona-direction", metavar="PATH", help="use these saved persona directions (skip rollouts)")
-    r.add_argument("--allow-transfer", action="store_true", default=None,
-                   help="accept saved directions made with another model of the same width")
+    r.add_argument("--stages", type=_names, help="run only these stages (and those they need), e.g. refusal,gating")
+    add_flags(r)  # one flag per StudyConfig field: --persona-alpha, --gating-layers, ...
     r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
     r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -107,25 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_FLAG_FIELDS = {
-    "model": "model", "train_harmful": "train_harmful", "train_harmless": "train_harmless",
-    "val_harmful": "val_harmful", "val_harmless": "val_harmless", "eval_harmful": "eval_harmful",
-    "eval_harmless": "eval_harmless", "n_train": "n_train", "n_val": "n_val", "n_eval": "n_eval",
-    "n_sweep": "n_sweep", "persona_layer": "persona_layer", "persona_alpha": "persona_alpha", "alphas": "alphas",
-    "betas": "betas", "control_betas": "control_betas", "gating_layers": "gating_layers", "control_layers": "control_layers",
-    "selection_layers": "selection_layers", "heatmap_persona_layers": "heatmap_persona_layers",
-    "heatmap_refusal_layers": "heatmap_refusal_layers", "knockout_window": "knockout_window",
-    "persona_filter": "persona_filter", "persona_questions": "persona_questions",
-    "max_new_tokens": "max_new_tokens", "seed": "seed", "batch_size": "batch_size",
-    "refusal_direction": "refusal_direction", "persona_direction": "persona_direction",
-    "allow_transfer": "allow_transfer",
-}
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _config_from_args(args):
-    from persona_refusal.errors import ConfigError
-    from persona_refusal.experiments import GatingConfig
-
     fields: dict = {}
     if args.config:
         path = Path(args.config)
@@ -137,36 +78,34 @@ def _config_from_args(args):
             raise ConfigError(f"config file {path} is not valid JSON ({e})", hint="fix the file") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a JSON object",
-                              hint='write it as {"field": value, ...} with GatingConfig fields')
+                              hint='write it as {"field": value, ...} with StudyConfig fields')
         fields.update(loaded)
         fields.pop("preset", None)
-    for flag, name in _FLAG_FIELDS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            fields[name] = v
+    fields.update(flags_to_fields(args))
     for path_field in ("train_harmful", "train_harmless", "val_harmful", "val_harmless", "eval_harmful", "eval_harmless",
                        "refusal_direction", "persona_direction"):
         if fields.get(path_field) and not str(fields[path_field]).startswith("hf://"):
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
     try:
-        return GatingConfig.preset(args.preset, **fields)
+        return StudyConfig.preset(args.preset, **fields)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:  # a value of the wrong type, or an unknown field
-        raise ConfigError(f"bad configuration: {e}", hint="see the GatingConfig fields in persona_refusal.experiments") from None
+    except (TypeError, ValueError) as e:  # a value no field check foresaw
+        raise ConfigError(f"bad configuration: {e}", hint="see the StudyConfig fields in persona_refusal.study.config") from None
 
 
 def _cmd_run(args) -> int:
-    from persona_refusal.experiments import GatingStudy, study_prompts
     from persona_refusal.models import load_chat_model
+    from persona_refusal.study import Study, preset_stages, study_prompts
 
     config = _config_from_args(args)
+    stages = args.stages if args.stages is not None else preset_stages(args.preset)
     progress = not args.quiet
     prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
     t0 = time.perf_counter()
     cm = load_chat_model(config.model, progress=progress)
     t_load = time.perf_counter() - t0
-    study = GatingStudy(cm, config, args.out, force=args.force, progress=progress, prompts=prompts)
+    study = Study(cm, config, args.out, force=args.force, progress=progress, prompts=prompts, stages=stages)
     study.timings["load_model"] = t_load
     _say(f"{cm}\nwriting to {study.out}" + (" (resuming)" if study.store.resumed else ""))
     try:
@@ -272,8 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["figures", "runs/demo"])             # doctest: +SKIP
         0
     """
-    from persona_refusal.errors import PersonaRefusalError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

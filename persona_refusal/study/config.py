@@ -1,0 +1,644 @@
+"""The study's configuration: one dataclass per concern, checked in one place.
+
+Context
+-------
+A gating study is defined by which prompts it reads, how it picks the refusal direction,
+how it builds and scales the persona direction, and which layers each sweep visits. Each
+concern is one small dataclass (:class:`PromptsConfig`, :class:`SelectionConfig`,
+:class:`PersonaConfig`, :class:`SteeringConfig`, :class:`SweepConfig`,
+:class:`HeatmapConfig`, :class:`KnockoutConfig`, :class:`PatchingConfig`), nested in
+:class:`StudyConfig`. Every field carries a :class:`Check` in its metadata — its kind,
+range and help text — and that one table drives three things: validation
+(:meth:`StudyConfig.validate`, run before a model loads), the command-line flags
+(:func:`add_flags`), and the error messages.
+
+Field names are unique across sections, so a config is also addressed *flat*:
+``StudyConfig(model="tiny", n_train=8, persona_alpha=2)`` routes each name to its section,
+``cfg.persona_alpha`` reads it back, and :meth:`StudyConfig.to_flat` is the flat record
+that run folders and ``results.json`` store (unchanged from schema 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from persona_refusal.errors import ConfigError
+
+__all__ = [
+    "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
+    "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "StudyConfig", "Preset", "PRESETS",
+    "MAX_STRENGTH", "MAX_SEED", "layer_spec", "add_flags", "flags_to_fields",
+]
+
+MAX_STRENGTH = 100.0
+"""Largest steering strength (persona ``α``, re-add ``β``) accepted, in units of the common
+norm ``s``: the paper uses 2–3; far beyond 100 an added vector swamps the residual stream,
+and a strength such as 1e30 overflows float32."""
+
+MAX_SEED = 2**63 - 1
+"""Largest seed: torch generators take 64-bit seeds."""
+
+LAYER_SPEC_HELP = "all, every:N, from:N, below:F (comma-combined), or a list such as 0,4,8"
+
+
+# ============================================================================ field checks
+@dataclass(frozen=True)
+class Check:
+    """How one configuration field is checked and offered on the command line."""
+
+    kind: str
+    """``int``, ``float``, ``bool``, ``str``, ``path``, ``choice``, ``strengths`` (a list of
+    finite numbers within ±:data:`MAX_STRENGTH`), ``layers`` (a list of layers or a spec
+    string), ``ints`` (a list of integers) or ``positions`` (a list of negative ints)."""
+    help: str = ""
+    """One line for ``--help``."""
+    optional: bool = False
+    """``None`` is allowed (it means "the default derived from the model")."""
+    low: float | None = None
+    """Smallest allowed value (numbers)."""
+    high: float | None = None
+    """Largest allowed value (numbers)."""
+    choices: tuple = ()
+    """Allowed values of a ``choice`` field."""
+    flag: bool = True
+    """Offered as a ``--flag`` on ``persona-refusal run``."""
+    nonempty: bool = False
+    """A list that must hold at least one value."""
+
+    def check(self, name: str, v: Any) -> None:
+        """Raise :class:`ConfigError` (one line) if ``v`` is not a valid value of ``name``."""
+        if v is None:
+            if self.optional:
+                return
+            raise ConfigError(f"{name} must be set, got None")
+        getattr(self, f"_check_{self.kind}")(name, v)
+
+    def _range(self, name: str, v: float, hint: str | None = None) -> None:
+        if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
+            if self.high is None:
+                raise ConfigError(f"{name} must be at least {self.low:g}, got {v}")
+            raise ConfigError(f"{name} {v!r} is out of range", hint=hint or f"use a value between {self.low:g} and {self.high:g}")
+
+    def _check_int(self, name: str, v: Any) -> None:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise ConfigError(f"{name} must be an integer, got {v!r}", hint="use a whole number")
+        self._range(name, v)
+
+    def _check_float(self, name: str, v: Any) -> None:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            raise ConfigError(f"{name} must be a number, got {v!r}", hint="use a number such as 0.1")
+        if not math.isfinite(v) and not (self.high is None and v == math.inf):
+            raise ConfigError(f"{name} must be finite, got {v}", hint="use a finite number")
+        self._range(name, v, hint=f"use a strength between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}"
+                    if self.high == MAX_STRENGTH else None)
+
+    def _check_bool(self, name: str, v: Any) -> None:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name} must be true or false, got {v!r}")
+
+    def _check_str(self, name: str, v: Any) -> None:
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
+
+    _check_path = _check_str
+
+    def _check_choice(self, name: str, v: Any) -> None:
+        if v not in self.choices:
+            raise ConfigError(f"unknown {name} {v!r}", hint=f"use {', '.join(map(str, self.choices))}")
+
+    def _check_strengths(self, name: str, v: Any) -> None:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{name} must be a list of strengths, got {v!r}", hint="write it as a list, e.g. [1.0, 2.0]")
+        if self.nonempty and not v:
+            raise ConfigError(f"{name} must hold at least one strength")
+        for x in v:
+            if not isinstance(x, numbers.Real) or isinstance(x, bool) or not math.isfinite(x):
+                raise ConfigError(f"{name} holds a non-finite strength {x!r}", hint="use finite numbers")
+            if abs(x) > MAX_STRENGTH:
+                raise ConfigError(f"{name} holds the strength {x!r}, out of range",
+                                  hint=f"use strengths between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}")
+
+    def _check_ints(self, name: str, v: Any) -> None:
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise ConfigError(f"{name} must be a list of integers, got {v!r}", hint="write it as a list, e.g. [0, 4, 8]")
+
+    def _check_layers(self, name: str, v: Any) -> None:
+        if isinstance(v, str):
+            layer_spec(name, v, 1)  # the syntax; ranges are checked once the model's depth is known
+            return
+        self._check_ints(name, v)
+
+    def _check_positions(self, name: str, v: Any) -> None:
+        self._check_ints(name, v)
+        if not v:
+            raise ConfigError(f"{name} must hold at least one position")
+        for p in v:
+            if p >= 0:
+                raise ConfigError(f"selection positions count from the end and must be negative, got {p}")
+
+
+def _f(default: Any, check: Check, *, factory: bool = False) -> Any:
+    """A dataclass field with its :class:`Check` in the metadata."""
+    if factory:
+        return field(default_factory=lambda: list(default), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+class _Section:
+    """Shared behaviour of the config sections: validation, dict round trip."""
+
+    SECTION: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            f.metadata["check"].check(f.name, getattr(self, f.name))
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
+# ============================================================================ the sections
+@dataclass
+class PromptsConfig(_Section):
+    """Which prompts the study reads, and how many of each."""
+
+    SECTION: ClassVar[str] = "prompts"
+    train_harmful: str | None = _f(None, Check("path", "train harmful prompts (csv/json/jsonl/txt)", optional=True))
+    """Harmful prompts for the refusal direction (path; default: bundled train split)."""
+    train_harmless: str | None = _f(None, Check("path", "train harmless prompts", optional=True))
+    """Harmless prompts for the refusal direction (default: bundled train split)."""
+    val_harmful: str | None = _f(None, Check("path", "val harmful prompts (selection)", optional=True))
+    """Harmful prompts for selecting the refusal direction (default: bundled val split)."""
+    val_harmless: str | None = _f(None, Check("path", "val harmless prompts (selection)", optional=True))
+    """Harmless prompts for selecting the refusal direction (default: bundled val split)."""
+    eval_harmful: str | None = _f(None, Check("path", "evaluation harmful prompts", optional=True))
+    """Evaluation harmful prompts (default: bundled test split)."""
+    eval_harmless: str | None = _f(None, Check("path", "evaluation harmless prompts (coherence)", optional=True))
+    """Evaluation harmless prompts, for coherence checks (default: bundled test split)."""
+    n_train: int | None = _f(96, Check("int", "training prompts per side", optional=True, low=1))
+    """Training prompts per side (``None``: all)."""
+    n_val: int | None = _f(24, Check("int", "selection prompts per side", optional=True, low=1))
+    """Selection prompts per side (``None``: all)."""
+    n_eval: int | None = _f(None, Check("int", "evaluation harmful prompts", optional=True, low=1))
+    """Evaluation harmful prompts for the generated baseline/persona rates (``None``: all)."""
+    n_sweep: int = _f(32, Check("int", "evaluation prompts used by the first-token sweeps", low=1))
+    """First ``n`` evaluation harmful prompts used by the first-token sweeps."""
+    n_coherence: int = _f(12, Check("int", "evaluation harmless prompts of the coherence checks", low=1))
+    """First ``n`` evaluation harmless prompts used for coherence checks."""
+
+
+@dataclass
+class SelectionConfig(_Section):
+    """How the refusal direction is chosen (Arditi et al.'s filters), or given."""
+
+    SECTION: ClassVar[str] = "selection"
+    selection_positions: list[int] = _f([-1], Check("positions", "positions (from the end) that compete in selection",
+                                                    flag=False), factory=True)
+    """Positions (from the end) whose candidates compete in selection (the study reads
+    the last prompt token, as the paper does)."""
+    selection_layers: list[int] | str | None = _f(None, Check("layers", "candidate layers of selection", optional=True))
+    """Candidate layers for selection (default ``"every:3,below:0.8"``: every 3rd layer
+    below 0.8·n_layers). Layer lists also take the strings ``"all"``, ``"every:N"``,
+    ``"from:N"`` and ``"below:F"`` (comma-combined)."""
+    refusal_direction: str | None = _f(None, Check("path", "use this saved refusal direction (skip selection)",
+                                                   optional=True))
+    """A saved :class:`Direction` to use as the refusal direction instead of selecting one
+    (the diff-in-means grid is still computed, for per-layer analyses)."""
+    kl_threshold: float = _f(0.1, Check("float", "selection: largest KL (nats) of ablation on harmless val", low=0))
+    """Selection: largest KL (nats) that ablation may cause on harmless val prompts."""
+    induce_threshold: float = _f(0.0, Check("float", "selection: smallest refusal score addition must induce"))
+    """Selection: smallest mean refusal score that addition must induce on harmless val."""
+    selection_fallback: str | None = _f("relative", Check("choice", "fallback when no candidate passes",
+                                                          optional=True, choices=("relative",)))
+    """When no candidate passes Arditi et al.'s filters: ``"relative"`` requires only that
+    addition raises the harmless refusal score above the unedited one (small models rarely
+    put half their probability on a refusal token); ``None`` stops the run."""
+
+
+@dataclass
+class PersonaConfig(_Section):
+    """How the compliant-persona direction is made (rollouts), or given."""
+
+    SECTION: ClassVar[str] = "persona"
+    persona_direction: str | None = _f(None, Check("path", "use these saved persona directions (skip rollouts)",
+                                                   optional=True))
+    """Saved :class:`LayerDirections` to use as persona directions instead of rollouts."""
+    persona_questions: int | None = _f(8, Check("int", "probe questions per persona system prompt", optional=True, low=1))
+    """Probe questions per persona system prompt (``None``: all 16)."""
+    persona_max_new_tokens: int = _f(24, Check("int", "reply length of persona rollouts", low=1))
+    """Reply length of persona rollouts."""
+    persona_filter: str = _f("judge", Check("choice", "which rollouts count", choices=("judge", "none")))
+    """``"judge"``: in-character rollouts only; ``"none"``: all (tiny models)."""
+    persona_method: str = _f("last_token", Check("choice", "how rollouts become a direction",
+                                                 choices=("last_token", "response_avg")))
+    """``"last_token"`` or ``"response_avg"``."""
+
+
+@dataclass
+class SteeringConfig(_Section):
+    """Where and how strongly the persona is steered in; the common norm of strengths."""
+
+    SECTION: ClassVar[str] = "steering"
+    persona_layer: int | None = _f(None, Check("int", "resid_pre layer of persona steering", optional=True))
+    """Layer where persona steering is added (default: round(0.65·n_layers))."""
+    persona_alpha: float = _f(3.0, Check("float", "persona strength (units of the common norm)",
+                                         low=-MAX_STRENGTH, high=MAX_STRENGTH))
+    """Persona steering strength, in units of the common norm (the paper: 3)."""
+    alphas: list[float] = _f([1.0, 2.0, 3.0, 4.0, 6.0], Check("strengths", "persona strengths of the dose-response sweep"),
+                             factory=True)
+    """Persona strengths of the dose–response sweep."""
+    norm: str = _f("persona", Check("choice", "common steering norm", choices=("refusal", "persona", "mean")))
+    """Common steering norm ``s``: ``"persona"`` (the persona direction's norm at the
+    persona layer: α = 3 means three times the compliant − refuser difference where it is
+    added), ``"refusal"`` (the refusal direction's norm at its own layer) or ``"mean"``."""
+    allow_transfer: bool = _f(False, Check("bool", "accept saved directions made with another model of the same width"))
+    """Accept saved directions made with another model of the same width, on purpose."""
+
+
+@dataclass
+class SweepConfig(_Section):
+    """The gating sweep (persona on), its control (persona off), and judged replies."""
+
+    SECTION: ClassVar[str] = "sweeps"
+    betas: list[float] = _f([2.0], Check("strengths", "refusal re-add strengths of the gating sweep", nonempty=True), factory=True)
+    """Refusal re-add strengths of the gating sweep (the paper: 2)."""
+    control_betas: list[float] = _f([2.0], Check("strengths", "re-add strengths of the control sweep"), factory=True)
+    """Re-add strengths of the control sweep without persona steering."""
+    gating_layers: list[int] | str | None = _f(None, Check("layers", "layers of the gating sweep (default all)",
+                                                           optional=True))
+    """Layers of the gating sweep (default: every layer)."""
+    control_layers: list[int] | str | None = _f(None, Check("layers", "layers of the control sweep (default every:2)",
+                                                            optional=True))
+    """Layers of the control sweep without persona steering (default ``"every:2"``)."""
+    max_new_tokens: int = _f(32, Check("int", "reply length of judged generations", low=1))
+    """Reply length of judged generations."""
+
+
+@dataclass
+class HeatmapConfig(_Section):
+    """The cross-layer heatmap: persona layer × re-add layer."""
+
+    SECTION: ClassVar[str] = "heatmap"
+    heatmap_persona_layers: list[int] | None = _f(None, Check("ints", "persona layers of the heatmap", optional=True))
+    """Persona layers of the heatmap (default: round(f·n_layers), f = 0.4, 0.65, 0.85)."""
+    heatmap_refusal_layers: list[int] | str | None = _f(None, Check("layers", "re-add layers of the heatmap",
+                                                                    optional=True))
+    """Re-add layers of the heatmap (default: every 4th layer)."""
+
+
+@dataclass
+class KnockoutConfig(_Section):
+    """Persona knockout: the persona direction ablated over windows of layers."""
+
+    SECTION: ClassVar[str] = "knockout"
+    knockout_window: int | None = _f(None, Check("int", "width of a knockout window", optional=True, low=1))
+    """Width of a knockout window (default: max(2, n_layers // 6))."""
+    knockout_starts: list[int] | None = _f(None, Check("ints", "first layers of the knockout windows", optional=True))
+    """First layers of the knockout windows (default: tiling the model)."""
+
+
+@dataclass
+class PatchingConfig(_Section):
+    """Activation patching from the default run into the persona run."""
+
+    SECTION: ClassVar[str] = "patching"
+    patch_layers: list[int] | str | None = _f(None, Check("layers", "layers of activation patching", optional=True))
+    """Layers of activation patching (default: persona layer to the last layer)."""
+    patch_position_layers: list[int] | None = _f(None, Check("ints", "layers where each position is patched alone",
+                                                             optional=True))
+    """Layers where each post-instruction position is patched alone (default: 3 layers
+    from the persona layer on)."""
+
+
+SECTIONS: tuple[type[_Section], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,
+                                        HeatmapConfig, KnockoutConfig, PatchingConfig)
+
+_TOP_CHECKS = {
+    "model": Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name"),
+    "bootstrap": Check("int", "bootstrap resamples of restoration intervals", low=1),
+    "seed": Check("int", "seed of every random draw", low=0, high=MAX_SEED),
+    "batch_size": Check("int", "prompts per forward batch (default: by token budget)", optional=True, low=1),
+}
+
+
+# ============================================================================ presets
+@dataclass(frozen=True)
+class Preset:
+    """A named study: which stages run, and the configuration fields it changes."""
+
+    overrides: dict
+    """Flat configuration fields the preset sets."""
+    stages: tuple[str, ...] | None = None
+    """Stages it runs (``None``: every registered stage)."""
+    doc: str = ""
+    """One line for ``--help``."""
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset({}, doc="sized for a 2-core laptop CPU with the demo model (~10 min)"),
+    "full": Preset({"n_train": None, "n_val": None, "n_sweep": 64, "n_coherence": 24, "selection_layers": "below:0.8",
+                    "betas": [1.0, 2.0, 4.0], "control_betas": [1.0, 2.0], "persona_questions": None,
+                    "heatmap_refusal_layers": "every:2", "max_new_tokens": 64,
+                    "control_layers": "all", "alphas": [0.5, 1.0, 2.0, 3.0, 4.0, 6.0]},
+                   doc="finer grids, every prompt"),
+    "smoke": Preset({"n_train": 16, "n_val": 8, "n_eval": 12, "n_sweep": 8, "n_coherence": 4, "alphas": [1.0, 3.0],
+                     "betas": [2.0], "control_betas": [2.0], "persona_questions": 3, "persona_max_new_tokens": 8,
+                     "persona_filter": "none", "max_new_tokens": 8, "bootstrap": 200,
+                     "kl_threshold": 1e9, "induce_threshold": -1e9},
+                    doc="every stage on a few prompts (plumbing check)"),
+}
+
+
+# ============================================================================ the study config
+_FIELD_SECTION: dict[str, str] = {f.name: s.SECTION for s in SECTIONS for f in dataclasses.fields(s)}
+_SECTION_CLASS: dict[str, type[_Section]] = {s.SECTION: s for s in SECTIONS}
+
+
+@dataclass(init=False)
+class StudyConfig:
+    """Everything that defines a gating study. Layers are ``resid_pre`` indices.
+
+    Give fields flat (``StudyConfig(model="tiny", persona_alpha=2)``) or by section
+    (``StudyConfig(steering=SteeringConfig(persona_alpha=2))``); read them either way
+    (``cfg.persona_alpha`` is ``cfg.steering.persona_alpha``). ``None`` for a layer list
+    means the default derived from the model's depth (see :meth:`resolve`). Defaults are
+    sized to finish on a 2-core laptop CPU with the demo model;
+    ``StudyConfig.preset("full")`` sweeps finer grids.
+
+    Example:
+        >>> cfg = StudyConfig.preset("smoke", model="tiny", persona_alpha=2.0)
+        >>> cfg.steering.persona_alpha, cfg.n_train
+        (2.0, 16)
+        >>> StudyConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    model: str
+    """Model to load (see :func:`persona_refusal.load_chat_model`)."""
+    bootstrap: int
+    """Bootstrap resamples for restoration intervals."""
+    seed: int
+    """Seed of every random draw (bootstrap, random control directions)."""
+    batch_size: int | None
+    """Prompts per forward batch (default: by token budget)."""
+    prompts: PromptsConfig
+    """Prompt sets and their sizes."""
+    selection: SelectionConfig
+    """Refusal-direction selection."""
+    persona: PersonaConfig
+    """Persona direction."""
+    steering: SteeringConfig
+    """Persona steering and the common norm."""
+    sweeps: SweepConfig
+    """Gating and control sweeps."""
+    heatmap: HeatmapConfig
+    """Cross-layer heatmap."""
+    knockout: KnockoutConfig
+    """Persona knockout."""
+    patching: PatchingConfig
+    """Activation patching."""
+
+    PRESETS: ClassVar[dict[str, Preset]] = PRESETS
+
+    def __init__(self, *, model: str = "demo", bootstrap: int = 2000, seed: int = 0, batch_size: int | None = None,
+                 **fields: Any) -> None:
+        self.model, self.bootstrap, self.seed, self.batch_size = model, bootstrap, seed, batch_size
+        given: dict[str, dict] = {s.SECTION: {} for s in SECTIONS}
+        for key, value in fields.items():
+            if key in _SECTION_CLASS:
+                cls = _SECTION_CLASS[key]
+                if isinstance(value, cls):
+                    value = value.to_dict()
+                if not isinstance(value, dict):
+                    raise ConfigError(f"section {key} must be a {cls.__name__} or a dict, got {value!r}")
+                for k, v in value.items():
+                    if _FIELD_SECTION.get(k) != key:
+                        raise _unknown(k)
+                    given[key][k] = v
+            elif key in _FIELD_SECTION:
+                given[_FIELD_SECTION[key]][key] = value
+            else:
+                raise _unknown(key)
+        for s in SECTIONS:
+            setattr(self, s.SECTION, s(**given[s.SECTION]))
+        self.validate()
+
+    def __getattr__(self, name: str) -> Any:  # flat reads: cfg.persona_alpha
+        section = _FIELD_SECTION.get(name)
+        if section is None or section not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        return getattr(self.__dict__[section], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        section = _FIELD_SECTION.get(name)
+        if section is not None and section in self.__dict__:
+            setattr(self.__dict__[section], name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StudyConfig) and self.to_dict() == other.to_dict()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "StudyConfig":
+        """A named preset (``default``, ``full``, ``smoke``) with overrides (flat names)."""
+        if name not in cls.PRESETS:
+            raise ConfigError(f"unknown preset {name!r}", hint=f"use one of {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name].overrides, **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StudyConfig":
+        """Read :meth:`to_dict` (nested) or :meth:`to_flat` (flat, as stored in results)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a JSON object, got {type(d).__name__}")
+        return cls(**d)
+
+    @staticmethod
+    def field_names() -> list[str]:
+        """Every flat field name, top-level ones first."""
+        return list(_TOP_CHECKS) + list(_FIELD_SECTION)
+
+    @staticmethod
+    def check_of(name: str) -> Check:
+        """The :class:`Check` of a flat field."""
+        if name in _TOP_CHECKS:
+            return _TOP_CHECKS[name]
+        cls = _SECTION_CLASS[_FIELD_SECTION[name]]
+        return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["check"]
+
+    # ---------------------------------------------------------------- checks and records
+    def validate(self) -> None:
+        """Type and range checks of every field (layer ranges wait for the model: :meth:`resolve`)."""
+        for name, check in _TOP_CHECKS.items():
+            check.check(name, getattr(self, name))
+        for s in SECTIONS:
+            getattr(self, s.SECTION).validate()
+
+    def to_dict(self) -> dict:
+        """Nested JSON-able form: top-level fields, then one dict per section."""
+        return {**{k: getattr(self, k) for k in _TOP_CHECKS},
+                **{s.SECTION: getattr(self, s.SECTION).to_dict() for s in SECTIONS}}
+
+    def to_flat(self) -> dict:
+        """Flat JSON-able form (the ``config`` record of run folders and ``results.json``)."""
+        return _plain({name: getattr(self, name) for name in self.field_names()})
+
+    def __repr__(self) -> str:
+        default = StudyConfig().to_flat()
+        changed = {k: v for k, v in self.to_flat().items() if default.get(k) != v}
+        return f"StudyConfig({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    # ---------------------------------------------------------------- layers
+    def resolve(self, n_layers: int) -> dict:
+        """Concrete layer lists for a model with ``n_layers`` blocks, validated."""
+        L = n_layers
+
+        def check(name: str, layers: Sequence[int], top: int) -> list[int]:
+            out = sorted({int(l) for l in layers})
+            bad = [l for l in out if not 0 <= l <= top]
+            if bad:
+                raise ConfigError(f"{name} {bad} out of range: this model has layers 0..{top}")
+            if not out:
+                raise ConfigError(f"{name} is empty")
+            return out
+
+        pl = self.persona_layer if self.persona_layer is not None else round(0.65 * L)
+        if not 1 <= pl <= L - 1:
+            raise ConfigError(f"persona_layer {pl} out of range: use 1..{L - 1}")
+        sel = layer_spec("selection_layers", self.selection_layers, L, "every:3,below:0.8")
+        gl = layer_spec("gating_layers", self.gating_layers, L, "all")
+        cl = layer_spec("control_layers", self.control_layers, L, "every:2")
+        hp = self.heatmap_persona_layers or sorted({min(L - 1, max(1, round(f * L))) for f in (0.4, 0.65, 0.85)})
+        hp = layer_spec("heatmap_persona_layers", hp, L, "all")
+        hr = layer_spec("heatmap_refusal_layers", self.heatmap_refusal_layers, L, "every:4")
+        w = self.knockout_window or max(2, L // 6)
+        if not 1 <= w <= L:
+            raise ConfigError(f"knockout_window {w} out of range 1..{L}")
+        ks = self.knockout_starts if self.knockout_starts is not None else list(range(0, L - w + 1, w))
+        ks = check("knockout_starts", ks, L - w)
+        patch = layer_spec("patch_layers", self.patch_layers, L, f"from:{pl}")
+        ppl = self.patch_position_layers if self.patch_position_layers is not None else [
+            l for l in sorted({pl, pl + max(1, L // 8), pl + 2 * max(1, L // 8)}) if l < L]
+        return {
+            "persona_layer": pl,
+            "selection_layers": check("selection_layers", sel, L - 1),
+            "gating_layers": check("gating_layers", gl, L - 1),
+            "control_layers": check("control_layers", cl, L - 1),
+            "heatmap_persona_layers": check("heatmap_persona_layers", hp, L - 1),
+            "heatmap_refusal_layers": check("heatmap_refusal_layers", hr, L - 1),
+            "knockout_window": w,
+            "knockout_starts": ks,
+            "patch_layers": check("patch_layers", patch, L - 1),
+            "patch_position_layers": check("patch_position_layers", ppl, L - 1) if ppl else [],
+        }
+
+
+def _unknown(name: str) -> ConfigError:
+    close = difflib.get_close_matches(name, StudyConfig.field_names(), n=1)
+    return ConfigError(f"unknown configuration field {name!r}",
+                       hint=(f"did you mean {close[0]!r}? " if close else "") + "see the StudyConfig fields in "
+                       "persona_refusal.study.config")
+
+
+def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) -> list[int]:
+    """Resolve a layer list or a spec string (``all``, ``every:N``, ``from:N``, ``below:F``).
+
+    Example:
+        >>> layer_spec("gating_layers", "every:4,from:8", 24)
+        [8, 12, 16, 20]
+    """
+    if spec is None:
+        spec = default
+    if not isinstance(spec, str):
+        return [int(l) for l in spec]
+    layers = list(range(n_layers))
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        kind, _, arg = part.partition(":")
+        try:
+            if kind == "all" and not arg:
+                continue
+            if kind == "every":
+                step = int(arg)
+                if step < 1:
+                    raise ConfigError(f"{name}: every:{arg} needs a step of at least 1", hint="use every:N with N >= 1")
+                layers = [l for l in layers if l % step == 0]
+            elif kind == "from":
+                layers = [l for l in layers if l >= int(arg)]
+            elif kind == "below":
+                frac = float(arg)
+                if not math.isfinite(frac):
+                    raise ValueError(arg)
+                layers = [l for l in layers if l < frac * n_layers]
+            else:
+                raise ValueError(kind)
+        except ValueError:
+            raise ConfigError(f"{name}: cannot read layer spec {part!r}", hint=f"use {LAYER_SPEC_HELP}") from None
+    return layers
+
+
+# ============================================================================ command line
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _layers(text: str):
+    if any(c.isalpha() for c in text):
+        return text  # a spec such as "all", "every:2", "from:12"
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layers or a spec, got {text!r}") from None
+
+
+_ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "layers": _layers, "positions": _ints}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per configuration field (``persona_alpha`` → ``--persona-alpha``),
+    derived from the fields' :class:`Check`; every flag defaults to ``None`` (not given)."""
+    for name in StudyConfig.field_names():
+        check = StudyConfig.check_of(name)
+        if not check.flag:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = check.help + (f" ({LAYER_SPEC_HELP})" if check.kind == "layers" else "")
+        if check.kind == "bool":
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        elif check.kind == "choice":
+            parser.add_argument(flag, dest=name, choices=list(check.choices), help=help_text)
+        elif check.kind == "path":
+            parser.add_argument(flag, dest=name, metavar="PATH", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=_ARG_TYPES.get(check.kind), help=help_text)
+
+
+def flags_to_fields(args: argparse.Namespace) -> dict:
+    """The configuration fields given as flags (those not ``None``)."""
+    out = {}
+    for name in StudyConfig.field_names():
+        v = getattr(args, name, None)
+        if v is not None:
+            out[name] = v
+    return out

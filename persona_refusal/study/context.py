@@ -1,0 +1,384 @@
+"""What every stage of the study works with: the model, the prompts, the run folder, the
+cached residual streams, the steering builders and the one sweep primitive.
+
+Context
+-------
+A sweep over layers × conditions is one loop, written once (in the spirit of
+TransformerLens's ``generic_activation_patch``): :meth:`StudyContext.sweep` takes a
+mapping ``{point key: interventions}``, and for each point not yet checkpointed it runs
+the first-token measure and saves the point. Each point starts mid-model from a cached
+residual stream: a cache made under edits ``J`` at layers ``< s`` equals the run under
+``I ⊇ J`` at layer ``s`` whenever every edit of ``I`` that ``J`` lacks acts only at layers
+``≥ s`` (:meth:`StudyContext.start_for` picks the cache with the latest such ``s``;
+:meth:`persona_refusal.interventions.Intervention.min_layer` says where an edit starts).
+So re-adding the refusal direction at layer 20 with the persona at 15 costs four blocks,
+not twenty-four, and the rule "start from the baseline before the persona layer, from the
+persona run after it" is derived, not written by hand in each stage.
+
+Judged generations (:meth:`StudyContext.judged`) batch several conditions into shared
+forward passes and checkpoint them in one write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from persona_refusal import ops
+from persona_refusal.activations import BatchPlan, plan_batches, run_plan
+from persona_refusal.directions import Direction, LayerDirections
+from persona_refusal.errors import ConfigError
+from persona_refusal.evaluation import generate_conditions, judge_responses
+from persona_refusal.interventions import AddVector, Intervention
+from persona_refusal.prompts import PromptSet, bundled, load_prompts
+from persona_refusal.storage import sha256_file
+from persona_refusal.study.config import StudyConfig
+from persona_refusal.study.stats import first_token_stats, restoration
+from persona_refusal.study.store import RunStore
+
+if TYPE_CHECKING:
+    from persona_refusal.evaluation import Judge
+    from persona_refusal.models import ChatModel
+    from persona_refusal.study.registry import StageResult
+
+__all__ = ["StudyContext", "Cache", "study_prompts", "input_hashes", "hook_layers"]
+
+log = logging.getLogger(__name__)
+
+
+def hook_layers(intervention: Intervention, chat_model: "ChatModel") -> list[int]:
+    """The blocks whose hooks an edit uses (from its TransformerLens hook names)."""
+    return sorted({int(name.split(".")[1]) for name, _ in intervention.hooks(chat_model) if name.startswith("blocks.")})
+
+
+@dataclass
+class Cache:
+    """Residual streams of one condition on one plan, kept for runs that resume mid-model."""
+
+    name: str
+    """Label (``baseline``, ``persona``, ``persona@12`` …)."""
+    interventions: tuple[Intervention, ...]
+    """The edits it was made under (compared by identity: the context's builders memoise)."""
+    last_edit_layer: int
+    """The last block any of its edits acts at (-1: none). It is a valid start at layers after it."""
+    resid: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    """``resid_pre`` layer → one ``[rows, pos, d_model]`` tensor per batch of the plan."""
+    refused: list[bool] = field(default_factory=list)
+    """Greedy first token is a refusal token, per prompt."""
+    scores: list[float] = field(default_factory=list)
+    """First-token refusal log-odds, per prompt."""
+
+
+def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
+    """The six prompt sets of a study (given files, else the bundled splits), trimmed to the
+    configured sizes. Cheap: the CLI calls it before loading the model, so a bad prompt
+    file fails in a second rather than after a minute of model loading."""
+    c = config
+
+    def get(path, label, split, n):
+        ps = load_prompts(path, label=label) if path else bundled(label, split)
+        return ps.head(n)
+
+    sets = {
+        "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train),
+        "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train),
+        "val_harmful": get(c.val_harmful, "harmful", "val", c.n_val),
+        "val_harmless": get(c.val_harmless, "harmless", "val", c.n_val),
+        "eval_harmful": get(c.eval_harmful, "harmful", "test", c.n_eval),
+        "eval_harmless": get(c.eval_harmless, "harmless", "test", None),
+    }
+    if c.n_sweep > len(sets["eval_harmful"]):
+        raise ConfigError(f"n_sweep {c.n_sweep} exceeds the {len(sets['eval_harmful'])} evaluation harmful prompts",
+                          hint="lower n_sweep (--n-sweep) or give more evaluation prompts")
+    if c.n_coherence > len(sets["eval_harmless"]):
+        raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts",
+                          hint="lower n_coherence or give more evaluation harmless prompts")
+    return sets
+
+
+def input_hashes(config: StudyConfig) -> dict:
+    """sha256 of the saved directions a configuration names (a changed file is a new run)."""
+    out = {}
+    for name in ("refusal_direction", "persona_direction"):
+        path = getattr(config, name)
+        if path:
+            stem = Path(path)
+            stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+            files = [stem.with_name(stem.name + ext) for ext in (".json", ".safetensors")]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConfigError(f"{name} file {missing[0]} does not exist",
+                                  hint="check the path: a saved direction is a NAME.json + NAME.safetensors pair")
+            out[name] = {f.name: sha256_file(f) for f in files}
+    return out
+
+
+def check_persona_layers(given: LayerDirections, n_layers: int) -> None:
+    """Persona directions must cover every layer of the model."""
+    if set(given.layers) != set(range(n_layers)):
+        raise ConfigError(f"the given persona directions cover layers {given.layers[0]}..{given.layers[-1]}, "
+                          f"not every layer 0..{n_layers - 1}",
+                          hint="give persona directions made at every layer of this model")
+
+
+class StudyContext:
+    """The shared state of one study run; stages read and extend it.
+
+    Attributes:
+        cm: the chat model. cfg: the :class:`StudyConfig`. layers: every layer list
+        resolved for this model (:meth:`StudyConfig.resolve`). prompts: the six prompt sets.
+        store: the run folder. results: each finished stage's result, by stage name.
+    """
+
+    def __init__(self, chat_model: "ChatModel", config: StudyConfig, out, *, force: bool = False,
+                 progress: bool = True, judge: "Judge | None" = None,
+                 prompts: dict[str, PromptSet] | None = None) -> None:
+        self.cm = chat_model
+        self.cfg = config
+        self.layers = config.resolve(chat_model.n_layers)
+        self.progress = progress
+        self.judge = judge
+        self.prompts = prompts if prompts is not None else study_prompts(config)  # already read: by the CLI
+        self.config_record = {
+            "config": config.to_flat(),
+            "inputs": input_hashes(config),
+            "resolved": self.layers,
+            "model": chat_model.fingerprint(),
+            "prompt_sets": {k: v.describe() for k, v in self.prompts.items()},
+            "judge": type(judge).__name__ if judge is not None else "SubstringJudge",
+        }
+        self.check_inputs()
+        self.store = RunStore(out, self.config_record, force=force)
+        self.out = self.store.out
+        self.timings: dict[str, float] = {}
+        self.stage_name = "setup"
+        self.results: dict[str, "StageResult"] = {}
+        self.caches: dict[str, Cache] = {}
+        self._builders: dict[tuple, Intervention] = {}
+        self._plans: dict[tuple[str, ...], BatchPlan] = {}
+
+    # ---------------------------------------------------------------- plumbing
+    @property
+    def persona_layer(self) -> int:
+        """The layer where persona steering is added (resolved)."""
+        return self.layers["persona_layer"]
+
+    @contextlib.contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Time a block under ``name`` (``run_info.stage_seconds``); it is the current stage meanwhile."""
+        self.stage_name = name
+        t0 = time.perf_counter()
+        log.info("stage %s", name)
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def result(self, stage: str) -> Any:
+        """The result of a stage that already ran."""
+        if stage not in self.results:
+            raise ConfigError(f"stage {stage!r} has not run", hint="run the stages it needs first")
+        return self.results[stage]
+
+    def check_inputs(self) -> None:
+        """Fail before anything is written: selection positions, prompt lengths, given directions."""
+        cm, c = self.cm, self.cfg
+        allowed = cm.post_instruction_positions
+        bad = [p for p in c.selection_positions if p not in allowed]
+        if bad:
+            raise ConfigError(f"selection position {bad[0]} is out of range: this model's post-instruction positions "
+                              f"are {allowed[0]}..{allowed[-1]}", hint=f"use positions between {allowed[0]} and -1")
+        for key, ps in self.prompts.items():
+            texts = list(ps)[: c.n_coherence] if key == "eval_harmless" else list(ps)
+            reserve = c.max_new_tokens if key.startswith("eval") else 0
+            ids = cm.tokenizer(cm.format(texts), add_special_tokens=False)["input_ids"]
+            for i, x in enumerate(ids):
+                if len(x) + reserve > cm.n_ctx:
+                    raise ConfigError(
+                        f"prompt {i + 1} of {ps.source or ps.name} ({key}) is {len(x)} tokens"
+                        f"{f' (+{reserve} to generate)' if reserve else ''}, longer than the context window of "
+                        f"{cm.n_ctx} tokens", hint="shorten or remove it" + (", or lower --max-new-tokens" if reserve else ""))
+        if c.refusal_direction:
+            given = Direction.load(c.refusal_direction, chat_model=cm, allow_transfer=c.allow_transfer)
+            cm.check_layer(given.layer, what="the given refusal direction's layer")
+        if c.persona_direction:
+            given_p = LayerDirections.load(c.persona_direction, chat_model=cm, allow_transfer=c.allow_transfer)
+            check_persona_layers(given_p, cm.n_layers)
+
+    @property
+    def sweep_prompts(self) -> list[str]:
+        """The first ``n_sweep`` evaluation harmful prompts (every first-token sweep)."""
+        return list(self.prompts["eval_harmful"])[: self.cfg.n_sweep]
+
+    @property
+    def coherence_prompts(self) -> list[str]:
+        """The first ``n_coherence`` evaluation harmless prompts."""
+        return list(self.prompts["eval_harmless"])[: self.cfg.n_coherence]
+
+    def plan(self, prompts: Sequence[str]) -> BatchPlan:
+        """The batch plan of these prompts (made once, then reused)."""
+        key = tuple(prompts)
+        if key not in self._plans:
+            self._plans[key] = plan_batches(self.cm, self.cm.format(list(prompts)), batch_size=self.cfg.batch_size,
+                                            keep_last=len(self.cm.post_instruction_positions))
+        return self._plans[key]
+
+    @property
+    def sweep_plan(self) -> BatchPlan:
+        """The plan of :attr:`sweep_prompts`."""
+        return self.plan(self.sweep_prompts)
+
+    # ---------------------------------------------------------------- steering builders
+    def _memo(self, key: tuple, make) -> Intervention:
+        if key not in self._builders:
+            self._builders[key] = make()
+        return self._builders[key]
+
+    def steer(self, alpha: float | None = None, layer: int | None = None) -> AddVector:
+        """Persona steering: ``α·s·p̂`` added at ``resid_pre`` of ``layer`` (default: the
+        configured α and persona layer). The same arguments give the same object."""
+        alpha = self.cfg.persona_alpha if alpha is None else alpha
+        layer = self.persona_layer if layer is None else layer
+        vec = self.result("steering").persona_vector
+        return self._memo(("steer", alpha, layer),
+                          lambda: AddVector(vec, alpha, layer=layer, allow_transfer=self.cfg.allow_transfer))
+
+    def readd(self, beta: float, layer: int) -> AddVector:
+        """The refusal direction re-added: ``β·s·r̂`` at ``resid_pre`` of ``layer``."""
+        vec = self.result("steering").refusal_vector
+        return self._memo(("readd", beta, layer),
+                          lambda: AddVector(vec, beta, layer=layer, allow_transfer=self.cfg.allow_transfer))
+
+    # ---------------------------------------------------------------- caches and the sweep primitive
+    def first_token(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy first token is a refusal token; refusal log-odds (per row)."""
+        ids = list(self.cm.refusal_token_ids)
+        return torch.isin(logits.argmax(-1), torch.tensor(ids)), ops.refusal_log_odds(logits, ids)
+
+    def start_for(self, interventions: Sequence[Intervention], layers_needed: Sequence[int] = ()) -> tuple[int, str | None]:
+        """The latest block a run under ``interventions`` can start at, and the cache to start from.
+
+        A cache made under edits ``J`` is a valid start at block ``s`` when ``J`` is a subset
+        of ``interventions``, every edit of ``J`` acts before ``s``, and every other edit
+        acts at ``s`` or later. Ties go to the cache registered first (the baseline).
+        ``(0, None)``: run from the embedding.
+        """
+        best: tuple[int, str | None] = (0, None)
+        for name, cache in self.caches.items():
+            if not all(any(j is i for i in interventions) for j in cache.interventions):
+                continue
+            rest = [i for i in interventions if not any(i is j for j in cache.interventions)]
+            s = min([i.min_layer(self.cm) for i in rest], default=self.cm.n_layers - 1)
+            if s <= cache.last_edit_layer or s not in cache.resid:
+                continue
+            if s > best[0]:
+                best = (s, name)
+        return best
+
+    def _run_first_token(self, plan: BatchPlan, interventions: Sequence[Intervention], capture: Sequence[int] = (),
+                         desc: str | None = None):
+        start, base = self.start_for(interventions) if plan is self.sweep_plan else (0, None)
+        kw = {} if start == 0 else {"start_layer": start, "start_resid": self.caches[base].resid[start]}
+        names = {self.cm.hook_name(l): None for l in capture}
+        refused = torch.zeros(plan.n_prompts, dtype=torch.bool)
+        scores = torch.zeros(plan.n_prompts, dtype=torch.float64)
+        resid: dict[int, list[torch.Tensor]] = {l: [] for l in capture}
+        for o in run_plan(self.cm, plan, interventions=interventions, capture=names or None, logits=True, desc=desc,
+                          progress=self.progress and desc is not None, **kw):
+            for l in capture:
+                resid[l].append(o.captured[self.cm.hook_name(l)])
+            r, s = self.first_token(o.last_logits)
+            refused[o.batch.rows], scores[o.batch.rows] = r, s
+        return start, base, resid, refused.tolist(), scores.tolist()
+
+    def cache(self, name: str, interventions: Sequence[Intervention], layers: Sequence[int],
+              desc: str | None = None) -> Cache:
+        """Run the sweep prompts once under ``interventions``, keeping the full residual
+        stream at ``layers`` and the first-token outcomes, as the cache ``name``.
+
+        It starts from the best existing cache (:meth:`start_for`); layers below that start
+        are shared with the cache it started from. A cache with the same edits that already
+        holds ``layers`` is reused under the new name.
+        """
+        interventions = tuple(interventions)
+        for c in self.caches.values():
+            same = len(c.interventions) == len(interventions) and all(a is b for a, b in zip(c.interventions, interventions))
+            if same and all(l in c.resid for l in layers):
+                self.caches[name] = c
+                return c
+        plan = self.sweep_plan
+        start, base, resid, refused, scores = self._run_first_token(plan, interventions, layers, desc)
+        last = max((max(hook_layers(i, self.cm), default=-1) for i in interventions), default=-1)
+        c = Cache(name, interventions, last, resid, refused, scores)
+        if base is not None:
+            for l, t in self.caches[base].resid.items():
+                if l < start and l not in c.resid:
+                    c.resid[l] = t
+        self.caches[name] = c
+        return c
+
+    def drop_cache(self, name: str) -> None:
+        """Free a cache (the memory of a full residual stream)."""
+        self.caches.pop(name, None)
+
+    def score(self, interventions: Sequence[Intervention], plan: BatchPlan | None = None) -> dict:
+        """First-token outcomes per prompt of one condition: ``{"refused", "scores"}``."""
+        _, _, _, refused, scores = self._run_first_token(plan or self.sweep_plan, interventions)
+        return {"refused": refused, "scores": scores}
+
+    def sweep(self, stage: str, points: Mapping[str, Sequence[Intervention]], *, desc: str | None = None) -> dict[str, dict]:
+        """The sweep primitive: the first-token outcomes of every point, checkpointed one by one.
+
+        Args:
+            stage: checkpoint file (``checkpoints/STAGE.json``).
+            points: point key → the interventions of that point (on the sweep prompts).
+            desc: progress-bar label.
+
+        Returns:
+            point key → ``{"refused": [...], "scores": [...]}``, as it reads back from JSON
+            (a resumed run sees exactly what a fresh run saw).
+        """
+        out = {}
+        for key, ivs in tqdm(points.items(), desc=desc, disable=not self.progress or desc is None, leave=False):
+            out[key] = self.store.point(stage, key, lambda ivs=ivs: self.score(ivs))
+        return out
+
+    def summarise(self, point: dict, with_restoration: bool = True) -> dict:
+        """First-token statistics of a point, and its restoration of the persona → baseline gap."""
+        out = first_token_stats(point["refused"], point["scores"])
+        if with_restoration:
+            b, p = self.caches["baseline"], self.caches["persona"]
+            n, seed = self.cfg.bootstrap, self.cfg.seed
+            out["restoration"], out["restoration_ci"] = restoration(point["refused"], b.refused, p.refused,
+                                                                    n_boot=n, seed=seed)
+            out["score_restoration"], out["score_restoration_ci"] = restoration(point["scores"], b.scores, p.scores,
+                                                                                n_boot=n, seed=seed)
+        return out
+
+    def judged(self, stage: str, prompts: Sequence[str], conditions: Mapping[str, Sequence[Intervention]],
+               desc: str) -> dict[str, dict]:
+        """Generate and judge under several conditions in shared batches; checkpoint them in one write.
+
+        Returns condition key → ``{"labels", "replies", "refused", "scores"}``.
+        """
+        missing = {k: v for k, v in conditions.items() if not self.store.has(stage, k)}
+        if missing:
+            gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
+                                       max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
+                                       desc=desc, progress=self.progress)
+            done = {}
+            for key, gen in zip(missing, gens):
+                labels = judge_responses(prompts, gen.texts, self.judge)
+                refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
+                done[key] = {"labels": labels, "replies": gen.texts, "refused": refused,
+                             "scores": gen.first_scores.tolist()}
+            # one write: a resumed run never regenerates a subset in other batches (other floats)
+            self.store.put_many(stage, done)
+        return {k: self.store.get(stage, k) for k in conditions}

@@ -1,0 +1,191 @@
+"""The study: a loop over the registered stages, and the ``results.json`` it writes.
+
+Context
+-------
+:class:`Study` builds a :class:`~persona_refusal.study.context.StudyContext` (which checks
+every input and opens the run folder before any compute), runs the stages of
+:func:`~persona_refusal.study.registry.stage_order` one after another, and writes
+``results.json``: a header (schema, model, configuration, prompt sets, judge, randomness)
+followed by each stage's result keys, then ``run_info`` (timings, host, versions — the
+only part that differs between a fresh and a resumed run).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from persona_refusal.errors import RunFolderError
+from persona_refusal.models import ChatModel, load_chat_model
+from persona_refusal.prompts import PromptSet
+from persona_refusal.results import GatingResults
+from persona_refusal.storage import read_json, write_json
+from persona_refusal.study import stages as _stages  # noqa: F401  (registers every stage)
+from persona_refusal.study.config import PRESETS, StudyConfig
+from persona_refusal.study.context import StudyContext
+from persona_refusal.study.registry import Stage, stage_order
+
+if TYPE_CHECKING:
+    from persona_refusal.evaluation import Judge
+
+__all__ = ["Study", "run_study", "load_results", "RESULTS_SCHEMA", "READABLE_SCHEMAS"]
+
+log = logging.getLogger(__name__)
+
+RESULTS_SCHEMA = "persona_refusal.gating/1"
+"""The schema of the ``results.json`` this version writes."""
+READABLE_SCHEMAS = (RESULTS_SCHEMA,)
+"""Schemas :func:`load_results` reads."""
+
+
+class Study:
+    """One run of the study over the registered stages.
+
+    Use :func:`run_study`; this class exposes the context (``study.ctx``) and the stage
+    list (``study.stages``) for notebooks, e.g. to run a single stage.
+    """
+
+    def __init__(self, chat_model: ChatModel, config: StudyConfig, out: str | os.PathLike, *,
+                 force: bool = False, progress: bool = True, judge: "Judge | None" = None,
+                 prompts: dict[str, PromptSet] | None = None, stages: Sequence[str] | None = None) -> None:
+        self.ctx = StudyContext(chat_model, config, out, force=force, progress=progress, judge=judge, prompts=prompts)
+        self.stages: list[Stage] = stage_order(stages)
+
+    # what the CLI reads while a run is interrupted
+    @property
+    def store(self):
+        return self.ctx.store
+
+    @property
+    def out(self) -> Path:
+        return self.ctx.out
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.ctx.timings
+
+    @property
+    def stage_name(self) -> str:
+        return self.ctx.stage_name
+
+    def run(self) -> GatingResults:
+        """Run (or resume) every stage; write and return ``results.json``."""
+        t_start = time.time()
+        ctx = self.ctx
+        results = self._header()
+        for st in self.stages:
+            ctx.stage_name = st.name
+            log.info("stage %s", st.name)
+            res = st.run(ctx)
+            ctx.results[st.name] = res
+            for key, value in res.to_json().items():
+                if isinstance(value, dict) and isinstance(results.get(key), dict):
+                    results[key] = {**results[key], **value}  # e.g. "sweep": caches + judged confirm
+                else:
+                    results[key] = value
+        results["run_info"] = self._run_info(t_start)
+        write_json(ctx.out / "results.json", results)
+        return GatingResults(results)
+
+    def _header(self) -> dict:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        return {
+            "schema": RESULTS_SCHEMA,
+            "model": ctx.cm.fingerprint(),
+            "config": ctx.config_record["config"],
+            "resolved_layers": ctx.layers,
+            "prompt_sets": ctx.config_record["prompt_sets"],
+            "judge": ctx.config_record["judge"],
+            "randomness": {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
+                           "knockout_random_directions_seed": cfg.seed, "cosine_null_seed": cfg.seed + 1,
+                           "decoding": "greedy (no sampling)",
+                           "note": "nothing else is random; torch's thread count, which can change the last bits "
+                                   "of CPU sums, is in run_info"},
+        }
+
+    def _run_info(self, t_start: float) -> dict:
+        def version(name):
+            try:
+                return md.version(name)
+            except md.PackageNotFoundError:
+                return None
+
+        return {
+            "stage_seconds": {k: round(v, 2) for k, v in self.ctx.timings.items()},
+            "total_seconds": round(time.time() - t_start, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resumed": self.ctx.store.resumed,
+            "stages": [s.name for s in self.stages],
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "versions": {n: version(n) for n in ("persona-refusal", "torch", "transformer-lens", "transformers")},
+        }
+
+
+def run_study(
+    config: StudyConfig | None = None,
+    out: str | os.PathLike = "runs/gating",
+    *,
+    chat_model: ChatModel | None = None,
+    force: bool = False,
+    progress: bool = True,
+    judge: "Judge | None" = None,
+    stages: Sequence[str] | None = None,
+) -> GatingResults:
+    """Run (or resume) the persona-gating study; write ``out/results.json`` and return it.
+
+    Args:
+        config: the study's settings (default: :class:`StudyConfig` defaults, demo model).
+        out: output folder; a folder holding a run with the same configuration resumes.
+        chat_model: an already loaded model (its id is recorded).
+        force: start over in a folder holding a different configuration.
+        judge: a custom judge (see :class:`persona_refusal.evaluation.Judge`).
+        stages: run only these stages (and those they require); default: a preset's, or all.
+
+    Example:
+        >>> results = run_study(StudyConfig.preset("smoke", model="tiny"), "runs/smoke",
+        ...                     progress=False)                                # doctest: +SKIP
+        >>> results["gating"][0]["layer"], results["refusal_direction"]["layer"]   # doctest: +SKIP
+        (0, 3)
+    """
+    config = config or StudyConfig()
+    cm = chat_model or load_chat_model(config.model, progress=progress)
+    return Study(cm, config, out, force=force, progress=progress, judge=judge, stages=stages).run()
+
+
+def preset_stages(name: str) -> list[str] | None:
+    """The stages a preset runs (``None``: all)."""
+    st = PRESETS[name].stages
+    return list(st) if st is not None else None
+
+
+def load_results(path: str | os.PathLike) -> GatingResults:
+    """Read a ``results.json`` (or the folder holding it), checking its schema.
+
+    Example:
+        >>> results = load_results("runs/demo")                     # doctest: +SKIP
+        >>> print(results.summary())                                 # doctest: +SKIP
+        >>> from persona_refusal.analysis import gating_figure      # doctest: +SKIP
+        >>> gating_figure(results).show()                            # doctest: +SKIP
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise RunFolderError(f"no results.json at {p}", hint="run `persona-refusal run --out DIR` first")
+    try:
+        data = read_json(p)
+    except ValueError as e:
+        raise RunFolderError(f"{p} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
+        raise RunFolderError(f"{p} is not a persona_refusal gating results file")
+    return GatingResults(data)
