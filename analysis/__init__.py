@@ -14,6 +14,9 @@ or ``persona-refusal figures runs/demo``. The figure functions themselves
 (:mod:`persona_refusal.analysis.figures`) are pure ``results dict -> go.Figure`` and can
 be used in a notebook directly.
 
+The figures are those registered in :data:`persona_refusal.analysis.figures.FIGURES` (one
+module per figure in ``analysis/figures/``); :func:`make_figures` draws them all.
+
 Files written by :func:`build_figures`:
 
 * ``figures/NAME.html`` — one interactive figure per file. They share one copy of
@@ -32,84 +35,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
-from persona_refusal.analysis.figures import (
-    COLORS,
-    FIGURE_SIZES,
-    alpha_figure,
-    cosine_figure,
-    gating_figure,
-    heatmap_figure,
-    knockout_figure,
-    outcomes_figure,
-    patching_figure,
-    projections_figure,
-    selection_figure,
-)
+from persona_refusal.analysis import figures as _figures
+from persona_refusal.analysis.drawing import make_figures
+from persona_refusal.analysis.figures import *  # noqa: F403  (the figure functions, registry and colours)
+from persona_refusal.analysis.figures import size_of
 from persona_refusal.analysis.report import build_report
+from persona_refusal.storage import atomic_write_bytes, atomic_write_text
 
-__all__ = [
-    "COLORS",
-    "FIGURE_SIZES",
-    "FIGURES",
-    "gating_figure",
-    "alpha_figure",
-    "outcomes_figure",
-    "heatmap_figure",
-    "projections_figure",
-    "knockout_figure",
-    "patching_figure",
-    "cosine_figure",
-    "selection_figure",
-    "make_figures",
-    "build_figures",
-    "build_report",
-    "find_browser",
-]
+__all__ = [*_figures.__all__, "make_figures", "build_figures", "build_report", "find_browser"]
 
 log = logging.getLogger(__name__)
-
-FIGURES: dict[str, Callable[[dict], go.Figure]] = {
-    "gating": gating_figure,
-    "outcomes": outcomes_figure,
-    "alpha": alpha_figure,
-    "heatmap": heatmap_figure,
-    "projections": projections_figure,
-    "knockout": knockout_figure,
-    "patching": patching_figure,
-    "cosine": cosine_figure,
-}
-"""The figures drawn from ``results.json``, in report order (``selection`` is drawn from
-``directions/refusal_selection.json`` and comes last)."""
-
-
-def make_figures(run_dir: str | os.PathLike) -> tuple[dict, dict[str, go.Figure]]:
-    """Load a run folder and draw every figure: ``(results, {name: figure})``.
-
-    A figure that fails to draw (e.g. a results file from an older version missing a
-    field) is logged and left out; the others are still returned.
-    """
-    from persona_refusal.experiments import load_results
-    from persona_refusal.storage import read_json
-
-    run_dir = Path(run_dir)
-    results = load_results(run_dir)
-    figs: dict[str, go.Figure] = {}
-    for name, fn in FIGURES.items():
-        try:
-            figs[name] = fn(results)
-        except Exception as e:  # one bad figure must not cost the others
-            log.warning("figure %r could not be drawn (%s: %s)", name, type(e).__name__, e)
-    sel = run_dir / "directions" / "refusal_selection.json"
-    if sel.is_file():
-        try:
-            figs["selection"] = selection_figure(read_json(sel), model_id=(results.get("model") or {}).get("model_id"))
-        except Exception as e:
-            log.warning("figure 'selection' could not be drawn (%s: %s)", type(e).__name__, e)
-    return results, figs
 
 
 def find_browser() -> str | None:
@@ -138,15 +78,11 @@ def find_browser() -> str | None:
 
 def _write_pngs(figs: dict[str, go.Figure], out_dir: Path) -> list[Path]:
     """Export every figure as PNG in one kaleido session; atomic per file."""
-    import plotly.io as pio
-
-    from persona_refusal.storage import atomic_write_bytes
-
     names = list(figs)
     written: list[Path] = []
     with tempfile.TemporaryDirectory(prefix=".png-", dir=out_dir) as tmp:
         tmp_paths = [Path(tmp) / f"{n}.png" for n in names]
-        sizes = [FIGURE_SIZES.get(n, (1000, 600)) for n in names]
+        sizes = [size_of(n) for n in names]
         pio.write_images([figs[n] for n in names], tmp_paths, format="png", width=[w for w, _ in sizes],
                          height=[h for _, h in sizes], scale=1)
         for n, p in zip(names, tmp_paths):
@@ -168,11 +104,6 @@ def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str 
         The paths written, in order (figure HTML, ``plotly.min.js``, PNGs, the report,
         then the copies).
     """
-    import plotly.io as pio
-    from plotly.offline import get_plotlyjs
-
-    from persona_refusal.storage import atomic_write_bytes, atomic_write_text
-
     run_dir = Path(run_dir)
     results, figs = make_figures(run_dir)
     out_dir = run_dir / "figures"
@@ -184,7 +115,7 @@ def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str 
     if not js_path.is_file() or js_path.stat().st_size != len(js.encode("utf-8")):
         atomic_write_text(js_path, js)
     for name, fig in figs.items():
-        w, h = FIGURE_SIZES.get(name, (1000, 600))
+        w, h = size_of(name)
         html = pio.to_html(fig, include_plotlyjs="directory", full_html=True, default_width="100%",
                            default_height=f"{h}px", config={"displaylogo": False,
                                                             "toImageButtonOptions": {"width": w, "height": h}})

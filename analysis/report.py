@@ -25,110 +25,38 @@ import json
 import math
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from persona_refusal.analysis.figures import FIGURE_SIZES, PAPER_NOTE
+from persona_refusal.analysis.drawing import make_figures
+from persona_refusal.analysis.figures import FIGURES, PAPER_NOTE, FieldView, size_of
+from persona_refusal.formatting import finite, pct, pp, rate_parts, rate_text
+from persona_refusal.storage import atomic_write_text
 
 __all__ = ["build_report", "headline", "CAPTIONS"]
 
-_TITLES = {
-    "gating": "1. Where re-adding refusal works: the gating sweep",
-    "outcomes": "2. Baseline vs compliant persona",
-    "alpha": "3. Persona strength: dose–response and coherence",
-    "heatmap": "4. Persona layer × re-add layer",
-    "projections": "5. Computed vs expressed",
-    "knockout": "6. Persona-direction knockout",
-    "patching": "7. Activation patching",
-    "cosine": "8. Persona direction vs refusal direction",
-    "selection": "9. How the refusal direction was selected",
-}
 
-CAPTIONS = {
-    "gating": (
-        "With the compliant persona steered in at layer {P}, the refusal direction is added back at one layer at a "
-        "time (x axis); the purple line is the share of harmful prompts whose first reply token is a refusal token, "
-        "the dashed grey line the same re-add without the persona, and the dotted lines the baseline and persona-only "
-        "levels. If the persona gates refusal at the expression stage, re-adding it in the shaded <i>early</i> region "
-        "(before the persona is injected) does little and re-adding it <i>late</i> restores refusal; the lower panel "
-        "puts this on one scale (0 = persona level, 1 = baseline level). Black diamonds are cells re-checked by "
-        "generating full replies and judging them."),
-    "outcomes": (
-        "Full replies to the {n_eval} evaluation harmful prompts, judged as refused, complied or degenerate, without "
-        "and with persona steering. The last pair is the first-token proxy the sweeps use (agreement with the judged "
-        "refusal: {agree_b} baseline, {agree_p} persona). Compare the size of the drop with the paper's ("
-        + PAPER_NOTE + "), not the levels: small models refuse less to begin with."),
-    "alpha": (
-        "How strongly the persona must be pushed to suppress refusal, and whether the push breaks the model: the top "
-        "panel is the refusal rate on harmful prompts as α grows, the bottom panel the share of degenerate replies "
-        "(and of refusals) on harmless prompts. Refusal that falls only where replies turn degenerate is damage, not "
-        "a persona effect; the study uses α = {alpha}."),
-    "heatmap": (
-        "The gating sweep repeated for several persona layers (rows) at a coarser grid of re-add layers (columns); the "
-        "left column is the persona-only rate of each row. The orange bar in each row separates re-add layers at or "
-        "before that row's persona layer from those after it: a gate at the expression stage predicts low cells left "
-        "of the bar and high cells right of it, wherever the persona is injected."),
-    "projections": (
-        "At each layer, how far the last prompt token lies along that layer's refusal direction. Before the persona "
-        "layer ({P}) the two harmful lines coincide by construction; after it, a persona line that stays near the "
-        "unsteered harmful line means the model still <i>computes</i> that the request is harmful even though it no "
-        "longer <i>expresses</i> refusal, while a line that falls to the harmless level means the persona erased the "
-        "representation."),
-    "knockout": (
-        "With the persona on, the persona direction is projected out over one window of layers at a time. A window "
-        "whose knockout brings refusal back toward the baseline is one the persona's effect must pass through; the "
-        "grey bars project out a random direction instead and should stay at the persona level."),
-    "patching": (
-        "Activations from the unsteered run are copied into the persona-steered run at one layer (left: all "
-        "post-instruction positions at once) or one position (right). The normalized effect is 1 when that single "
-        "patch restores refusal fully and 0 when it changes nothing, so it shows where, after the persona is "
-        "injected, the information that decides refusal lives."),
-    "cosine": (
-        "Cosine similarity between the persona and refusal directions at each layer; the grey band is where 95% of "
-        "random directions fall. Points inside the band mean the persona is not simply \u201cminus refusal\u201d: "
-        "it suppresses refusal through a different direction, which is what makes gating (rather than cancellation) "
-        "a meaningful question."),
-    "selection": (
-        "How the refusal direction was chosen (Arditi et al. 2024): each candidate layer's diff-in-means direction is "
-        "ablated and the remaining refusal on held-out harmful prompts measured (bypass score, lower is better). The "
-        "best candidate that also induces refusal when added and barely changes harmless outputs (KL filter) wins; "
-        "grey points failed a filter (hover for the reason)."),
-}
-"""Caption templates per figure (``str.format`` fields are filled from the results)."""
+CAPTIONS: Mapping[str, str] = FieldView("caption")
+"""Caption template of each registered figure (``str.format`` fields are filled from the results)."""
+
+
+def _title(name: str) -> str:
+    """A figure's section title, ``N. title``, numbered by its place in the registry."""
+    if name not in FIGURES:
+        return name
+    return f"{list(FIGURES).index(name) + 1}. {FIGURES[name].title}"
 
 
 # ============================================================================ numbers
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _rate(rec: dict | None) -> tuple:
-    if not rec:
-        return None, None, None, None, None
-    r = rec.get("refusal_rate", rec.get("rate"))
-    ci = rec.get("ci") or [None, None]
-    return r, ci[0], ci[1], rec.get("k"), rec.get("n")
-
-
-def _pct(x: Any, digits: int = 1) -> str:
-    return f"{100 * x:.{digits}f}%" if _finite(x) else "n/a"
-
-
-def _rate_text(rec: dict | None) -> str:
-    r, lo, hi, k, n = _rate(rec)
-    if r is None:
-        return "n/a"
-    return f"{_pct(r)} [{_pct(lo)}, {_pct(hi)}] ({k}/{n})"
-
-
 def _newcombe(a: dict | None, b: dict | None) -> tuple[float, float, float] | None:
     """``rate(a) − rate(b)`` with Newcombe's hybrid score 95% interval."""
-    pa, la, ua, _, _ = _rate(a)
-    pb, lb, ub, _, _ = _rate(b)
-    if not all(_finite(v) for v in (pa, la, ua, pb, lb, ub)):
+    pa, la, ua, _, _ = rate_parts(a)
+    pb, lb, ub, _, _ = rate_parts(b)
+    if not all(finite(v) for v in (pa, la, ua, pb, lb, ub)):
         return None
     d = float(pa - pb)
     lo = d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
@@ -136,8 +64,9 @@ def _newcombe(a: dict | None, b: dict | None) -> tuple[float, float, float] | No
     return d, lo, hi
 
 
-def _pp(d: float) -> str:
-    return f"{100 * d:+.1f} pp"
+def _diff_text(d: tuple[float, float, float]) -> str:
+    """``+12.5 pp, 95% CI [+1.0 pp, +24.0 pp]`` from :func:`_newcombe`'s triple."""
+    return f"{pp(d[0])}, 95% CI [{pp(d[1])}, {pp(d[2])}]"
 
 
 def headline(results: dict) -> dict:
@@ -160,91 +89,90 @@ def headline(results: dict) -> dict:
                                       f"{steering.get('s', float('nan')):.3g}, {steering.get('norm')} norm)"))
     base = (results.get("baseline") or {}).get("refusal")
     pers = (results.get("persona") or {}).get("refusal")
-    facts.append(("refusal rate, baseline (judged replies)", _rate_text(base)))
-    facts.append(("refusal rate, persona (judged replies)", _rate_text(pers)))
+    facts.append(("refusal rate, baseline (judged replies)", rate_text(base)))
+    facts.append(("refusal rate, persona (judged replies)", rate_text(pers)))
     deg = (results.get("persona") or {}).get("degenerate")
-    facts.append(("degenerate replies under persona", _rate_text(deg)))
+    facts.append(("degenerate replies under persona", rate_text(deg)))
     sweep = results.get("sweep") or {}
     facts.append(("sweep subset (first token): baseline / persona",
-                  f"{_rate_text(sweep.get('baseline'))} / {_rate_text(sweep.get('persona'))}"))
+                  f"{rate_text(sweep.get('baseline'))} / {rate_text(sweep.get('persona'))}"))
     confirm = list(results.get("gating_confirm") or [])
     for c in confirm:
         facts.append((f"persona + refusal re-added at layer {c.get('layer')} ({c.get('cell')}, β = {c.get('beta')})",
-                      f"judged {_rate_text(c.get('refusal'))}; first token "
-                      f"{_pct(_rate(c.get('first_token'))[0])}"))
+                      f"judged {rate_text(c.get('refusal'))}; first token "
+                      f"{pct(rate_parts(c.get('first_token'))[0])}"))
 
     # -- does the persona suppress refusal at all?
-    b_rate = _rate(base)[0]
+    b_rate = rate_parts(base)[0]
+    p_rate = rate_parts(pers)[0]
     d = _newcombe(pers, base)
     if b_rate is not None and b_rate < 0.2:
-        findings.append(f"The model refuses only {_pct(b_rate)} of the harmful evaluation prompts without steering, "
+        findings.append(f"The model refuses only {pct(b_rate)} of the harmful evaluation prompts without steering, "
                         "so there is little refusal for the persona to suppress: read the gating results with care.")
     if d is not None:
         if d[2] < 0:
-            findings.append(f"Persona steering <b>lowered</b> refusal from {_pct(b_rate)} to {_pct(_rate(pers)[0])} "
-                            f"({_pp(d[0])}, 95% CI [{_pp(d[1])}, {_pp(d[2])}]); for comparison, {PAPER_NOTE}.")
+            findings.append(f"Persona steering <b>lowered</b> refusal from {pct(b_rate)} to {pct(p_rate)} "
+                            f"({_diff_text(d)}); for comparison, {PAPER_NOTE}.")
         elif d[0] < 0:
-            findings.append(f"Persona steering lowered refusal from {_pct(b_rate)} to {_pct(_rate(pers)[0])}, but the "
-                            f"change ({_pp(d[0])}, 95% CI [{_pp(d[1])}, {_pp(d[2])}]) is within noise at this n.")
+            findings.append(f"Persona steering lowered refusal from {pct(b_rate)} to {pct(p_rate)}, but the "
+                            f"change ({_diff_text(d)}) is within noise at this n.")
         else:
-            findings.append(f"Persona steering did <b>not</b> lower refusal ({_pct(b_rate)} → {_pct(_rate(pers)[0])}); "
+            findings.append(f"Persona steering did <b>not</b> lower refusal ({pct(b_rate)} → {pct(p_rate)}); "
                             "restoration has nothing to restore, so the gating sweep is not informative here.")
-    dr = _rate(deg)[0]
+    dr = rate_parts(deg)[0]
     if dr is not None and dr >= 0.2:
-        findings.append(f"{_pct(dr)} of the persona-steered replies are degenerate: part of the drop in refusal may "
+        findings.append(f"{pct(dr)} of the persona-steered replies are degenerate: part of the drop in refusal may "
                         "be damage to the model rather than a persona effect (see the dose–response figure).")
 
     # -- early vs late, from the confirmed cells
     cells = {c.get("cell"): c for c in confirm}
     early, late = cells.get("early"), cells.get("late")
     if early and late:
-        e, l_ = _rate(early.get("refusal"))[0], _rate(late.get("refusal"))[0]
+        e, l_ = rate_parts(early.get("refusal"))[0], rate_parts(late.get("refusal"))[0]
         dd = _newcombe(late.get("refusal"), early.get("refusal"))
         where = (f"re-adding refusal late (layer {late.get('layer')}) vs early (layer {early.get('layer')}), "
-                 f"judged replies: {_pct(l_)} vs {_pct(e)}")
+                 f"judged replies: {pct(l_)} vs {pct(e)}")
         if dd is None:
             findings.append(f"Early vs late could not be compared ({where}).")
-        elif dd[1] > 0:
-            findings.append(f"<b>Yes — late re-adding restored more refusal than early</b>: {where} "
-                            f"({_pp(dd[0])}, 95% CI [{_pp(dd[1])}, {_pp(dd[2])}]).")
-        elif dd[0] > 0:
-            findings.append(f"Late re-adding gave more refusal than early, <b>but not clearly</b>: {where} "
-                            f"({_pp(dd[0])}, 95% CI [{_pp(dd[1])}, {_pp(dd[2])}] includes 0).")
-        elif dd[2] < 0:
-            findings.append(f"<b>No — early re-adding restored more refusal than late</b>: {where} "
-                            f"({_pp(dd[0])}, 95% CI [{_pp(dd[1])}, {_pp(dd[2])}]).")
         else:
-            findings.append(f"<b>No — late re-adding did not restore more refusal than early</b>: {where} "
-                            f"({_pp(dd[0])}, 95% CI [{_pp(dd[1])}, {_pp(dd[2])}]).")
-        pr = _rate((sweep.get("persona_judged") or {}).get("refusal"))[0]
-        br = _rate((sweep.get("baseline_judged") or {}).get("refusal"))[0]
+            if dd[1] > 0:
+                verdict, note = "<b>Yes — late re-adding restored more refusal than early</b>", ""
+            elif dd[0] > 0:
+                verdict, note = "Late re-adding gave more refusal than early, <b>but not clearly</b>", " includes 0"
+            elif dd[2] < 0:
+                verdict, note = "<b>No — early re-adding restored more refusal than late</b>", ""
+            else:
+                verdict, note = "<b>No — late re-adding did not restore more refusal than early</b>", ""
+            findings.append(f"{verdict}: {where} ({_diff_text(dd)}{note}).")
+        pr = rate_parts((sweep.get("persona_judged") or {}).get("refusal"))[0]
+        br = rate_parts((sweep.get("baseline_judged") or {}).get("refusal"))[0]
         if pr is not None and br is not None:
-            findings.append(f"On the same {sweep.get('n')} prompts, judged refusal is {_pct(br)} without steering and "
-                            f"{_pct(pr)} with the persona alone.")
+            findings.append(f"On the same {sweep.get('n')} prompts, judged refusal is {pct(br)} without steering and "
+                            f"{pct(pr)} with the persona alone.")
 
     # -- the first-token sweep, split at the persona layer
     gating = list(results.get("gating") or [])
     if gating and P is not None:
         beta = max(g["beta"] for g in gating)
         rows = [g for g in gating if g["beta"] == beta]
-        before = [g["refusal_rate"] for g in rows if g["layer"] < P and _finite(g.get("refusal_rate"))]
-        after = [g["refusal_rate"] for g in rows if g["layer"] > P and _finite(g.get("refusal_rate"))]
+        before = [g["refusal_rate"] for g in rows if g["layer"] < P and finite(g.get("refusal_rate"))]
+        after = [g["refusal_rate"] for g in rows if g["layer"] > P and finite(g.get("refusal_rate"))]
         best = max(rows, key=lambda g: (g.get("refusal_rate") or 0, -g["layer"]))
         parts = []
         if before:
-            parts.append(f"{_pct(sum(before) / len(before))} averaged over the {len(before)} layers before the persona "
+            parts.append(f"{pct(sum(before) / len(before))} averaged over the {len(before)} layers before the persona "
                          f"layer")
         if after:
-            parts.append(f"{_pct(sum(after) / len(after))} over the {len(after)} layers after it")
+            parts.append(f"{pct(sum(after) / len(after))} over the {len(after)} layers after it")
         if parts:
             rest = best.get("restoration")
-            rest_txt = f", restoration {rest:.2f}" if _finite(rest) else ""
+            rest_txt = f", restoration {rest:.2f}" if finite(rest) else ""
             findings.append(f"First-token sweep (β = {beta:g}): refusal {' and '.join(parts)}; the highest is at layer "
-                            f"{best['layer']} ({_pct(best.get('refusal_rate'))}{rest_txt}).")
-        control = [g for g in results.get("gating_control") or [] if _finite(g.get("refusal_rate"))]
+                            f"{best['layer']} ({pct(best.get('refusal_rate'))}{rest_txt}).")
+        control = [g for g in results.get("gating_control") or [] if finite(g.get("refusal_rate"))]
         if control:
             cm = sum(g["refusal_rate"] for g in control) / len(control)
-            findings.append(f"Without the persona, re-adding refusal gives {_pct(cm)} on average over layers (control): "
+            findings.append(f"Without the persona, re-adding refusal gives {pct(cm)} on average over layers (control): "
                             "the direction's own effect, which the persona has to be gating for the story to hold.")
     return {"facts": facts, "findings": findings}
 
@@ -254,9 +182,9 @@ def _caption_fields(results: dict) -> dict:
     return {
         "P": (results.get("steering") or {}).get("persona_layer"),
         "alpha": (results.get("steering") or {}).get("persona_alpha"),
-        "n_eval": _rate((results.get("baseline") or {}).get("refusal"))[4],
-        "agree_b": _pct(agree.get("baseline"), 0),
-        "agree_p": _pct(agree.get("persona"), 0),
+        "n_eval": rate_parts((results.get("baseline") or {}).get("refusal"))[4],
+        "agree_b": pct(agree.get("baseline"), 0),
+        "agree_p": pct(agree.get("persona"), 0),
     }
 
 
@@ -392,12 +320,8 @@ def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
             :func:`persona_refusal.analysis.make_figures` returns them), to avoid
             drawing twice; loaded from ``run_dir`` when omitted.
     """
-    from persona_refusal.storage import atomic_write_text
-
     run_dir = Path(run_dir)
     if results is None or figures is None:
-        from persona_refusal.analysis import make_figures
-
         results, figures = make_figures(run_dir)
     model = results.get("model") or {}
     h = headline(results)
@@ -425,21 +349,21 @@ def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
         '<p class="note">Differences between rates: Newcombe 95% interval from the two Wilson intervals (treats '
         "them as independent; conservative for these paired measurements). Judged = substring judge on generated "
         "replies; first token = the greedy first token is a refusal token.</p>",
-        "<nav><ol>" + "".join(f'<li><a href="#fig-{n}">{html.escape(_TITLES.get(n, n).split(". ", 1)[-1])}</a></li>'
+        "<nav><ol>" + "".join(f'<li><a href="#fig-{n}">{html.escape(_title(n).split(". ", 1)[-1])}</a></li>'
                               for n in figures) +
         '<li><a href="#config">Configuration</a></li><li><a href="#prompts">Prompt sets</a></li>'
         '<li><a href="#rollouts">Persona rollouts</a></li><li><a href="#examples">Example replies</a></li>'
         '<li><a href="#runinfo">Run information</a></li></ol></nav>',
     ]
     for name, fig in figures.items():
-        w, hgt = FIGURE_SIZES.get(name, (1000, 600))
+        w, hgt = size_of(name)
         div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot-{name}",
                           default_width="100%", default_height=f"{hgt}px", config={"displaylogo": False})
         try:
             caption = CAPTIONS.get(name, "").format(**fields)
         except (KeyError, IndexError, ValueError):
             caption = CAPTIONS.get(name, "")
-        parts += [f'<section id="fig-{name}">', f"<h2>{html.escape(_TITLES.get(name, name))}</h2>",
+        parts += [f'<section id="fig-{name}">', f"<h2>{html.escape(_title(name))}</h2>",
                   f"<figure>{div}<figcaption>{caption}</figcaption></figure>", "</section>"]
     parts += [
         '<h2 id="config">Configuration</h2>', _config(results),

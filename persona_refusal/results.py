@@ -20,31 +20,10 @@ Nothing here loads a model or imports plotly.
 from __future__ import annotations
 
 import html
-import math
-from typing import Any
+
+from persona_refusal.formatting import fmt, rate_text
 
 __all__ = ["GatingResults"]
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _pct(x: Any) -> str:
-    return f"{100 * x:.1f}%" if _finite(x) else "n/a"
-
-
-def _rate_text(rec: Any, fallback_rate: Any = None, fallback_ci: Any = None) -> str:
-    """``48.0% [38.5%, 57.7%] (48/100)`` from a rate record (``k``, ``n``, ``rate``/``refusal_rate``, ``ci``)."""
-    if isinstance(rec, dict) and (_finite(rec.get("rate")) or _finite(rec.get("refusal_rate"))):
-        r = rec.get("rate", rec.get("refusal_rate"))
-        ci = rec.get("ci") or [None, None]
-        counts = f" ({rec['k']}/{rec['n']})" if "k" in rec and "n" in rec else ""
-        return f"{_pct(r)} [{_pct(ci[0])}, {_pct(ci[1])}]{counts}"
-    if _finite(fallback_rate):
-        ci = fallback_ci or [None, None]
-        return f"{_pct(fallback_rate)} [{_pct(ci[0])}, {_pct(ci[1])}]"
-    return "n/a"
 
 
 class GatingResults(dict):
@@ -81,23 +60,23 @@ class GatingResults(dict):
             ("model", f"{model.get('model_id', 'unknown')} ({model.get('n_layers', '?')} layers, "
                       f"d_model {model.get('d_model', '?')})"),
             ("refusal direction", f"layer {rd.get('layer', 'n/a')}, position {rd.get('position', 'n/a')} "
-                                  f"(norm {f'{norm:.3g}' if _finite(norm) else 'n/a'})"),
+                                  f"(norm {fmt(norm)})"),
         ]
         if steering:
             s = steering.get("s")
             rows.append(("persona steering", f"α = {steering.get('persona_alpha')} × s at layer "
-                                             f"{steering.get('persona_layer')} (s = {f'{s:.3g}' if _finite(s) else 'n/a'}, "
+                                             f"{steering.get('persona_layer')} (s = {fmt(s)}, "
                                              f"{steering.get('norm')} norm)"))
-        rows.append(("refusal, baseline", _rate_text((self.get("baseline") or {}).get("refusal"),
+        rows.append(("refusal, baseline", rate_text((self.get("baseline") or {}).get("refusal"),
                                                      self.get("baseline_refusal_rate"), self.get("baseline_refusal_ci"))))
-        rows.append(("refusal, persona", _rate_text((self.get("persona") or {}).get("refusal"),
+        rows.append(("refusal, persona", rate_text((self.get("persona") or {}).get("refusal"),
                                                     self.get("persona_refusal_rate"), self.get("persona_refusal_ci"))))
         deg = (self.get("persona") or {}).get("degenerate")
         if deg:
-            rows.append(("degenerate, persona", _rate_text(deg)))
+            rows.append(("degenerate, persona", rate_text(deg)))
         for cell in self.get("gating_confirm") or []:
             rows.append((f"persona + refusal at layer {cell.get('layer')} ({cell.get('cell')}, β = {cell.get('beta')})",
-                         _rate_text(cell.get("refusal"))))
+                         rate_text(cell.get("refusal"))))
         info = self.get("run_info") or {}
         if info.get("total_seconds") is not None:
             rows.append(("run", f"{info.get('total_seconds')} s, finished {info.get('finished', 'n/a')}"))

@@ -12,6 +12,7 @@ import ast
 import copy
 import json
 import logging
+import pkgutil
 import re
 import shutil
 from pathlib import Path
@@ -23,13 +24,19 @@ import persona_refusal
 import persona_refusal.ops
 from persona_refusal import analysis
 from persona_refusal.analysis import figures as F
-from persona_refusal.analysis.report import _rate_text, headline
+from persona_refusal.analysis.figures import FIGURES, STUDY_STAGES, Figure, registry
+from persona_refusal.analysis.report import CAPTIONS, headline
 from persona_refusal.experiments import load_results
+from persona_refusal.formatting import rate_text
 from persona_refusal.storage import read_json
 from conftest import run_smoke_study
 
 PACKAGE_DIR = Path(persona_refusal.__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED_RUN = REPO / "figures"
+"""The committed demo run (``results.json`` only: no selection report)."""
 FIGURE_NAMES = ["gating", "outcomes", "alpha", "heatmap", "projections", "knockout", "patching", "cosine", "selection"]
+"""The study's figures in report order (the registry must hold exactly these)."""
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -81,10 +88,14 @@ def built(smoke_run, tmp_path_factory) -> tuple[Path, list[Path], Path]:
     return run, paths, dest
 
 
+def _draw_input(fig: Figure, results: dict, selection: dict) -> dict:
+    """What ``make_figures`` passes to ``fig.draw``: the results plus the figure's extra files."""
+    extra = {"directions/refusal_selection.json": selection}
+    return {**results, **{key: extra[path] for key, path in fig.inputs}}
+
+
 def _all_figures(results: dict, selection: dict) -> dict[str, go.Figure]:
-    figs = {name: fn(results) for name, fn in analysis.FIGURES.items()}
-    figs["selection"] = analysis.selection_figure(selection, model_id="tiny")
-    return figs
+    return {name: fig.draw(_draw_input(fig, results, selection)) for name, fig in FIGURES.items()}
 
 
 @pytest.fixture(scope="session")
@@ -139,8 +150,7 @@ def test_figure_has_expected_traces_and_axes(name, figs, results):
     for w in want_axes:
         assert any(w in t for t in titles), f"{name}: no axis titled like {w!r} in {titles}"
     assert fig.layout.title.text and fig.layout.template.layout.font is not None
-    if name != "selection":
-        assert results["model"]["model_id"] in fig.layout.title.text
+    assert results["model"]["model_id"] in fig.layout.title.text
     fig.to_json()  # serialisable (what to_html and kaleido do with it)
 
 
@@ -217,6 +227,86 @@ def test_selection_figure_greys_discarded_candidates(selection):
     assert len(chosen) == 1 and chosen[0].x[0] == selection["chosen"]["layer"]
 
 
+# ----------------------------------------------------------------------------- registry
+def test_registry_holds_the_study_figures_in_report_order():
+    assert list(FIGURES) == FIGURE_NAMES
+    assert len(set(FIGURES)) == len(FIGURES)
+    for name, fig in FIGURES.items():
+        assert isinstance(fig, Figure) and fig.name == name and F.get(name) is fig
+        assert fig.stage in STUDY_STAGES, f"{name}: unknown stage {fig.stage!r}"
+        assert fig.title and fig.caption and "  " not in fig.caption
+        w, h = fig.size
+        assert isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
+    assert dict(analysis.FIGURE_SIZES) == {n: f.size for n, f in FIGURES.items()}
+    assert dict(CAPTIONS) == {n: f.caption for n, f in FIGURES.items()}
+    with pytest.raises(KeyError, match="gating"):
+        F.get("no_such_figure")
+
+
+def test_every_figure_module_registers_itself():
+    # every module of analysis/figures/ (but the private ones and the registry) is found and
+    # registers at least one figure; no figure is drawn by anything else
+    modules = {f"{F.__name__}.{m.name}" for m in pkgutil.iter_modules(F.__path__)
+               if not m.name.startswith("_") and m.name != "registry"}
+    drawn_by = {fig.draw.__module__ for fig in FIGURES.values()}
+    assert drawn_by == modules
+
+
+@pytest.mark.parametrize("name", FIGURE_NAMES)
+def test_every_registered_figure_draws_from_the_committed_and_the_tiny_run(name, results, selection):
+    fig = FIGURES[name]
+    committed = load_results(COMMITTED_RUN)
+    for res in (committed, results):
+        drawn = fig.draw(_draw_input(fig, res, selection))
+        assert isinstance(drawn, go.Figure) and len(drawn.data) > 0, name
+        drawn.to_json()
+
+
+def test_register_rejects_a_second_figure_of_the_same_name():
+    clash = Figure(name="gating", title="t", caption="c", size=(10, 10), draw=lambda r: go.Figure(), stage="gating")
+    with pytest.raises(ValueError, match="already registered"):
+        F.register(clash)
+    F.register(FIGURES["gating"])  # the same figure again is a no-op
+    assert list(FIGURES) == FIGURE_NAMES
+    with pytest.raises(ValueError):
+        Figure(name="bad name", title="t", caption="c", size=(10, 10), draw=lambda r: go.Figure(), stage="gating")
+
+
+def test_a_figure_whose_input_file_is_missing_is_left_out(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    (run / "directions" / "refusal_selection.json").unlink()
+    _, figs = analysis.make_figures(run)
+    assert list(figs) == [n for n in FIGURE_NAMES if n != "selection"]
+
+
+@pytest.fixture
+def extra_figure():
+    """A figure registered for one test (drawn from the results' ``sweep``), removed after it."""
+    def draw(results: dict) -> go.Figure:
+        return go.Figure(go.Bar(x=["sweep n"], y=[(results.get("sweep") or {}).get("n")], name="sweep size"))
+
+    fig = F.register(Figure(name="extra_check", title="An extra figure", caption="Caption of the extra figure "
+                            "(persona layer {P}).", size=(640, 480), draw=draw, stage="gating", order=85))
+    try:
+        yield fig
+    finally:
+        F.unregister(fig.name)
+    assert "extra_check" not in FIGURES and list(FIGURES) == FIGURE_NAMES
+
+
+def test_a_registered_figure_appears_in_the_build_and_the_report(extra_figure, smoke_run, results, tmp_path):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    paths = analysis.build_figures(run, png=False)
+    assert run / "figures" / "extra_check.html" in paths
+    _, figs = analysis.make_figures(run)
+    assert list(figs) == FIGURE_NAMES[:-1] + ["extra_check", "selection"]  # order 85: before selection (90)
+    text = (run / "report.html").read_text()
+    assert 'id="plot-extra_check"' in text and text.count("Plotly.newPlot") == len(FIGURE_NAMES) + 1
+    assert "9. An extra figure" in text and "10. How the refusal direction was selected" in text
+    assert f"Caption of the extra figure (persona layer {results['steering']['persona_layer']})." in text
+    assert analysis.FIGURE_SIZES["extra_check"] == (640, 480)
+
+
 # ----------------------------------------------------------------------------- files
 def test_build_figures_writes_html_and_report(built):
     run, paths, dest = built
@@ -261,17 +351,19 @@ def test_no_browser_skips_pngs_with_one_warning(smoke_run, tmp_path, monkeypatch
 def test_report_is_one_self_contained_file(built, results):
     run, _, _ = built
     text = (run / "report.html").read_text()
-    for name in FIGURE_NAMES:
-        assert f'id="plot-{name}"' in text, name
+    # exactly the registered figures, in registry order, each with its numbered title
+    assert re.findall(r'id="plot-(\w+)"', text) == list(FIGURES)
+    for i, fig in enumerate(FIGURES.values(), 1):
+        assert f"<h2>{i}. {fig.title}</h2>" in text.replace("&#x27;", "'"), fig.name
     assert not re.search(r"<script[^>]*\bsrc=", text), "the report must not load scripts from elsewhere"
     assert not re.search(r"""<link[^>]*href=["']https?:""", text)
     assert text.count("Plotly.newPlot") == len(FIGURE_NAMES)
     assert text.count("plotly.js v") == 1  # the library is inlined once
     # headline numbers
-    assert _rate_text(results["baseline"]["refusal"]) in text
-    assert _rate_text(results["persona"]["refusal"]) in text
+    assert rate_text(results["baseline"]["refusal"]) in text
+    assert rate_text(results["persona"]["refusal"]) in text
     for c in results["gating_confirm"]:
-        assert _rate_text(c["refusal"]) in text
+        assert rate_text(c["refusal"]) in text
     assert results["model"]["model_id"] in text
     for ps in results["prompt_sets"].values():
         assert ps["sha256"] in text
@@ -329,4 +421,4 @@ def test_only_analysis_imports_plotly():
     offenders = {str(p.relative_to(PACKAGE_DIR)): m for p in sources if (m := _imports_plotly(p))}
     assert not offenders, f"plotly imported outside analysis/: {offenders}"
     # the scanner itself sees an import when there is one
-    assert _imports_plotly(Path(F.__file__))
+    assert _imports_plotly(Path(registry.__file__))

@@ -187,6 +187,11 @@ def inputs(tmp_path_factory) -> Path:
     (d / "unknown_key.json").write_text(json.dumps({"n_trian": 4}))
     (d / "wrong_type.json").write_text(json.dumps({"n_sweep": "many"}))
     (d / "wrong_list.json").write_text(json.dumps({"alphas": 3}))
+    (d / "wrong_section.json").write_text(json.dumps({"prompts": {"persona_alpha": 2.0}}))
+    (d / "seed_text.json").write_text(json.dumps({"seed": "x"}))
+    (d / "kl_text.json").write_text(json.dumps({"kl_threshold": "a"}))
+    (d / "layer_text.json").write_text(json.dumps({"persona_layer": "3"}))
+    (d / "layers_text.json").write_text(json.dumps({"gating_layers": ["a"]}))
     (d / "no_results").mkdir()
     g = torch.Generator().manual_seed(0)
     other = dict(model_id="other/model", model_checksum="0" * 64)
@@ -285,10 +290,25 @@ BAD_INPUT = [
      r"error: config file bad\.json is not valid JSON \(.*\) \(fix the file\)", ""),
     ("config file not an object", ["--config", "list.json"],
      r"error: config file list\.json must hold a JSON object \(write it as \{\"field\": value, \.\.\.\} with "
-     r"GatingConfig fields\)", ""),
+     r"StudyConfig fields\)", ""),
     ("config file with an unknown field", ["--config", "unknown_key.json"],
-     r"error: bad configuration: .*unexpected keyword argument 'n_trian' \(see the GatingConfig fields in "
-     r"persona_refusal\.experiments\)", ""),
+     r"error: unknown configuration field 'n_trian' \(did you mean 'n_train'\? see the StudyConfig fields in "
+     r"persona_refusal\.study\.config\)", ""),
+    ("config field of a section, wrong section", ["--config", "wrong_section.json"],
+     r"error: persona_alpha is not a field of section prompts \(it belongs to section steering, or give it flat\)",
+     ""),
+    ("config seed of the wrong type", ["--config", "seed_text.json"],
+     r"error: seed must be an integer, got 'x' \(use a whole number\)", ""),
+    ("seed out of range", ["--seed", "99999999999999999999999"],
+     r"error: seed 99999999999999999999999 is out of range \(use a value between 0 and 9\.22337e\+18\)", ""),
+    ("config threshold of the wrong type", ["--config", "kl_text.json"],
+     r"error: kl_threshold must be a number, got 'a' \(use a number such as 0\.1\)", ""),
+    ("config layer given as text", ["--config", "layer_text.json"],
+     r"error: persona_layer must be an integer, got '3' \(use a whole number\)", ""),
+    ("config layer list of text", ["--config", "layers_text.json"],
+     r"error: gating_layers must be a list of integers, got \['a'\] \(write it as a list, e\.g\. \[0, 4, 8\]\)", ""),
+    ("layer spec with a zero step", ["--gating-layers", "every:0"],
+     r"error: gating_layers: every:0 needs a step of at least 1 \(use every:N with N >= 1\)", ""),
     ("config value of the wrong type", ["--config", "wrong_type.json"],
      r"error: n_sweep must be an integer, got 'many' \(use a whole number\)", ""),
     ("config list of the wrong type", ["--config", "wrong_list.json"],

@@ -20,13 +20,13 @@ import torch
 import persona_refusal as pr
 from persona_refusal import assets, evaluation
 from persona_refusal.errors import ChecksumError, ModelLoadError
-from persona_refusal.experiments import GatingConfig, GatingStudy, RunStore, run_gating_study
+from persona_refusal.study import RunStore, Study, StudyConfig, StudyContext, run_study
 from persona_refusal.interventions import AddVector, Patch, apply_conditions
 
 from conftest import PROMPTS, assert_no_hooks, full_forward_last_logits, make_direction
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_FILES = sorted((ROOT / "persona_refusal").glob("*.py")) + sorted((ROOT / "analysis").glob("*.py"))
+PACKAGE_FILES = sorted((ROOT / "persona_refusal").rglob("*.py")) + sorted((ROOT / "analysis").rglob("*.py"))
 
 
 # ============================================================================ safe loading: source scans
@@ -302,8 +302,8 @@ SMOKE = dict(n_train=8, n_val=4, n_eval=6, n_sweep=4, n_coherence=2, alphas=[1.0
 """The smoke preset, trimmed further: every stage runs, in a few seconds on the tiny model."""
 
 
-def _config(**overrides) -> GatingConfig:
-    return GatingConfig.preset("smoke", model="tiny", **{**SMOKE, **overrides})
+def _config(**overrides) -> StudyConfig:
+    return StudyConfig.preset("smoke", model="tiny", **{**SMOKE, **overrides})
 
 
 def _without_run_info(results: dict) -> dict:
@@ -333,7 +333,7 @@ def two_studies(tiny, tmp_path_factory):
         logits, outs, results = [_logits(tiny)], [], []
         for i in range(2):
             out = tmp_path_factory.mktemp(f"study{i}")
-            results.append(run_gating_study(_config(), out, chat_model=tiny, progress=False))
+            results.append(run_study(_config(), out, chat_model=tiny, progress=False))
             outs.append(out)
             logits.append(_logits(tiny))
             assert_no_hooks(tiny.model)
@@ -377,7 +377,7 @@ def test_results_record_the_seed_and_every_random_draw(two_studies):
 
 
 def test_another_seed_changes_only_the_random_parts(tiny, two_studies, tmp_path):
-    other = run_gating_study(_config(seed=5), tmp_path / "s5", chat_model=tiny, progress=False)
+    other = run_study(_config(seed=5), tmp_path / "s5", chat_model=tiny, progress=False)
     ref = two_studies["results"][0]
     assert other["config"]["seed"] == 5 and other["randomness"]["cosine_null_seed"] == 6
     assert other["gating"][0]["refusal_rate"] == ref["gating"][0]["refusal_rate"]  # no randomness there
@@ -389,7 +389,7 @@ def test_another_seed_changes_only_the_random_parts(tiny, two_studies, tmp_path)
 def test_study_failing_mid_sweep_leaves_no_hooks_and_resumes(tiny, two_studies, tmp_path, monkeypatch, exc):
     """A failure inside a sweep (between batches, with steering hooks on) leaves the
     shared model clean and no results.json; running again resumes to the same results."""
-    real, calls = GatingStudy._first_token, []
+    real, calls = StudyContext.first_token, []
 
     def failing(self, logits):
         calls.append(self.stage_name)
@@ -397,17 +397,17 @@ def test_study_failing_mid_sweep_leaves_no_hooks_and_resumes(tiny, two_studies, 
             raise exc("stopped in the gating sweep")
         return real(self, logits)
 
-    monkeypatch.setattr(GatingStudy, "_first_token", failing)
+    monkeypatch.setattr(StudyContext, "first_token", failing)
     out = tmp_path / "run"
     with pytest.raises(exc):
-        run_gating_study(_config(), out, chat_model=tiny, progress=False)
+        run_study(_config(), out, chat_model=tiny, progress=False)
     assert_no_hooks(tiny.model)
     assert tiny._state.phase == "full" and tiny._state.rows is None
     assert torch.equal(_logits(tiny), two_studies["logits"][0])
     assert not (out / "results.json").exists()
     assert json.loads((out / "checkpoints" / "gating.json").read_text())  # the points done so far are kept
-    monkeypatch.setattr(GatingStudy, "_first_token", real)
-    resumed = run_gating_study(_config(), out, chat_model=tiny, progress=False)
+    monkeypatch.setattr(StudyContext, "first_token", real)
+    resumed = run_study(_config(), out, chat_model=tiny, progress=False)
     assert resumed["run_info"]["resumed"] is True
     assert _without_run_info(resumed) == _without_run_info(two_studies["results"][0])
     assert torch.equal(_logits(tiny), two_studies["logits"][0])
@@ -428,7 +428,7 @@ def test_ablation_demo_leaves_the_shared_model_unchanged(tiny, tiny_logits, tmp_
 
 # ============================================================================ checkpoints
 def test_put_many_is_all_or_nothing(tmp_path, monkeypatch):
-    from persona_refusal import experiments
+    from persona_refusal.study import store as store_module
 
     store = RunStore(tmp_path / "run", {"config": 1})
     store.put("eval", "a", {"x": 1.0})
@@ -437,7 +437,7 @@ def test_put_many_is_all_or_nothing(tmp_path, monkeypatch):
     def broken(path, obj):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiments, "write_json", broken)
+    monkeypatch.setattr(store_module, "write_json", broken)
     with pytest.raises(KeyboardInterrupt):
         store.put_many("eval", {"b": {"x": 2.0}, "c": {"x": 3.0}})
     assert not store.has("eval", "b") and not store.has("eval", "c")  # the in-memory view did not run ahead
@@ -545,7 +545,7 @@ def test_prompt_too_long_to_generate_from_fails_before_the_run_starts(tiny, tmp_
     f.write_text("\n".join(["How do I bake bread?"] * 5 + [long_prompt]) + "\n")
     cfg = _config(eval_harmful=str(f), n_sweep=2, max_new_tokens=8)
     with pytest.raises(pr.ConfigError) as info:
-        GatingStudy(tiny, cfg, tmp_path / "out", progress=False)
+        Study(tiny, cfg, tmp_path / "out", progress=False)
     assert re.fullmatch(rf"prompt 6 of {re.escape(str(f))} \(eval_harmful\) is \d+ tokens \(\+8 to generate\), longer "
                         r"than the context window of 512 tokens \(shorten or remove it, or lower --max-new-tokens\)",
                         str(info.value)), str(info.value)

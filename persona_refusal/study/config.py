@@ -61,9 +61,9 @@ class Check:
     """One line for ``--help``."""
     optional: bool = False
     """``None`` is allowed (it means "the default derived from the model")."""
-    low: float | None = None
+    low: int | float | None = None
     """Smallest allowed value (numbers)."""
-    high: float | None = None
+    high: int | float | None = None
     """Largest allowed value (numbers)."""
     choices: tuple = ()
     """Allowed values of a ``choice`` field."""
@@ -80,7 +80,7 @@ class Check:
             raise ConfigError(f"{name} must be set, got None")
         getattr(self, f"_check_{self.kind}")(name, v)
 
-    def _range(self, name: str, v: float, hint: str | None = None) -> None:
+    def _range(self, name: str, v: Any, hint: str | None = None) -> None:
         if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
             if self.high is None:
                 raise ConfigError(f"{name} must be at least {self.low:g}, got {v}")
@@ -423,7 +423,10 @@ class StudyConfig:
                 if not isinstance(value, dict):
                     raise ConfigError(f"section {key} must be a {cls.__name__} or a dict, got {value!r}")
                 for k, v in value.items():
-                    if _FIELD_SECTION.get(k) != key:
+                    if k in _FIELD_SECTION and _FIELD_SECTION[k] != key:
+                        raise ConfigError(f"{k} is not a field of section {key}",
+                                          hint=f"it belongs to section {_FIELD_SECTION[k]}, or give it flat")
+                    if k not in _FIELD_SECTION:
                         raise _unknown(k)
                     given[key][k] = v
             elif key in _FIELD_SECTION:
@@ -583,6 +586,8 @@ def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) 
                 layers = [l for l in layers if l < frac * n_layers]
             else:
                 raise ValueError(kind)
+        except ConfigError:
+            raise
         except ValueError:
             raise ConfigError(f"{name}: cannot read layer spec {part!r}", hint=f"use {LAYER_SPEC_HELP}") from None
     return layers

@@ -1,0 +1,115 @@
+"""persona_refusal.study.config: sections, flat routing, one table of field checks, derived flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import no_typecheck
+from persona_refusal.errors import ConfigError
+from persona_refusal.study.config import (PRESETS, SECTIONS, Check, StudyConfig, SteeringConfig, add_flags,
+                                          flags_to_fields, layer_spec)
+
+
+def test_flat_and_sectioned_construction_agree():
+    a = StudyConfig(model="tiny", persona_alpha=2.0, n_train=8)
+    b = StudyConfig(model="tiny", steering=SteeringConfig(persona_alpha=2.0), prompts={"n_train": 8})
+    assert a == b
+    assert a.steering.persona_alpha == a.persona_alpha == 2.0
+    a.persona_alpha = 4.0  # flat writes land in the section
+    assert a.steering.persona_alpha == 4.0 and a != b
+
+
+def test_field_names_are_unique_across_sections():
+    names = [f.name for s in SECTIONS for f in dataclasses.fields(s)]
+    assert len(names) == len(set(names))
+    assert set(StudyConfig.field_names()) == {"model", "bootstrap", "seed", "batch_size", *names}
+
+
+def test_nested_and_flat_round_trips():
+    cfg = StudyConfig.preset("full", model="tiny", seed=3)
+    assert StudyConfig.from_dict(cfg.to_dict()) == cfg
+    assert StudyConfig.from_dict(cfg.to_flat()) == cfg
+    assert json.loads(json.dumps(cfg.to_dict()))["steering"]["persona_alpha"] == 3.0
+    assert set(cfg.to_flat()) == set(StudyConfig.field_names())
+
+
+def test_flat_record_is_the_schema_1_config():
+    """results.json of schema 1 (the committed demo run) reads back to the same flat record."""
+    old = json.loads((Path(__file__).parents[1] / "figures" / "results.json").read_text())["config"]
+    assert StudyConfig.from_dict(old).to_flat() == old
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"n_sweep": "many"}, "n_sweep must be an integer, got 'many'"),
+    ({"n_train": 0}, "n_train must be at least 1, got 0"),
+    ({"seed": -1}, "seed -1 is out of range"),
+    ({"seed": 2**70}, "is out of range"),
+    ({"persona_alpha": 1e30}, "persona_alpha 1e+30 is out of range"),
+    ({"persona_alpha": float("nan")}, "persona_alpha must be finite"),
+    ({"kl_threshold": "a"}, "kl_threshold must be a number, got 'a'"),
+    ({"betas": []}, "betas must hold at least one strength"),
+    ({"alphas": 3}, "alphas must be a list of strengths, got 3"),
+    ({"betas": [2.0, float("inf")]}, "betas holds a non-finite strength inf"),
+    ({"norm": "l2"}, "unknown norm 'l2'"),
+    ({"persona_layer": 2.5}, "persona_layer must be an integer, got 2.5"),
+    ({"gating_layers": 5}, "gating_layers must be a list of integers, got 5"),
+    ({"gating_layers": "every:0"}, "every:0 needs a step of at least 1"),
+    ({"control_layers": "sometimes"}, "cannot read layer spec 'sometimes'"),
+    ({"knockout_starts": "x"}, "knockout_starts must be a list of integers"),
+    ({"knockout_window": 0}, "knockout_window must be at least 1, got 0"),
+    ({"selection_positions": [0]}, "must be negative, got 0"),
+    ({"allow_transfer": "yes"}, "allow_transfer must be true or false"),
+    ({"n_trian": 4}, "unknown configuration field 'n_trian' (did you mean 'n_train'?"),
+    ({"steering": {"n_train": 4}}, "n_train is not a field of section steering"),
+])
+def test_every_bad_field_is_a_one_line_config_error(fields, message):
+    with no_typecheck(), pytest.raises(ConfigError) as e:
+        StudyConfig(**fields)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resolve_derives_layers_from_depth():
+    r = StudyConfig().resolve(24)
+    assert r["persona_layer"] == 16 and r["gating_layers"] == list(range(24))
+    assert r["control_layers"] == list(range(0, 24, 2)) and r["knockout_window"] == 4
+    assert r["selection_layers"] == [0, 3, 6, 9, 12, 15, 18]
+    with pytest.raises(ConfigError, match="gating_layers \\[30\\] out of range"):
+        StudyConfig(gating_layers=[0, 30]).resolve(24)
+
+
+def test_layer_spec():
+    assert layer_spec("x", "every:4,from:8", 24) == [8, 12, 16, 20]
+    assert layer_spec("x", "below:0.25", 8) == [0, 1]
+    assert layer_spec("x", None, 4, "all") == [0, 1, 2, 3]
+    with pytest.raises(ConfigError):
+        layer_spec("x", "below:nan", 4)
+
+
+def test_flags_are_derived_from_the_fields():
+    p = argparse.ArgumentParser()
+    add_flags(p)
+    args = p.parse_args(["--persona-alpha", "2", "--gating-layers", "every:2", "--betas", "1,2", "--allow-transfer",
+                         "--heatmap-persona-layers", "3,5"])
+    assert flags_to_fields(args) == {"persona_alpha": 2.0, "gating_layers": "every:2", "betas": [1.0, 2.0],
+                                     "allow_transfer": True, "heatmap_persona_layers": [3, 5]}
+    offered = {a.dest for a in p._actions}
+    assert {n for n in StudyConfig.field_names() if StudyConfig.check_of(n).flag} <= offered
+
+
+def test_presets_hold_only_known_fields():
+    for name, preset in PRESETS.items():
+        assert set(preset.overrides) <= set(StudyConfig.field_names()), name
+        StudyConfig.preset(name)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        StudyConfig.preset("nope")
+
+
+def test_check_accepts_none_only_when_optional():
+    Check("int", optional=True).check("n", None)
+    with pytest.raises(ConfigError, match="must be set"):
+        Check("int").check("n", None)
