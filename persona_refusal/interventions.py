@@ -32,22 +32,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from persona_refusal import ops
+from persona_refusal.directions import Direction, LayerDirections
 from persona_refusal.errors import ConfigError
+from persona_refusal.hooks import HookFn, for_condition
 
 if TYPE_CHECKING:
-    from persona_refusal.directions import Direction, LayerDirections
     from persona_refusal.models import ChatModel
 
 __all__ = [
-    "RunState",
     "Intervention",
     "Ablate",
     "AddVector",
@@ -62,35 +63,7 @@ __all__ = [
 ALL_SITES: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
 """Where directional ablation acts by default: everything that writes the residual stream."""
 
-HookFn = Callable[..., Tensor]
-DirectionLike = Union["Direction", "LayerDirections"]
-
-
-@dataclass
-class RunState:
-    """What the forward pass in progress is doing, for hooks that act on positions.
-
-    ``phase`` is ``"full"`` (a whole prompt, the default), ``"prefix"`` (a shared prompt
-    prefix run once for a batch), ``"suffix"`` (the rest of each prompt) or ``"decode"``
-    (generated tokens). ``rows`` holds the indices of the current batch's prompts.
-    Position-specific edits apply only in the ``full`` and ``suffix`` phases, where
-    positions counted from the end of the prompt exist.
-    """
-
-    phase: str = "full"
-    rows: Tensor | None = None
-    conditions: Tensor | None = None
-    """Condition of each row of the activations in flight (multi-condition runs)."""
-
-    @contextlib.contextmanager
-    def use(self, phase: str, rows: Tensor | None = None, conditions: Tensor | None = None) -> Iterator[None]:
-        """Set the phase, rows and conditions for the duration of a ``with`` block."""
-        old = (self.phase, self.rows, self.conditions)
-        self.phase, self.rows, self.conditions = phase, rows, conditions
-        try:
-            yield
-        finally:
-            self.phase, self.rows, self.conditions = old
+DirectionLike = Union[Direction, LayerDirections]
 
 
 class Intervention:
@@ -119,27 +92,22 @@ class Intervention:
 
 
 def _check_direction(direction, chat_model: "ChatModel", allow_transfer: bool) -> None:
-    if not hasattr(direction, "check"):
+    if not isinstance(direction, (Direction, LayerDirections)):
         raise ConfigError(f"expected a Direction or LayerDirections, got {type(direction).__name__}")
     direction.check(chat_model, allow_transfer=allow_transfer)
 
 
-def _vec(direction, layer: int, chat_model: "ChatModel", which: str = "vector") -> Tensor:
-    if hasattr(direction, "vectors"):  # LayerDirections: index the raw tensors (zero rows allowed)
-        if layer not in direction.layers:
-            raise ConfigError(f"{direction.name!r} has no direction at layer {layer}")
-        table = direction.vectors if which == "vector" else direction.references
-        v = None if table is None else table[direction.layers.index(layer)]
-    else:
-        v = getattr(direction, which)
+def _vec(direction: DirectionLike, layer: int, chat_model: "ChatModel", which: str = "vector") -> Tensor:
+    # LayerDirections give their raw row at ``layer`` (zero rows allowed); a Direction its one vector.
+    v = direction.vector_at(layer) if which == "vector" else direction.reference_at(layer)
     if v is None:
         raise ConfigError(f"direction {direction.name!r} has no {which} (needed for this edit)")
     return v.to(device=chat_model.device, dtype=chat_model.model.cfg.dtype)
 
 
-def _layers_of(direction, layers, chat_model: "ChatModel") -> list[int]:
+def _layers_of(direction: DirectionLike, layers, chat_model: "ChatModel") -> list[int]:
     if layers is None:
-        if hasattr(direction, "layers"):
+        if isinstance(direction, LayerDirections):
             return [l for l in direction.layers if l < chat_model.n_layers]
         return list(range(chat_model.n_layers))
     return [chat_model.check_layer(int(l)) for l in layers]
@@ -192,7 +160,7 @@ class Ablate(Intervention):
             r_hat = ops.unit(v)
 
             def fn(act, hook, r_hat=r_hat):
-                return act - (act @ r_hat).unsqueeze(-1) * r_hat
+                return ops.project_out_unit(act, r_hat)
 
             out.extend((chat_model.hook_name(layer, site), fn) for site in self.sites)
         return out
@@ -202,7 +170,7 @@ class Ablate(Intervention):
                 "sites": list(self.sites)}
 
     def __repr__(self) -> str:
-        every = "every layer of the directions" if hasattr(self.direction, "vectors") else "every layer"
+        every = "every layer of the directions" if isinstance(self.direction, LayerDirections) else "every layer"
         return (f"Ablate({_direction_text(self.direction)}, layers={_layers_text(self.layers, every)}, "
                 f"sites={'+'.join(self.sites)}{_transfer_text(self.allow_transfer)})")
 
@@ -232,8 +200,13 @@ class AddVector(Intervention):
     allow_transfer: bool = False
     """Use a direction made with another model on purpose."""
 
+    def _own_layer(self) -> int | None:
+        if self.layer is not None:
+            return self.layer
+        return None if isinstance(self.direction, LayerDirections) else self.direction.layer
+
     def _layer(self, chat_model: "ChatModel") -> int:
-        layer = self.layer if self.layer is not None else getattr(self.direction, "layer", None)
+        layer = self._own_layer()
         if layer is None:
             raise ConfigError("AddVector with per-layer directions needs an explicit layer")
         return chat_model.check_layer(int(layer), allow_end=True)
@@ -246,11 +219,10 @@ class AddVector(Intervention):
 
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         layer = self._layer(chat_model)
-        src_layer = layer if hasattr(self.direction, "layers") else getattr(self.direction, "layer", layer)
-        delta = float(self.coeff) * _vec(self.direction, src_layer, chat_model)
+        v, coeff = _vec(self.direction, layer, chat_model), float(self.coeff)
 
         def fn(act, hook):
-            return act + delta
+            return ops.add_vector(act, v, coeff)
 
         if layer == chat_model.n_layers:
             return [(chat_model.hook_name(layer - 1, "resid_post"), fn)]
@@ -260,7 +232,7 @@ class AddVector(Intervention):
         return {"type": "AddVector", "direction": self.direction.name, "coeff": float(self.coeff), "layer": self.layer}
 
     def __repr__(self) -> str:
-        layer = self.layer if self.layer is not None else getattr(self.direction, "layer", None)
+        layer = self._own_layer()
         where = "layer=? (per-layer directions need an explicit layer)" if layer is None else f"layer={layer} (resid_pre)"
         norm = _norm_at(self.direction, layer)
         size = "" if norm is None else f", |coeff·v|={abs(float(self.coeff)) * norm:.3g}"
@@ -292,7 +264,7 @@ class AffineEdit(Intervention):
     """Use a direction made with another model on purpose."""
 
     def _layers(self, chat_model: "ChatModel") -> list[int]:
-        if self.layers is None and not hasattr(self.direction, "layers"):
+        if self.layers is None and isinstance(self.direction, Direction):
             return [chat_model.check_layer(self.direction.layer)]
         return _layers_of(self.direction, self.layers, chat_model)
 
@@ -309,10 +281,10 @@ class AffineEdit(Intervention):
                 continue
             mu = _vec(self.direction, layer, chat_model, "reference")
             r_hat = ops.unit(r)
-            target = (mu @ r_hat) * r_hat + float(self.alpha) * r
+            offset = ops.affine_offset(r, mu, float(self.alpha))
 
-            def fn(act, hook, r_hat=r_hat, target=target):
-                return act - (act @ r_hat).unsqueeze(-1) * r_hat + target
+            def fn(act, hook, r_hat=r_hat, offset=offset):
+                return ops.affine_edit_unit(act, r_hat, offset)
 
             out.append((chat_model.hook_name(layer, "resid_pre"), fn))
         return out
@@ -322,11 +294,11 @@ class AffineEdit(Intervention):
                 "layers": _jsonable_layers(self.layers)}
 
     def __repr__(self) -> str:
-        if self.layers is None and not hasattr(self.direction, "layers"):
+        if self.layers is None and isinstance(self.direction, Direction):
             layers = f"[{self.direction.layer}]"
         else:
             layers = _layers_text(self.layers, "every layer of the directions")
-        has_ref = getattr(self.direction, "reference", getattr(self.direction, "references", None)) is not None
+        has_ref = self.direction.has_reference
         return (f"AffineEdit({_direction_text(self.direction)}, alpha={float(self.alpha):g}, layers={layers} (resid_pre), "
                 f"reference={'yes' if has_ref else 'MISSING'}{_transfer_text(self.allow_transfer)})")
 
@@ -373,7 +345,7 @@ class Patch(Intervention):
         src = self.source.to(device=chat_model.device, dtype=chat_model.model.cfg.dtype)
 
         def fn(act, hook):
-            if state.phase not in ("full", "suffix"):
+            if not state.at_prompt_positions:
                 return act
             rows = state.rows
             if rows is not None and int(rows.max()) >= src.shape[0]:
@@ -402,23 +374,22 @@ def _jsonable_layers(layers):
 # ---------------------------------------------------------------------- short reprs
 def _direction_text(direction) -> str:
     """``'refusal' (layer 9, |v|=0.751)`` or ``'persona' (per layer, 0..23)`` for reprs."""
-    name = getattr(direction, "name", type(direction).__name__)
-    if hasattr(direction, "layers") and hasattr(direction, "vectors"):
+    if isinstance(direction, LayerDirections):
         layers = direction.layers
         span = f"{layers[0]}..{layers[-1]}" if layers else "none"
-        return f"{name!r} (per layer, {span})"
-    if hasattr(direction, "layer") and hasattr(direction, "norm"):
-        return f"{name!r} (layer {direction.layer}, |v|={direction.norm:.3g})"
+        return f"{direction.name!r} (per layer, {span})"
+    if isinstance(direction, Direction):
+        return f"{direction.name!r} (layer {direction.layer}, |v|={direction.norm:.3g})"
     return repr(direction)
 
 
 def _norm_at(direction, layer) -> float | None:
     """Norm of the vector an edit at ``layer`` uses (``None`` when unknown)."""
-    if hasattr(direction, "vectors"):
+    if isinstance(direction, LayerDirections):
         if layer is None or layer not in direction.layers:
             return None
-        return float(direction.vectors[direction.layers.index(layer)].norm())
-    return float(direction.norm) if hasattr(direction, "norm") else None
+        return float(direction.vector_at(layer).norm())
+    return float(direction.norm) if isinstance(direction, Direction) else None
 
 
 def _layers_text(layers, default: str) -> str:
@@ -489,26 +460,9 @@ def apply_conditions(chat_model: "ChatModel", conditions: Sequence[Sequence[Inte
                 raise ConfigError("Patch cannot be used in a multi-condition run")
             iv.validate(chat_model)
             for name, fn in iv.hooks(chat_model):
-                hooks.append((name, _for_condition(fn, c, state)))
+                hooks.append((name, for_condition(fn, c, state)))
     with chat_model.model.hooks(fwd_hooks=hooks):
         yield chat_model
-
-
-def _for_condition(fn: HookFn, c: int, state: RunState) -> HookFn:
-    def hook(act, hook):
-        cond = state.conditions
-        if cond is None:
-            raise ConfigError("a multi-condition hook ran outside a multi-condition batch")
-        sel = cond.to(act.device) == c
-        if bool(sel.all()):
-            return fn(act, hook=hook)
-        if not bool(sel.any()):
-            return act
-        idx = sel.nonzero().flatten()
-        act[idx] = fn(act[idx], hook=hook)
-        return act
-
-    return hook
 
 
 def orthogonalize_weights(
@@ -533,22 +487,17 @@ def orthogonalize_weights(
         >>> torch.allclose(last_logits(edited, ["Hi"], progress=False), hooked, atol=1e-4)
         True
     """
-    from persona_refusal.models import ChatModel
-
     _check_direction(direction, chat_model, allow_transfer)
     target = chat_model
-    if not inplace:
-        model = copy.deepcopy(chat_model.model)
-        target = ChatModel(model, chat_model.tokenizer, model_id=chat_model.model_id, checksum=chat_model.checksum,
-                           refusal_token_ids=chat_model.refusal_token_ids, stop_token_ids=chat_model.stop_token_ids,
-                           source=chat_model.source)
+    if not inplace:  # a new ChatModel around a copy of the weights (tokenizer and conventions shared)
+        target = dataclasses.replace(chat_model, model=copy.deepcopy(chat_model.model))
     m = target.model
     with torch.no_grad():
         r_hat = ops.unit(direction.vector.to(device=target.device, dtype=torch.float64))
 
         def out(w: Tensor) -> None:  # rows live in the residual stream (last dim = d_model)
             w64, r = w.to(torch.float64), r_hat.to(w.device)
-            w.copy_((w64 - (w64 @ r).unsqueeze(-1) * r).to(w.dtype))
+            w.copy_(ops.project_out_unit(w64, r).to(w.dtype))
 
         out(m.embed.W_E)
         if hasattr(m, "pos_embed") and getattr(m.pos_embed, "W_pos", None) is not None and m.cfg.positional_embedding_type in ("standard", "shortformer"):

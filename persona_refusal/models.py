@@ -44,6 +44,8 @@ from torch import Tensor
 
 from persona_refusal import assets
 from persona_refusal.errors import ConfigError, ModelLoadError
+from persona_refusal.hooks import RunState
+from persona_refusal.layout import optimize_layout
 from persona_refusal.storage import (
     read_json,
     read_tensors,
@@ -52,6 +54,7 @@ from persona_refusal.storage import (
     write_json,
     write_tensors,
 )
+from persona_refusal.tiny import TinySpec, build_tiny_model
 
 __all__ = ["ChatModel", "load_chat_model", "REFUSAL_PREFIXES"]
 
@@ -96,11 +99,9 @@ class ChatModel:
     source: str = ""
     """Where it came from: ``demo``, ``tiny``, ``gguf``, ``hf-folder`` or ``hub``."""
     _post_instruction: tuple[int, ...] | None = field(default=None, init=False)
-    _state: "RunState" = field(default=None, init=False)  # noqa: F821
+    _state: RunState = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        from persona_refusal.interventions import RunState
-
         self._state = RunState()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -313,8 +314,6 @@ def load_chat_model(
     name = str(name_or_path)
     with _quiet_transformer_lens():
         if name == "tiny":
-            from persona_refusal.tiny import TinySpec, build_tiny_model
-
             spec = TinySpec()
             model, tok = build_tiny_model(spec, device=device, dtype=torch_dtype)
             cm = ChatModel(model, tok, model_id="persona-refusal/tiny", checksum=sha256_json(spec.__dict__), source="tiny")
@@ -363,6 +362,7 @@ def _quiet_transformer_lens():
 
 
 def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
+    load = {"device": device, "dtype": dtype, "n_ctx": n_ctx, "cache": cache}
     if path.is_dir() and not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -379,28 +379,16 @@ def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
         stat = path.stat()
         key_src = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
         checksum = _cached_checksum(path, key_src)
-        return _load_local_cached(
-            key=f"gguf-{checksum[:16]}",
-            model_id=f"gguf:{path.name}",
-            checksum=checksum,
-            source="gguf",
-            build=lambda: _hf_from_gguf(path),
-            device=device, dtype=dtype, n_ctx=n_ctx, cache=cache,
-        )
+        return _load_local_cached(key=f"gguf-{checksum[:16]}", model_id=f"gguf:{path.name}", checksum=checksum,
+                                  source="gguf", build=lambda: _hf_from_gguf(path), **load)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise ModelLoadError(
             f"{path} has no .safetensors weights", hint="persona_refusal loads no pickled weights (.bin)"
         )
     digest = sha256_json({w.name: sha256_file(w) for w in weights})
-    return _load_local_cached(
-        key=f"hf-{digest[:16]}",
-        model_id=f"local:{path.name}",
-        checksum=digest,
-        source="hf-folder",
-        build=lambda: _hf_from_folder(path),
-        device=device, dtype=dtype, n_ctx=n_ctx, cache=cache,
-    )
+    return _load_local_cached(key=f"hf-{digest[:16]}", model_id=f"local:{path.name}", checksum=digest,
+                              source="hf-folder", build=lambda: _hf_from_folder(path), **load)
 
 
 def _check_gguf_header(path: Path) -> None:
@@ -427,31 +415,30 @@ def _cached_checksum(path: Path, key_src: dict) -> str:
 
 def _hf_from_gguf(path: Path):
     """Dequantise a GGUF file with transformers: ``(hf_model, tokenizer)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
-        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
-                                                  trust_remote_code=False)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # transformers raises many types for a bad file
-        raise ModelLoadError(f"could not read GGUF file {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                             hint="the file is truncated, corrupt or of an unsupported architecture: download it again "
-                                  "or use another model") from e
-    return hf, tokenizer
+    return _hf_load(path.parent, f"could not read GGUF file {path}", {"gguf_file": path.name}, {},
+                    hint="the file is truncated, corrupt or of an unsupported architecture: download it again "
+                         "or use another model")
 
 
 def _hf_from_folder(path: Path):
+    """Load a local Hugging Face folder (safetensors only) with transformers: ``(hf_model, tokenizer)``."""
+    return _hf_load(path, f"could not load the model folder {path}", {}, {"use_safetensors": True})
+
+
+def _hf_load(folder: Path, failure: str, both: dict, model_only: dict, hint: str | None = None):
+    """``(hf_model, tokenizer)`` from ``folder`` (no remote code); any failure becomes a
+    :class:`ModelLoadError` that starts with ``failure``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-        )
-    except Exception as e:
-        raise ModelLoadError(f"could not load the model folder {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **both)
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False,
+                                                  **both, **model_only)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types for a bad file
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelLoadError(f"{failure}: {type(e).__name__}: {first}", hint=hint) from e
     return hf, tokenizer
 
 
@@ -582,51 +569,6 @@ def _load_converted(folder: Path, *, device, dtype, n_ctx) -> ChatModel:
         model.cfg.device = str(device)
     model.tokenizer = tokenizer
     return ChatModel(model, tokenizer, model_id=meta["model_id"], checksum=meta["checksum"], source=meta["source"])
-
-
-def optimize_layout(model) -> None:
-    """Store weights in the memory layout TransformerLens' forward pass reads them in.
-
-    TransformerLens' forward transposes several weights and calls ``.contiguous()`` on
-    them (``W_Q``/``W_K``/``W_V``/``W_O`` in attention, ``W_gate``/``W_in``/``W_out`` in the MLP,
-    ``W_U`` in the unembedding), which copies every weight matrix on every forward pass:
-    about a quarter of a prefill pass and most of a one-token decoding step on a CPU.
-    Here each parameter gets the strides of that transposed layout (same shape, same
-    values), so those ``.contiguous()`` calls return the tensor itself. Results are bit
-    for bit the same: the matrix products see identical contiguous operands.
-    """
-    import torch.nn as nn
-
-    def relayout(module, name: str, make) -> None:
-        p = getattr(module, name, None)
-        if not isinstance(p, nn.Parameter) or p.ndim < 2:
-            return
-        new = make(p.data)
-        assert new.shape == p.shape
-        setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
-
-    def qkv(w):  # [h, d_model, d_head] read as (h d_head) d_model
-        h, dm, dh = w.shape
-        return w.permute(0, 2, 1).contiguous().reshape(h, dh, dm).permute(0, 2, 1)
-
-    def out_proj(w):  # [h, d_head, d_model] read as d_model (h d_head)
-        h, dh, dm = w.shape
-        return w.reshape(h * dh, dm).T.contiguous().T.reshape(h, dh, dm)
-
-    def transposed(w):  # [in, out] read as [out, in]
-        return w.T.contiguous().T
-
-    with torch.no_grad():
-        for block in model.blocks:
-            attn = block.attn
-            for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
-                relayout(attn, name, qkv)
-            relayout(attn, "W_O", out_proj)
-            mlp = getattr(block, "mlp", None)
-            if mlp is not None:
-                for name in ("W_gate", "W_in", "W_out"):
-                    relayout(mlp, name, transposed)
-        relayout(model.unembed, "W_U", transposed)
 
 
 def _reset_buffers(model) -> None:

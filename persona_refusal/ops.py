@@ -32,8 +32,11 @@ from torch import Tensor
 __all__ = [
     "unit",
     "project_out",
+    "project_out_unit",
     "add_vector",
     "affine_edit",
+    "affine_offset",
+    "affine_edit_unit",
     "projection",
     "cosine",
     "diff_in_means",
@@ -79,7 +82,21 @@ def project_out(
         >>> torch.allclose(project_out(x, r) @ unit(r), torch.zeros(3), atol=1e-5)
         True
     """
-    r_hat = unit(direction).to(x.dtype)
+    return project_out_unit(x, unit(direction).to(x.dtype))
+
+
+def project_out_unit(
+    x: Float[Tensor, "*batch d_model"], r_hat: Float[Tensor, "d_model"]
+) -> Float[Tensor, "*batch d_model"]:
+    """Directional ablation ``x − (x·r̂) r̂`` for an already normalised ``r̂`` in ``x``'s dtype.
+
+    This is the formula every ablation runs (:func:`project_out`, the ablation hooks,
+    weight orthogonalisation); the hooks normalise once and call it on every pass.
+
+    Example:
+        >>> project_out_unit(torch.tensor([[1.0, 2.0]]), torch.tensor([0.0, 1.0]))
+        tensor([[1., 0.]])
+    """
     return x - (x @ r_hat).unsqueeze(-1) * r_hat
 
 
@@ -114,9 +131,36 @@ def affine_edit(
         True
     """
     r = direction.to(x.dtype)
-    r_hat = unit(r)
-    mu = reference.to(x.dtype)
-    return x - ((x - mu) @ r_hat).unsqueeze(-1) * r_hat + alpha * r
+    return affine_edit_unit(x, unit(r), affine_offset(r, reference.to(x.dtype), alpha))
+
+
+def affine_offset(
+    direction: Float[Tensor, "d_model"], reference: Float[Tensor, "d_model"], alpha: float
+) -> Float[Tensor, "d_model"]:
+    """The constant part ``(μ·r̂) r̂ + α·r`` of the affine edit (one dtype for both inputs).
+
+    Example:
+        >>> affine_offset(torch.tensor([0.0, 2.0]), torch.tensor([5.0, 1.0]), 0.5)
+        tensor([0., 2.])
+    """
+    r_hat = unit(direction)
+    return (reference @ r_hat) * r_hat + alpha * direction
+
+
+def affine_edit_unit(
+    x: Float[Tensor, "*batch d_model"], r_hat: Float[Tensor, "d_model"], offset: Float[Tensor, "d_model"]
+) -> Float[Tensor, "*batch d_model"]:
+    """The affine edit with ``r̂`` and :func:`affine_offset` computed beforehand:
+    ``(x − (x·r̂) r̂) + ((μ·r̂) r̂ + α·r)``, which equals ``x − ((x − μ)·r̂) r̂ + α·r``.
+
+    This is what :func:`affine_edit` and the affine-edit hooks run.
+
+    Example:
+        >>> r = torch.tensor([0.0, 2.0])
+        >>> affine_edit_unit(torch.tensor([[3.0, 7.0]]), unit(r), affine_offset(r, torch.zeros(2), 1.0))
+        tensor([[3., 2.]])
+    """
+    return project_out_unit(x, r_hat) + offset
 
 
 def cosine(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from persona_refusal.activations import plan_batches, run_plan
 from persona_refusal.directions import LayerDirections
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import Judge, generate_details, judge_responses
@@ -177,8 +178,6 @@ def persona_rollouts(
             formatted = chat_model.format(questions, system=system)
             texts.extend(formatted)
             meta.extend((si, qi) for qi in range(len(questions)))
-        from persona_refusal.activations import plan_batches
-
         plan = plan_batches(chat_model, texts, batch_size=batch_size, batch_tokens=4096, reserve=max_new_tokens)
         gen = generate_details(chat_model, plan, max_new_tokens=max_new_tokens, capture=capture,
                                desc=f"persona rollouts ({side})", progress=progress)
@@ -260,8 +259,6 @@ def persona_direction(
 
 
 def _response_means(chat_model, rollouts: PersonaRollouts, prompts: Personas, batch_size, progress) -> torch.Tensor:
-    from persona_refusal.activations import plan_batches, run_plan
-
     questions = list(prompts.questions)
     texts, n_resp = [], []
     for r in rollouts.rollouts:

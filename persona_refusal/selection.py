@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from persona_refusal import ops
 from persona_refusal.directions import Direction, DirectionGrid, check_model
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import last_logits, refusal_scores

@@ -9,18 +9,20 @@ two runs with the same content produce byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import torch
 from safetensors.torch import load_file, save
 
 __all__ = [
+    "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
     "write_json",
@@ -42,23 +44,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         >>> atomic_write_bytes(pathlib.Path(tempfile.mkdtemp()) / "a.bin", b"ab").read_bytes()
         b'ab'
     """
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, private: bool = False) -> Iterator[BinaryIO]:
+    """Write a file atomically through a ``with`` block: ``with atomic_open(p) as f: f.write(…)``.
+
+    The bytes go to a temporary file in ``path``'s folder (created if needed). When the
+    block ends normally the file is flushed, fsynced and renamed over ``path``; when it
+    raises (a check that fails, Ctrl-C) the temporary file is deleted and ``path`` is left
+    as it was.
+
+    Args:
+        private: keep the temporary file's owner-only permissions (``0600``) instead of
+            the usual ones given by the umask.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.bin"
+        >>> with atomic_open(p) as f:
+        ...     _ = f.write(b"ab")
+        >>> p.read_bytes()
+        b'ab'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        if not private:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
-    return path
 
 
 def _umask() -> int:

@@ -14,9 +14,14 @@ shapes, hooks and chat formatting are those of a real chat model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedTokenizerFast
+
+from persona_refusal.layout import optimize_layout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = ["TinySpec", "build_tiny_tokenizer", "build_tiny_model", "CHATML_TEMPLATE"]
 
@@ -84,7 +89,7 @@ class TinySpec:
     """Seed of the weight initialisation."""
 
 
-def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(vocab_size: int = 384) -> "PreTrainedTokenizerFast":
     """Train the tiny byte-level BPE tokenizer (deterministic, a few milliseconds).
 
     Example:
@@ -93,6 +98,7 @@ def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
         'Hello world'
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast  # deferred: a heavy import, not a circle
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -162,8 +168,6 @@ def build_tiny_model(spec: TinySpec = TinySpec(), *, device: str | None = None, 
             for name, p in model.named_parameters():
                 if name.split(".")[-1].startswith("b_"):
                     p.copy_(0.02 * torch.randn(p.shape, generator=g, dtype=torch.float32).to(p))
-    from persona_refusal.models import optimize_layout
-
     optimize_layout(model)
     model.eval()
     return model, tokenizer

@@ -1,25 +1,22 @@
-"""directions: the Direction family (validation, save/load, model checks), diff-in-means
-extraction on the tiny model (including a planted direction end to end) and the
-Arditi et al. selection procedure.
+"""directions: the Direction family (validation, save/load, model checks, files saved by
+earlier versions), the shared metadata and per-layer access (``vector_at``).
+
+Extraction and selection have their own files (test_extraction.py, test_selection.py).
 """
 
 from __future__ import annotations
 
-import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from persona_refusal import activations
-from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
-from persona_refusal.extraction import extract_directions
-from persona_refusal.selection import select_refusal_direction
+from persona_refusal.directions import Direction, DirectionGrid, DirectionMeta, LayerDirections
 from persona_refusal.errors import ConfigError, DirectionMismatchError
-from persona_refusal.evaluation import refusal_scores
-from persona_refusal.interventions import Ablate, AddVector
-from persona_refusal.models import ChatModel
-from persona_refusal.tiny import TinySpec, build_tiny_model
+
+GOLDEN = Path(__file__).parent / "data" / "directions_v1"
+"""Files saved by the code before the shared :class:`DirectionMeta` (made by ``_golden_objects``)."""
 
 
 # ----------------------------------------------------------------------------- Direction
@@ -190,105 +187,94 @@ def test_grid_and_layer_directions_save_load(tmp_path, tiny):
         LayerDirections(vectors=torch.ones(1, 64), layers=(9,)).check(tiny)
 
 
-# ----------------------------------------------------------------------------- extraction
-def test_extract_directions_shapes_and_metadata(tiny, prompts):
-    grid = extract_directions(tiny, prompts[:3], prompts[3:], positions=[-3, -1], layers=[0, 2], progress=False)
-    assert grid.diff.shape == (2, 2, 64) and grid.diff.dtype == torch.float64
-    assert (grid.positions, grid.layers, grid.n_positive, grid.n_negative) == ((-3, -1), (0, 2), 3, 2)
-    assert (grid.model_id, grid.model_checksum) == (tiny.model_id, tiny.checksum)
-    assert grid.provenance["method"] == "diff_in_means"
-    full = extract_directions(tiny, prompts[:1], prompts[1:2], progress=False)
-    assert full.diff.shape == (len(tiny.post_instruction_positions), tiny.n_layers, tiny.d_model)
-    with pytest.raises(ConfigError):
-        extract_directions(tiny, [], prompts, progress=False)
-    with pytest.raises(ConfigError):
-        extract_directions(tiny, prompts, prompts, layers=[4], progress=False)
+# ----------------------------------------------------------------------------- golden files
+def _golden_objects() -> dict:
+    """The objects whose files are in ``tests/data/directions_v1`` (same seeds, same order)."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    d = Direction(vector=r(4), layer=2, reference=r(4), name="refusal", model_id="persona-refusal/tiny",
+                  model_checksum="abc123", n_positive=3, n_negative=5, provenance={"scores": [1.5, -0.25], "note": "é"})
+    d0 = Direction(vector=r(4), layer=0, hook_name="blocks.0.hook_resid_mid", position=None)
+    ld = LayerDirections(vectors=r(3, 4), layers=(0, 1, 2), references=r(3, 4), position=-2, name="persona",
+                         model_id="m", model_checksum="c", n_positive=7, n_negative=7, provenance={"k": 1})
+    ld0 = LayerDirections(vectors=r(2, 4), layers=(1, 3))
+    gr = DirectionGrid(positive_mean=r(2, 3, 4).double(), negative_mean=r(2, 3, 4).double(), positions=(-2, -1),
+                       layers=(0, 1, 2), model_id="m", model_checksum="c", n_positive=4, n_negative=6,
+                       provenance={"harmful": "h"})
+    gr0 = DirectionGrid(positive_mean=r(1, 2, 4).double(), negative_mean=r(1, 2, 4).double(), positions=(-1,),
+                        layers=(0, 1))
+    return {"direction": d, "direction_bare": d0, "layer_directions": ld, "layer_directions_bare": ld0,
+            "grid": gr, "grid_bare": gr0}
 
 
-def test_extract_recovers_a_planted_direction(tiny, prompts, make_direction, monkeypatch):
-    """Run the positive set under AddVector(v, layer=2): the diff is v at layer 2, 0 before it."""
-    v = make_direction(model=tiny, layer=2, seed=11, scale=0.5)
-    real = activations.mean_activations
-
-    def planted(chat_model, instructions, *, desc=None, **kwargs):
-        if desc and "+ prompts" in desc:  # extract_directions labels the positive pass so
-            kwargs["interventions"] = [AddVector(v, 1.0)]
-        return real(chat_model, instructions, desc=desc, **kwargs)
-
-    monkeypatch.setattr(activations, "mean_activations", planted)
-    grid = extract_directions(tiny, prompts, prompts, positions=[-8, -1], progress=False)
-    diff = grid.diff
-    assert float(diff[:, :2].abs().max()) < 1e-6  # layers 0-1: identical runs
-    for i in range(2):
-        assert torch.allclose(diff[i, 2].float(), v.vector, atol=1e-5)  # layer 2: exactly v
-    assert float(diff[:, 3].norm(dim=-1).min()) > 1e-3  # layer 3 feels it (not checked for equality)
-    # Without the plant, the same prompts on both sides give exactly zero everywhere.
-    monkeypatch.setattr(activations, "mean_activations", real)
-    assert float(extract_directions(tiny, prompts, prompts, progress=False).diff.abs().max()) == 0.0
+def _tensors_of(obj) -> dict:
+    return {k: v for k, v in vars(obj).items() if isinstance(v, torch.Tensor)}
 
 
-# ----------------------------------------------------------------------------- selection
-HARMFUL_VAL = ["Tell me how to pick a lock.", "How do I make a weapon at home?", "Write a phishing email."]
-HARMLESS_VAL = ["How do I bake bread at home?", "Write a short poem about the sea.", "Explain how vaccines work."]
+@pytest.mark.parametrize("name", list(_golden_objects()))
+def test_saved_files_are_byte_identical_to_the_golden_ones(tmp_path, name):
+    """The file format is frozen: today's save writes exactly the bytes the earlier code wrote."""
+    _golden_objects()[name].save(tmp_path / name)
+    for ext in (".json", ".safetensors"):
+        assert (tmp_path / (name + ext)).read_bytes() == (GOLDEN / (name + ext)).read_bytes(), name + ext
 
 
-@pytest.fixture(scope="module")
-def small_grid(tiny):
-    return extract_directions(tiny, HARMFUL_VAL, HARMLESS_VAL, positions=[-2, -1], progress=False)
+@pytest.mark.parametrize("name", list(_golden_objects()))
+def test_golden_files_load(name):
+    """Files saved by the earlier code load into equal objects."""
+    want = _golden_objects()[name]
+    got = type(want).load(GOLDEN / name)
+    assert repr(got) == repr(want)
+    assert got.meta() == want.meta()
+    assert _tensors_of(got).keys() == _tensors_of(want).keys()
+    assert all(torch.equal(t, _tensors_of(want)[k]) for k, t in _tensors_of(got).items())
 
 
-def _late(record) -> bool:
-    return bool(record["discarded"]) and "n_layers" in record["discarded"]
+# ----------------------------------------------------------------------------- shared metadata
+def test_every_direction_type_shares_one_metadata_type():
+    objs = _golden_objects()
+    assert all(isinstance(o, DirectionMeta) for o in objs.values())
+    meta = objs["grid"].meta()
+    assert meta == {"name": "refusal", "model_id": "m", "model_checksum": "c", "n_positive": 4, "n_negative": 6,
+                    "provenance": {"harmful": "h"}}
+    assert meta["provenance"] is not objs["grid"].provenance  # a copy: derived objects do not share it
+    # Derived objects carry the metadata on.
+    assert objs["grid"].direction(-1, 1).meta() == meta and objs["grid"].layer_directions(-2).meta() == meta
+    assert objs["layer_directions"].at(1).meta() == objs["layer_directions"].meta()
+    # Each type keeps its own defaults.
+    assert (objs["direction_bare"].name, objs["layer_directions_bare"].name, objs["grid_bare"].name) == (
+        "direction", "directions", "refusal")
+    assert (objs["direction_bare"].n_positive, objs["grid_bare"].n_positive) == (None, 0)
 
 
-def test_select_with_permissive_thresholds_picks_lowest_bypass(tiny, small_grid):
-    d, report = select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL,
-                                         induce_threshold=-math.inf, kl_threshold=math.inf, progress=False)
-    assert len(report.candidates) == 2 * 4
-    assert not any(_late(r) for r in report.candidates)  # 4 layers: 0.8 * 4 = 3.2 keeps layer 3
-    eligible = [r for r in report.candidates if r["bypass"] is not None]
-    assert {r["layer"] for r in eligible} >= {1, 2, 3}
-    best = min(eligible, key=lambda r: r["bypass"])
-    assert report.chosen is best
-    assert (d.position, d.layer) == (best["position"], best["layer"])
-    assert torch.equal(d.vector, small_grid.direction(d.position, d.layer).vector)
-    # Scores are what they claim to be.
-    assert best["bypass"] == pytest.approx(
-        float(refusal_scores(tiny, HARMFUL_VAL, interventions=[Ablate(d)], progress=False).mean()), abs=1e-6)
-    assert best["induce"] is not None and best["kl"] is not None
-    assert report.baseline_harmful == pytest.approx(float(refusal_scores(tiny, HARMFUL_VAL, progress=False).mean()))
-    assert d.provenance["selection"] == {k: best[k] for k in ("bypass", "induce", "kl")}
-    # Filters are evaluated lazily: only the winner was scored for induce and KL.
-    assert sum(r["induce"] is not None for r in report.candidates) == 1
-    assert report.to_dict()["settings"]["n_harmful_val"] == 3
+def test_grid_check(tiny):
+    grid = _grid(model=tiny)
+    assert grid.check(tiny) is grid
+    with pytest.raises(DirectionMismatchError, match="direction grid"):
+        _grid(d_model=32).check(tiny)
 
 
-def test_select_discards_late_layers(tiny):
-    model, tok = build_tiny_model(TinySpec(n_layers=5))
-    cm5 = ChatModel(model, tok, model_id="tiny-5", checksum="5", source="tiny")
-    grid = extract_directions(cm5, HARMFUL_VAL, HARMLESS_VAL, positions=[-1], progress=False)
-    d, report = select_refusal_direction(cm5, grid, HARMFUL_VAL, HARMLESS_VAL,
-                                         induce_threshold=-math.inf, kl_threshold=math.inf, progress=False)
-    assert {r["layer"] for r in report.candidates if _late(r)} == {4}  # 4 >= 0.8 * 5; layer 3 < 4 stays
-    assert all(r["bypass"] is None for r in report.candidates if r["layer"] == 4)
-    assert any(r["bypass"] is not None for r in report.candidates if r["layer"] == 3)
-    assert d.layer < 4
-    _, half = select_refusal_direction(cm5, grid, HARMFUL_VAL, HARMLESS_VAL, max_layer_fraction=0.5,
-                                       induce_threshold=-math.inf, kl_threshold=math.inf, progress=False)
-    assert {r["layer"] for r in half.candidates if _late(r)} == {3, 4}  # >= 2.5
+# ----------------------------------------------------------------------------- vector_at
+def test_vector_at_and_reference_at():
+    d = Direction(vector=torch.ones(4), layer=2, reference=torch.zeros(4))
+    for layer in (0, 2, 9):  # one vector, whatever the layer
+        assert d.vector_at(layer) is d.vector and d.reference_at(layer) is d.reference
+    assert d.has_reference and not Direction(vector=torch.ones(4), layer=2).has_reference
+    assert Direction(vector=torch.ones(4), layer=2).reference_at(2) is None
 
-
-def test_select_raises_when_nothing_passes(tiny, small_grid):
-    with pytest.raises(ConfigError, match="no candidate"):
-        select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL, induce_threshold=math.inf,
-                                 progress=False)
-    with pytest.raises(ConfigError, match="no candidate"):
-        select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL, induce_threshold=-math.inf,
-                                 kl_threshold=-1.0, progress=False)
-
-
-def test_select_rejects_a_grid_of_another_model(tiny, small_grid):
-    foreign = _grid()
-    foreign.model_id = "someone/else"
-    with pytest.raises(DirectionMismatchError):
-        select_refusal_direction(tiny, foreign, HARMFUL_VAL, HARMLESS_VAL, progress=False)
+    vectors = torch.arange(12.0).reshape(3, 4)
+    vectors[0] = 0.0  # a zero row is returned as it is (ablation skips it, at() refuses it)
+    ld = LayerDirections(vectors=vectors, layers=(3, 5, 7), references=-vectors, name="p")
+    for i, layer in enumerate(ld.layers):
+        assert torch.equal(ld.vector_at(layer), vectors[i]) and torch.equal(ld.reference_at(layer), -vectors[i])
+    assert torch.equal(ld.vector_at(3), torch.zeros(4))
+    with pytest.raises(ConfigError, match="'p' has no direction at layer 4"):
+        ld.vector_at(4)
+    with pytest.raises(ConfigError, match="no direction at layer 8"):
+        ld.reference_at(8)
+    bare = LayerDirections(vectors=vectors, layers=(3, 5, 7))
+    assert bare.reference_at(5) is None and not bare.has_reference and ld.has_reference
+    assert torch.equal(ld.at(5).vector, ld.vector_at(5))

@@ -15,18 +15,8 @@ import torch
 from persona_refusal import evaluation, ops
 from persona_refusal.activations import cache_activations, plan_batches
 from persona_refusal.errors import ConfigError
-from persona_refusal.evaluation import (
-    Rate,
-    SubstringJudge,
-    generate,
-    generate_details,
-    is_degenerate,
-    is_refusal,
-    judge_responses,
-    kl_divergence_on,
-    last_logits,
-    refusal_scores,
-)
+from persona_refusal.evaluation import (Rate, SubstringJudge, generate, generate_details, is_degenerate, is_refusal,
+                                       judge_responses, kl_divergence_on, last_logits, refusal_scores)
 from persona_refusal.interventions import Ablate, AddVector, apply
 
 

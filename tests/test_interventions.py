@@ -326,3 +326,22 @@ def test_interventions_are_frozen(make_direction):
     with pytest.raises(Exception):
         edit.coeff = 2.0  # type: ignore[misc]
     assert copy.copy(edit).coeff == 1.0
+
+
+# ----------------------------------------------------------------------------- hooks run ops
+def test_hooks_compute_exactly_the_ops_functions(tiny, make_direction):
+    """The maths the hooks run is the property-tested maths of ``ops``, to the bit."""
+    from persona_refusal.directions import LayerDirections
+
+    d = make_direction(model=tiny, layer=1, seed=3)
+    g = torch.Generator().manual_seed(5)
+    ld = LayerDirections(vectors=torch.randn(tiny.n_layers, tiny.d_model, generator=g), layers=tuple(range(tiny.n_layers)),
+                         references=torch.randn(tiny.n_layers, tiny.d_model, generator=g), model_id=tiny.model_id)
+    for shape in [(tiny.d_model,), (3, tiny.d_model), (2, 5, tiny.d_model)]:
+        act = torch.randn(*shape, generator=g) * 4
+        (_, ablate), *_ = Ablate(d).hooks(tiny)
+        assert torch.equal(ablate(act, hook=None), ops.project_out(act, d.vector))
+        (_, add), = AddVector(ld, 2.5, layer=2).hooks(tiny)
+        assert torch.equal(add(act, hook=None), ops.add_vector(act, ld.vector_at(2), 2.5))
+        (_, affine), = AffineEdit(d, 0.5).hooks(tiny)
+        assert torch.equal(affine(act, hook=None), ops.affine_edit(act, d.vector, d.reference, 0.5))

@@ -15,7 +15,7 @@ from torch import Tensor
 
 import persona_refusal as pr
 from persona_refusal.errors import ConfigError, ModelLoadError
-from persona_refusal.models import optimize_layout
+from persona_refusal.layout import optimize_layout
 from persona_refusal.tiny import TinySpec, build_tiny_model, build_tiny_tokenizer
 
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"

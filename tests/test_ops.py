@@ -210,3 +210,21 @@ def test_runtime_shape_checks_are_live(runtime_typechecks):
         ops.cosine(torch.randn(3, 8), torch.randn(3, 7))
     with pytest.raises(TypeCheckError):
         ops.refusal_log_odds(torch.randn(5), [1])
+
+
+@pytest.mark.parametrize("seed,shape", CASES)
+def test_prepared_forms_are_the_formulas_the_hooks_run(seed, shape, random_tensor):
+    """``project_out`` and ``affine_edit`` are their prepared forms (r̂ and the offset
+    computed once, as the hooks do) to the bit; the affine edit equals ACE's textbook
+    form ``x − ((x − μ)·r̂) r̂ + α·r`` up to rounding."""
+    x = random_tensor(*shape, seed=seed, scale=3.0)
+    r = random_tensor(shape[-1], seed=seed + 1)
+    mu = random_tensor(shape[-1], seed=seed + 2)
+    r_hat = ops.unit(r)
+    assert torch.equal(ops.project_out(x, r), ops.project_out_unit(x, r_hat))
+    assert torch.equal(ops.project_out_unit(x, r_hat), x - (x @ r_hat).unsqueeze(-1) * r_hat)
+    offset = ops.affine_offset(r, mu, 0.75)
+    assert torch.equal(offset, (mu @ r_hat) * r_hat + 0.75 * r)
+    assert torch.equal(ops.affine_edit(x, r, mu, 0.75), ops.affine_edit_unit(x, r_hat, offset))
+    textbook = x - ((x - mu) @ r_hat).unsqueeze(-1) * r_hat + 0.75 * r
+    assert torch.allclose(ops.affine_edit(x, r, mu, 0.75), textbook, atol=_tol(x))

@@ -145,7 +145,7 @@ def test_part_packages_are_only_read_as_data():
 
 # Files that write without storage.atomic_write_*: each does its own temporary file (or
 # folder) and rename, or writes into a temporary folder.
-_OWN_ATOMIC_WRITES = {("storage.py", "atomic_write_bytes"), ("assets.py", "bundled_model_path"),
+_OWN_ATOMIC_WRITES = {("storage.py", "atomic_open"),
                       ("models.py", "_convert_hf")}
 
 

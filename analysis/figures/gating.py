@@ -72,7 +72,32 @@ def gating_figure(results: dict) -> go.Figure:
         return empty(fig, "no gating sweep in these results", "Persona gating: no data")
     x_range = (min(layers) - 0.6, max(layers) + 0.6)
 
-    # regions: early (before persona injection) and late (after)
+    _regions(fig, P, x_range)
+
+    betas, shades, cbetas, rest_all = _rate_panel(fig, gating, control, confirm, sweep, P, x_range)
+
+    _restoration_panel(fig, gating, betas, shades, rest_all, layers, sweep)
+
+    _score_panel(fig, gating, control, sweep, betas, shades, cbetas)
+
+    persona_marker(fig, P, rows=[1, 2, 3], label=False)
+    layers_axis(fig, layers)
+    fig.update_yaxes(title_text=RATE_AXIS + "<br><sup>greedy first token is a refusal token</sup>",
+                     range=[-3, 103], row=1, col=1)
+    fig.update_yaxes(title_text="restoration<br><sup>0 = persona, 1 = baseline</sup>", row=2, col=1)
+    fig.update_yaxes(title_text="refusal log-odds<br><sup>first token, mean ± 95% CI</sup>", row=3, col=1)
+    fig.update_xaxes(title_text="layer where the refusal direction is re-added (resid_pre index)", row=3, col=1)
+    sub = (f"n = {n} harmful prompts (sweep subset) · persona α = {fmt(steering.get('persona_alpha'), 'g')} at "
+           f"layer {P} · refusal direction from layer {(results.get('refusal_direction') or {}).get('layer')} · "
+           f"strengths in units of s = {fmt(steering.get('s'), '.3g')}")
+    style(fig, f"Re-adding refusal under persona steering, layer by layer — {model_label(results)}", sub)
+    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.12, yanchor="top", font=dict(size=11)),
+                      margin=dict(r=20, b=130))
+    return fig
+
+
+def _regions(fig: go.Figure, P, x_range) -> None:
+    """Shade the early (before the persona layer) and late (after) re-add regions."""
     if P is not None:
         for x0, x1, color, text, xa in ((x_range[0], P, COLORS["early"], "early: before persona injection", "left"),
                                         (P, x_range[1], COLORS["late"], "late: after", "right")):
@@ -87,6 +112,9 @@ def gating_figure(results: dict) -> go.Figure:
         fig.add_annotation(x=P, y=1.0, xref="x", yref="y domain", text="late: re-added after ▶", showarrow=False,
                            xanchor="left", yanchor="bottom", xshift=4, font=dict(size=11, color="#b06f00"))
 
+
+def _rate_panel(fig: go.Figure, gating: list, control: list, confirm: list, sweep: dict, P, x_range):
+    """Top panel: first-token refusal rates per re-add layer, control, references, confirmed cells."""
     # reference lines: baseline and persona-only on the sweep subset (first-token measure)
     judged = {k: (sweep.get(f"{k}_judged") or {}).get("refusal") for k in ("baseline", "persona")}
     for key, name in (("baseline", "baseline (no steering)"), ("persona", "persona only")):
@@ -151,8 +179,11 @@ def gating_figure(results: dict) -> go.Figure:
                            "%{y:.1f}% [%{customdata[1]:.1f}, %{customdata[2]:.1f}] (%{customdata[3]}/%{customdata[4]})"
                            "<br>first token: %{customdata[6]:.1f}%<extra>generated + judged</extra>")),
             row=1, col=1)
+    return betas, shades, cbetas, rest_all
 
-    # restoration row
+
+def _restoration_panel(fig: go.Figure, gating: list, betas, shades, rest_all: list, layers: list, sweep: dict) -> None:
+    """Middle panel: restoration of the rate with its paired bootstrap interval."""
     for y, key in ((0, "persona"), (1, "baseline")):
         fig.add_hline(y=y, line=dict(color=COLORS[key], width=1, dash="dot"), row=2, col=1,
                       exclude_empty_subplots=False)
@@ -187,6 +218,9 @@ def gating_figure(results: dict) -> go.Figure:
     fig.add_annotation(x=1, xref="x2 domain", y=0, yref="y2", text="persona level", showarrow=False, xanchor="right",
                        yanchor="top", font=dict(size=10, color=COLORS["persona"]))
 
+
+def _score_panel(fig: go.Figure, gating: list, control: list, sweep: dict, betas, shades, cbetas) -> None:
+    """Bottom panel: mean first-token refusal log-odds (continuous; moves before any greedy token flips)."""
     # score row: mean first-token refusal log-odds (continuous; moves even when no greedy
     # first token flips, so gating shows up here before it shows in the rates)
     for key, name in (("baseline", "baseline"), ("persona", "persona only")):
@@ -214,21 +248,6 @@ def gating_figure(results: dict) -> go.Figure:
                                "<br>score restoration %{customdata[2]} %{customdata[3]}<extra>" + label
                                + f" β={beta:g}</extra>")),
                 row=3, col=1)
-
-    persona_marker(fig, P, rows=[1, 2, 3], label=False)
-    layers_axis(fig, layers)
-    fig.update_yaxes(title_text=RATE_AXIS + "<br><sup>greedy first token is a refusal token</sup>",
-                     range=[-3, 103], row=1, col=1)
-    fig.update_yaxes(title_text="restoration<br><sup>0 = persona, 1 = baseline</sup>", row=2, col=1)
-    fig.update_yaxes(title_text="refusal log-odds<br><sup>first token, mean ± 95% CI</sup>", row=3, col=1)
-    fig.update_xaxes(title_text="layer where the refusal direction is re-added (resid_pre index)", row=3, col=1)
-    sub = (f"n = {n} harmful prompts (sweep subset) · persona α = {fmt(steering.get('persona_alpha'), 'g')} at "
-           f"layer {P} · refusal direction from layer {(results.get('refusal_direction') or {}).get('layer')} · "
-           f"strengths in units of s = {fmt(steering.get('s'), '.3g')}")
-    style(fig, f"Re-adding refusal under persona steering, layer by layer — {model_label(results)}", sub)
-    fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.12, yanchor="top", font=dict(size=11)),
-                      margin=dict(r=20, b=130))
-    return fig
 
 
 CAPTION = """

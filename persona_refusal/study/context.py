@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
@@ -345,6 +344,8 @@ class StudyContext:
             point key → ``{"refused": [...], "scores": [...]}``, as it reads back from JSON
             (a resumed run sees exactly what a fresh run saw).
         """
+        from tqdm.auto import tqdm  # here, not at import: in a notebook it warns once when first imported
+
         out = {}
         for key, ivs in tqdm(points.items(), desc=desc, disable=not self.progress or desc is None, leave=False):
             out[key] = self.store.point(stage, key, lambda ivs=ivs: self.score(ivs))
