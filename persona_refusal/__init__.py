@@ -16,9 +16,11 @@ Built on TransformerLens. A ten-line tour::
 The modules: :mod:`~persona_refusal.models` (chat models), :mod:`~persona_refusal.prompts`,
 :mod:`~persona_refusal.activations` (batched caching), :mod:`~persona_refusal.ops` (tensor
 maths), :mod:`~persona_refusal.directions`, :mod:`~persona_refusal.interventions`,
-:mod:`~persona_refusal.evaluation`, :mod:`~persona_refusal.persona` and
-:mod:`~persona_refusal.experiments` (the gating study). Figures live in
-:mod:`persona_refusal.analysis`, the only part that imports plotly.
+:mod:`~persona_refusal.evaluation`, :mod:`~persona_refusal.extraction`,
+:mod:`~persona_refusal.selection`, :mod:`~persona_refusal.persona` and
+:mod:`persona_refusal.study` (the gating study, one registered stage per file; see
+``docs/architecture.md``). Figures live in :mod:`persona_refusal.analysis`, the only part
+that imports plotly.
 """
 
 from persona_refusal.activations import cache_activations, mean_activations

@@ -26,7 +26,6 @@ provenance. It is saved as ``NAME.safetensors`` (tensors) + ``NAME.json`` (metad
 from __future__ import annotations
 
 import logging
-import math
 import os
 import dataclasses
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from persona_refusal import ops
 from persona_refusal.errors import ConfigError, DirectionMismatchError
-from persona_refusal.storage import read_json, read_tensors, sha256_bytes, write_json, write_tensors
+from persona_refusal.storage import read_json_checked, read_tensors, sha256_bytes, write_json, write_tensors
 
 if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
@@ -295,13 +294,10 @@ class Direction(DirectionMeta):
 
 
 def _read_pair(t_path: Path, j_path: Path, what: str) -> tuple[dict, dict[str, Tensor]]:
-    for p in (t_path, j_path):
-        if not p.is_file():
-            raise DirectionMismatchError(f"{what} file {p} is missing", hint="save writes a .safetensors and a .json file")
-    try:
-        meta = read_json(j_path)
-    except ValueError as e:
-        raise DirectionMismatchError(f"{j_path} is not valid JSON ({e})") from None
+    hint = "save writes a .safetensors and a .json file"
+    if not t_path.is_file():
+        raise DirectionMismatchError(f"{what} file {t_path} is missing", hint=hint)
+    meta = read_json_checked(j_path, DirectionMismatchError, missing=f"{what} file {j_path} is missing", hint=hint)
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("persona_refusal."):
         raise DirectionMismatchError(f"{j_path} is not a persona_refusal {what} file")
     try:

@@ -81,6 +81,24 @@ class SelectionReport:
                 f"fallback_used={self.settings.get('fallback_used')!r})")
 
 
+def _candidates(grid: DirectionGrid, max_layer: float, max_layer_fraction: float
+                ) -> tuple[list[dict], list[tuple[int, int]]]:
+    """One record per (position, layer) of the grid, and the eligible ones (not too late, not zero)."""
+    records: list[dict] = []
+    eligible: list[tuple[int, int]] = []
+    for i, pos in enumerate(grid.positions):
+        for j, layer in enumerate(grid.layers):
+            rec = {"position": pos, "layer": layer, "bypass": None, "induce": None, "kl": None, "discarded": None}
+            if layer >= max_layer:
+                rec["discarded"] = f"layer >= {max_layer_fraction} * n_layers"
+            elif float(grid.diff[i, j].norm()) == 0.0:
+                rec["discarded"] = "zero vector (identical activations on both sides)"
+            else:
+                eligible.append((pos, layer))
+            records.append(rec)
+    return records, eligible
+
+
 def select_refusal_direction(
     chat_model: "ChatModel",
     grid: DirectionGrid,
@@ -137,18 +155,7 @@ def select_refusal_direction(
     base_harmful = refusal_scores(chat_model, harmful_val, **kw)
     base_harmless_logits = last_logits(chat_model, harmless_val, **kw)
     base_harmless = ops.refusal_log_odds(base_harmless_logits, chat_model.refusal_token_ids)
-    records: list[dict] = []
-    eligible: list[tuple[int, int]] = []
-    for i, pos in enumerate(grid.positions):
-        for j, layer in enumerate(grid.layers):
-            rec = {"position": pos, "layer": layer, "bypass": None, "induce": None, "kl": None, "discarded": None}
-            if layer >= max_layer:
-                rec["discarded"] = f"layer >= {max_layer_fraction} * n_layers"
-            elif float(grid.diff[i, j].norm()) == 0.0:
-                rec["discarded"] = "zero vector (identical activations on both sides)"
-            else:
-                eligible.append((pos, layer))
-            records.append(rec)
+    records, eligible = _candidates(grid, max_layer, max_layer_fraction)
     by_key = {(r["position"], r["layer"]): r for r in records}
     from tqdm.auto import tqdm
 

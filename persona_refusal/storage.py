@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_text",
     "write_json",
     "read_json",
+    "read_json_checked",
     "write_tensors",
     "read_tensors",
     "sha256_file",
@@ -153,6 +154,25 @@ def read_json(path: str | os.PathLike) -> Any:
     """
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_json_checked(path: str | os.PathLike, error: type, *, missing: str, hint: str | None = None) -> Any:
+    """:func:`read_json`, with one-line errors of class ``error`` (a
+    :class:`~persona_refusal.errors.PersonaRefusalError`) for a missing file or bad JSON.
+
+    Example:
+        >>> from persona_refusal.errors import RunFolderError
+        >>> read_json_checked("/no/such.json", RunFolderError, missing="no such file")
+        Traceback (most recent call last):
+        persona_refusal.errors.RunFolderError: no such file
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(missing, hint=hint)
+    try:
+        return read_json(p)
+    except ValueError as e:
+        raise error(f"{p} is not valid JSON ({e})") from None
 
 
 def write_tensors(

@@ -26,8 +26,8 @@ from persona_refusal.errors import RunFolderError
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PromptSet
 from persona_refusal.results import GatingResults
-from persona_refusal.storage import read_json, write_json
-from persona_refusal.study import stages as _stages  # noqa: F401  (registers every stage)
+from persona_refusal.storage import read_json_checked, write_json
+from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
 from persona_refusal.study.config import PRESETS, StudyConfig
 from persona_refusal.study.context import StudyContext
 from persona_refusal.study.registry import Stage, stage_order
@@ -180,12 +180,8 @@ def load_results(path: str | os.PathLike) -> GatingResults:
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
-    if not p.is_file():
-        raise RunFolderError(f"no results.json at {p}", hint="run `persona-refusal run --out DIR` first")
-    try:
-        data = read_json(p)
-    except ValueError as e:
-        raise RunFolderError(f"{p} is not valid JSON ({e})") from None
+    data = read_json_checked(p, RunFolderError, missing=f"no results.json at {p}",
+                             hint="run `persona-refusal run --out DIR` first")
     if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
         raise RunFolderError(f"{p} is not a persona_refusal gating results file")
     return GatingResults(data)
