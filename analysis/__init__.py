@@ -44,7 +44,8 @@ from persona_refusal.analysis import figures as _figures
 from persona_refusal.analysis.drawing import make_figures
 from persona_refusal.analysis.figures import *  # noqa: F403  (the figure functions, registry and colours)
 from persona_refusal.analysis.figures import size_of
-from persona_refusal.analysis.report import build_report
+from persona_refusal.analysis.report import build_report, render_report
+from persona_refusal.errors import RunFolderError
 from persona_refusal.storage import atomic_write_bytes, atomic_write_text
 
 __all__ = [*_figures.__all__, "make_figures", "build_figures", "build_report", "find_browser"]
@@ -77,24 +78,58 @@ def find_browser() -> str | None:
 
 
 def _write_pngs(figs: dict[str, go.Figure], out_dir: Path) -> list[Path]:
-    """Export every figure as PNG in one kaleido session; atomic per file."""
+    """Export every figure as PNG into ``out_dir`` (a fresh folder) in one kaleido session."""
     names = list(figs)
-    written: list[Path] = []
-    with tempfile.TemporaryDirectory(prefix=".png-", dir=out_dir) as tmp:
-        tmp_paths = [Path(tmp) / f"{n}.png" for n in names]
-        sizes = [size_of(n) for n in names]
-        pio.write_images([figs[n] for n in names], tmp_paths, format="png", width=[w for w, _ in sizes],
+    paths = [out_dir / f"{n}.png" for n in names]
+    sizes = [size_of(n) for n in names]
+    try:
+        pio.write_images([figs[n] for n in names], paths, format="png", width=[w for w, _ in sizes],
                          height=[h for _, h in sizes], scale=1)
-        for n, p in zip(names, tmp_paths):
-            written.append(atomic_write_bytes(out_dir / f"{n}.png", p.read_bytes()))
-    return written
+    except BaseException:
+        for p in paths:  # no half set of PNGs
+            p.unlink(missing_ok=True)
+        raise
+    return paths
+
+
+def _run_folder(run_dir: str | os.PathLike) -> Path:
+    """The run folder of ``run_dir``: the folder itself, or the folder of its ``results.json``."""
+    if str(run_dir) == "":
+        raise RunFolderError("the run folder is empty ('')", hint="give the run folder, e.g. runs/demo")
+    p = Path(run_dir)
+    if p.is_file():
+        if p.name != "results.json":
+            raise RunFolderError(f"{p} is a file, not a run folder",
+                                 hint="give the run folder, or the path of its results.json")
+        return p.parent
+    return p
+
+
+def _check_folder(p: Path, hint: str) -> None:
+    if p.exists() and not p.is_dir():
+        raise RunFolderError(f"{p} exists and is not a folder", hint=hint)
+
+
+def _move_in(src: Path, dest: Path) -> None:
+    """Every file of ``src`` renamed into ``dest`` (or ``src`` renamed to ``dest`` when absent)."""
+    if not dest.exists():
+        os.rename(src, dest)
+        return
+    for f in sorted(src.iterdir()):
+        os.replace(f, dest / f.name)
 
 
 def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str | os.PathLike | None = None) -> list[Path]:
     """Write every figure of a run folder as HTML (and PNG), plus ``report.html``.
 
+    All or nothing: every figure and the report are drawn first, then written into a
+    temporary folder inside the run folder and only then moved into ``figures/`` (files of
+    ``figures/`` that this build does not write are kept). A malformed entry in
+    ``results.json`` raises a one-line :class:`~persona_refusal.errors.RunFolderError`
+    naming the figure and the key, and leaves ``figures/`` and ``report.html`` as they were.
+
     Args:
-        run_dir: a run folder holding ``results.json``.
+        run_dir: a run folder holding ``results.json``, or the path of that file.
         png: also export PNGs (needs Chrome/Chromium; without one, PNGs are skipped with
             a warning and everything else is still written).
         copy_to: also copy the PNGs and ``report.html`` into this folder (e.g. the
@@ -104,44 +139,58 @@ def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str 
         The paths written, in order (figure HTML, ``plotly.min.js``, PNGs, the report,
         then the copies).
     """
-    run_dir = Path(run_dir)
-    results, figs = make_figures(run_dir)
+    run_dir = _run_folder(run_dir)
+    dest = None
+    if copy_to is not None:
+        if str(copy_to) == "":
+            raise RunFolderError("the copy_to folder is empty ('')", hint="give copy_to / --copy-to a folder path")
+        dest = Path(copy_to)
+        _check_folder(dest, "give copy_to / --copy-to a folder path")
+    results, figs = make_figures(run_dir, strict=True)  # raises on a malformed entry: nothing written yet
+    report_text = render_report(results, figs, source=run_dir / "results.json")
     out_dir = run_dir / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    _check_folder(out_dir, "move that file away, then build the figures again")
+    pages = {}
+    for name, fig in figs.items():
+        w, h = size_of(name)
+        pages[name] = pio.to_html(fig, include_plotlyjs="directory", full_html=True, default_width="100%",
+                                  default_height=f"{h}px", config={"displaylogo": False,
+                                                                   "toImageButtonOptions": {"width": w, "height": h}})
 
     js_path = out_dir / "plotly.min.js"
     js = get_plotlyjs()
-    if not js_path.is_file() or js_path.stat().st_size != len(js.encode("utf-8")):
-        atomic_write_text(js_path, js)
-    for name, fig in figs.items():
-        w, h = size_of(name)
-        html = pio.to_html(fig, include_plotlyjs="directory", full_html=True, default_width="100%",
-                           default_height=f"{h}px", config={"displaylogo": False,
-                                                            "toImageButtonOptions": {"width": w, "height": h}})
-        written.append(atomic_write_text(out_dir / f"{name}.html", html))
-    written.append(js_path)
+    tmp = Path(tempfile.mkdtemp(prefix=".figures-", dir=run_dir))
+    try:
+        staged = tmp / "figures"
+        staged.mkdir()
+        for name, page in pages.items():
+            atomic_write_text(staged / f"{name}.html", page)
+        if not js_path.is_file() or js_path.stat().st_size != len(js.encode("utf-8")):
+            atomic_write_text(staged / js_path.name, js)
+        png_names: list[str] = []
+        if png:
+            browser = find_browser()
+            if browser is None:
+                log.warning("no Chrome/Chromium found: PNG figures skipped (install chromium, or set BROWSER_PATH); "
+                            "HTML figures and the report are written")
+            else:
+                try:
+                    png_names = [p.name for p in _write_pngs(figs, staged)]
+                except Exception as e:  # a broken browser must not cost the HTML and the report
+                    log.warning("PNG export failed (%s: %s): PNG figures skipped", type(e).__name__, e)
+        atomic_write_text(tmp / "report.html", report_text)
+        _move_in(staged, out_dir)
+        os.replace(tmp / "report.html", run_dir / "report.html")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    pngs: list[Path] = []
-    if png:
-        browser = find_browser()
-        if browser is None:
-            log.warning("no Chrome/Chromium found: PNG figures skipped (install chromium, or set BROWSER_PATH); "
-                        "HTML figures and the report are written")
-        else:
-            try:
-                pngs = _write_pngs(figs, out_dir)
-            except Exception as e:  # a broken browser must not cost the HTML and the report
-                log.warning("PNG export failed (%s: %s): PNG figures skipped", type(e).__name__, e)
-        written += pngs
-
-    report = build_report(run_dir, results=results, figures=figs)
+    written = [out_dir / f"{name}.html" for name in pages] + [js_path]
+    pngs = [out_dir / n for n in png_names]
+    written += pngs
+    report = run_dir / "report.html"
     written.append(report)
-
-    if copy_to is not None:
-        dest = Path(copy_to)
+    if dest is not None:
         dest.mkdir(parents=True, exist_ok=True)
         for p in pngs + [report]:
             written.append(atomic_write_bytes(dest / p.name, p.read_bytes()))
     return written
-

@@ -32,12 +32,12 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from persona_refusal.analysis.drawing import make_figures
+from persona_refusal.analysis.drawing import bad_results_error, make_figures
 from persona_refusal.analysis.figures import FIGURES, PAPER_NOTE, FieldView, size_of
 from persona_refusal.formatting import finite, pct, pp, rate_parts, rate_text
 from persona_refusal.storage import atomic_write_text
 
-__all__ = ["build_report", "headline", "CAPTIONS"]
+__all__ = ["build_report", "render_report", "headline", "CAPTIONS"]
 
 
 CAPTIONS: Mapping[str, str] = FieldView("caption")
@@ -310,23 +310,36 @@ def _run_info(results: dict) -> str:
     return _table(rows, ["", ""], mono_cols=(1,))
 
 
-def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
-                 figures: dict[str, go.Figure] | None = None) -> Path:
-    """Write ``run_dir/report.html`` and return its path.
-
-    Args:
-        run_dir: a run folder holding ``results.json``.
-        results, figures: already loaded results and drawn figures (as
-            :func:`persona_refusal.analysis.make_figures` returns them), to avoid
-            drawing twice; loaded from ``run_dir`` when omitted.
-    """
-    run_dir = Path(run_dir)
-    if results is None or figures is None:
-        results, figures = make_figures(run_dir)
+def _text_sections(results: dict) -> dict[str, Any]:
+    """Everything of the report that is read from the results (not the figures): cheap, so
+    that a malformed entry can be located by computing it again without one key."""
     model = results.get("model") or {}
-    h = headline(results)
-    fields = _caption_fields(results)
-    title = f"Persona gating of refusal — {model.get('model_id', 'unknown model')}"
+    return {
+        "title": f"Persona gating of refusal — {model.get('model_id', 'unknown model')}",
+        "schema": str(results.get("schema")),
+        "finished": str((results.get("run_info") or {}).get("finished", "n/a")),
+        "headline": headline(results),
+        "fields": _caption_fields(results),
+        "config": _config(results),
+        "prompt_sets": _prompt_sets(results),
+        "rollouts": _rollouts(results),
+        "examples": _examples(results),
+        "run_info": _run_info(results),
+    }
+
+
+def render_report(results: dict, figures: dict[str, go.Figure], *, source: str | os.PathLike = "results.json") -> str:
+    """The text of ``report.html`` for these results and drawn figures.
+
+    Raises:
+        RunFolderError: a malformed entry in the results (one line naming its key; ``source``
+            is the results file named there).
+    """
+    try:
+        sec = _text_sections(results)
+    except Exception as e:
+        raise bad_results_error("the report cannot be written", _text_sections, dict(results), e, source) from None
+    h, fields, title = sec["headline"], sec["fields"], sec["title"]
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -336,8 +349,8 @@ def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
         '<script type="text/javascript">' + get_plotlyjs() + "</script>",
         "</head>", "<body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="sub">persona_refusal gating study · results schema {html.escape(str(results.get("schema")))} · '
-        f'finished {html.escape(str((results.get("run_info") or {}).get("finished", "n/a")))}</p>',
+        f'<p class="sub">persona_refusal gating study · results schema {html.escape(sec["schema"])} · '
+        f'finished {html.escape(sec["finished"])}</p>',
         '<p>Does a compliant persona suppress refusal by <i>gating its expression</i>? The study steers the model '
         'toward a compliant persona, then adds the refusal direction back at every layer in turn: if refusal is '
         'computed early but expressed late (Zhong &amp; Li 2026), re-adding it before the persona is injected '
@@ -366,13 +379,35 @@ def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
         parts += [f'<section id="fig-{name}">', f"<h2>{html.escape(_title(name))}</h2>",
                   f"<figure>{div}<figcaption>{caption}</figcaption></figure>", "</section>"]
     parts += [
-        '<h2 id="config">Configuration</h2>', _config(results),
-        '<h2 id="prompts">Prompt sets</h2>', _prompt_sets(results),
-        '<h2 id="rollouts">Persona rollouts</h2>', _rollouts(results),
+        '<h2 id="config">Configuration</h2>', sec["config"],
+        '<h2 id="prompts">Prompt sets</h2>', sec["prompt_sets"],
+        '<h2 id="rollouts">Persona rollouts</h2>', sec["rollouts"],
         '<h2 id="examples">Example replies</h2>',
         '<p class="note">The first evaluation prompts, unedited model output (judged label above each reply).</p>',
-        _examples(results),
-        '<h2 id="runinfo">Run information</h2>', _run_info(results),
+        sec["examples"],
+        '<h2 id="runinfo">Run information</h2>', sec["run_info"],
         "</body>", "</html>",
     ]
-    return atomic_write_text(run_dir / "report.html", "\n".join(parts) + "\n")
+    return "\n".join(parts) + "\n"
+
+
+def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
+                 figures: dict[str, go.Figure] | None = None) -> Path:
+    """Write ``run_dir/report.html`` and return its path.
+
+    Args:
+        run_dir: a run folder holding ``results.json`` (or that file's path).
+        results, figures: already loaded results and drawn figures (as
+            :func:`persona_refusal.analysis.make_figures` returns them), to avoid
+            drawing twice; loaded from ``run_dir`` when omitted.
+
+    Raises:
+        RunFolderError: a malformed entry in the results (nothing is written).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    if results is None or figures is None:
+        results, figures = make_figures(run_dir)
+    text = render_report(results, figures, source=run_dir / "results.json")
+    return atomic_write_text(run_dir / "report.html", text)

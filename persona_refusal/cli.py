@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     f = sub.add_parser("figures", help="rebuild figures and the HTML report from a run folder (no model needed)")
-    f.add_argument("run_dir", metavar="DIR")
+    f.add_argument("run_dir", metavar="DIR", help="a run folder, or the path of its results.json")
     f.add_argument("--no-png", action="store_true", help="HTML only (PNG export needs Chrome/Chromium)")
     f.add_argument("--copy-to", metavar="FOLDER", help="also copy the PNGs and report there (e.g. figures/)")
 
@@ -66,16 +66,27 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _nonempty(value: str | None, flag: str, example: str) -> None:
+    """An empty (or blank) folder argument would mean the current directory: refuse it."""
+    if value is not None and not value.strip():
+        raise ConfigError(f"{flag} is empty ({value!r})", hint=f"give {flag} a folder path, e.g. {flag} {example}")
+
+
 def _config_from_args(args):
     fields: dict = {}
     if args.config:
         path = Path(args.config)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist", hint="check the path")
+        if not path.is_file():  # a folder, a named pipe (reading it would block), a device
+            raise ConfigError(f"config file {path} is not a regular file", hint="give the path of a JSON file")
         try:
             loaded = json.loads(path.read_text())
         except ValueError as e:
             raise ConfigError(f"config file {path} is not valid JSON ({e})", hint="fix the file") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} holds JSON nested too deeply to read",
+                              hint='write it as {"field": value, ...} with StudyConfig fields') from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a JSON object",
                               hint='write it as {"field": value, ...} with StudyConfig fields')
@@ -98,6 +109,7 @@ def _cmd_run(args) -> int:
     from persona_refusal.models import load_chat_model
     from persona_refusal.study import Study, preset_stages, study_prompts
 
+    _nonempty(args.out, "--out", "runs/demo")
     config = _config_from_args(args)
     stages = args.stages if args.stages is not None else preset_stages(args.preset)
     progress = not args.quiet
@@ -155,14 +167,22 @@ def _print_summary(results: dict, timings: dict) -> None:
 def _cmd_figures(args) -> int:
     from persona_refusal.analysis import build_figures
 
+    if not args.run_dir.strip():
+        raise ConfigError(f"the run folder is empty ({args.run_dir!r})",
+                          hint="give the run folder or its results.json, e.g. persona-refusal figures runs/demo")
+    _nonempty(args.copy_to, "--copy-to", "figures")
     built = build_figures(args.run_dir, png=not args.no_png, copy_to=args.copy_to)
     _say(f"{len(built)} files written:\n" + "\n".join(f"  {p}" for p in built))
     return 0
 
 
 def _cmd_ablation_demo(args) -> int:
-    from persona_refusal.demo import run_ablation_demo
+    from persona_refusal.demo import check_demo_args, run_ablation_demo
 
+    _nonempty(args.out, "--out", "runs/ablation-demo")
+    check_demo_args(args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens)  # before the model loads
+    if not args.model.strip():
+        raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
     res = run_ablation_demo(args.model, args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
                             progress=not args.quiet)
     d, add = res["refusal_direction"], res["addition"]

@@ -14,6 +14,7 @@ and the equivalence of weight orthogonalisation with hook ablation.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from persona_refusal.directions import Direction
+from persona_refusal.errors import ConfigError
 from persona_refusal.extraction import extract_directions
 from persona_refusal.selection import select_refusal_direction
 from persona_refusal.evaluation import (Rate, generate_details, judge_responses, kl_divergence_on, last_logits,
@@ -30,7 +32,75 @@ from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import bundled
 from persona_refusal.storage import write_json
 
-__all__ = ["run_ablation_demo"]
+__all__ = ["run_ablation_demo", "check_demo_args"]
+
+_SPLIT_SIZES = {"n_train": ("train", 128), "n_val": ("val", 32), "n_eval": ("test", 100)}
+"""Prompts per side in each bundled split the demo reads."""
+_FLAGS = {"n_eval": "--n-eval", "max_new_tokens": "--max-new-tokens"}
+"""The ablation-demo flag of each argument that has one."""
+
+
+def _flag(name: str) -> str:
+    """How the fix names an argument: its flag where it has one, else its name."""
+    return _FLAGS.get(name, name)
+
+
+def _whole(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name} must be an integer, got {v!r}", hint="use a whole number")
+    return v
+
+
+def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_positions=None, max_new_tokens=32,
+                    fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0)) -> None:
+    """Check every argument of :func:`run_ablation_demo` before anything is loaded or run:
+    a one-line :class:`~persona_refusal.errors.ConfigError` for the first bad one.
+
+    Example:
+        >>> check_demo_args("runs/x", n_eval=0)
+        Traceback (most recent call last):
+        persona_refusal.errors.ConfigError: n_eval 0 is out of range (use --n-eval 1..100: the bundled test split has 100 prompts per side)
+    """
+    if out is not None:
+        if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+            raise ConfigError(f"the output folder (--out) is empty ({str(out)!r})",
+                              hint="give --out a folder path, e.g. --out runs/ablation-demo (or out=None to write "
+                                   "nothing)")
+        p = Path(out).expanduser()
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"{out} exists and is not a folder", hint="give --out a folder path")
+        parent = p.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"cannot create the output folder {out}: {parent} is not a folder",
+                              hint="give --out a folder path")
+    for name, v in (("n_train", n_train), ("n_val", n_val), ("n_eval", n_eval)):
+        if v is None:
+            continue
+        split, size = _SPLIT_SIZES[name]
+        if not 1 <= _whole(name, v) <= size:
+            raise ConfigError(f"{name} {v} is out of range",
+                              hint=f"use {_flag(name)} 1..{size}: the bundled {split} split has {size} prompts per "
+                                   f"side")
+    if not 1 <= _whole("max_new_tokens", max_new_tokens):
+        raise ConfigError(f"max_new_tokens {max_new_tokens} is out of range",
+                          hint="use --max-new-tokens 1 or more")
+    if selection_positions is not None:
+        if not isinstance(selection_positions, (list, tuple)) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x < 0 for x in selection_positions):
+            raise ConfigError(f"selection_positions must be a list of negative integers, got "
+                              f"{selection_positions!r}", hint="count positions from the end, e.g. [-1] or [-3, -2, -1]")
+    if fallback not in (None, "relative"):
+        raise ConfigError(f"unknown selection fallback {fallback!r}", hint="use None or 'relative'")
+    try:
+        coeffs = [float(c) for c in add_coeffs]
+    except (TypeError, ValueError):
+        raise ConfigError(f"add_coeffs must be a list of numbers, got {add_coeffs!r}",
+                          hint="write it as a list, e.g. [1.0, 2.0, 4.0]") from None
+    if not coeffs or not all(math.isfinite(c) for c in coeffs):
+        raise ConfigError(f"add_coeffs must hold at least one finite strength, got {add_coeffs!r}",
+                          hint="write it as a list, e.g. [1.0, 2.0, 4.0]")
 
 
 def run_ablation_demo(
@@ -65,15 +135,27 @@ def run_ablation_demo(
     Returns:
         The results dictionary (also written to ``out/results.json``).
 
+    Raises:
+        ConfigError: a bad argument (see :func:`check_demo_args`), checked before the model
+            loads; a reply length that does not fit the model's context window, checked
+            right after.
+
     Example:
         >>> results = run_ablation_demo("demo", "runs/ablation-demo", n_eval=20)   # doctest: +SKIP
         >>> results["rates"]["harmful_ablated"]["refusal"]["rate"]                  # doctest: +SKIP
     """
+    check_demo_args(out, n_train=n_train, n_val=n_val, n_eval=n_eval, selection_positions=selection_positions,
+                    max_new_tokens=max_new_tokens, fallback=fallback, add_coeffs=add_coeffs)
     t0 = time.time()
     cm = model if isinstance(model, ChatModel) else load_chat_model(model, progress=progress)
     train_h, train_b = bundled("harmful", "train").head(n_train), bundled("harmless", "train").head(n_train)
     val_h, val_b = bundled("harmful", "val").head(n_val), bundled("harmless", "val").head(n_val)
     test_h, test_b = bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval)
+    if max_new_tokens >= cm.n_ctx:
+        raise ConfigError(f"max_new_tokens {max_new_tokens} does not fit the context window of {cm.n_ctx} tokens",
+                          hint=f"use --max-new-tokens below {cm.n_ctx}")
+    # the replies are generated last: a prompt too long for them fails now, not after the grid
+    cm.tokenize(cm.format(list(test_h) + list(test_b)), reserve=max_new_tokens)
     positions = selection_positions or [-1]
     grid = extract_directions(cm, train_h, train_b, positions=positions, progress=progress)
     refusal, report = select_refusal_direction(cm, grid, val_h, val_b, fallback=fallback, progress=progress)

@@ -26,7 +26,10 @@ provenance. It is saved as ``NAME.safetensors`` (tensors) + ``NAME.json`` (metad
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
+import re
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +58,107 @@ _FORMAT = "persona_refusal.direction/1"
 _Saved = TypeVar("_Saved", bound="DirectionMeta")
 
 
+HOOK_SITES: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+"""The residual-stream hook sites a direction can be read at and edits can act on."""
+_HOOK_RE = re.compile(r"blocks\.(0|[1-9][0-9]*)\.hook_([a-z_]+)")
+
+
 def _hook_for(layer: int, site: str = "resid_pre") -> str:
     return f"blocks.{layer}.hook_{site}"
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message (a tensor by its shape)."""
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+
+
+def as_integer(value: Any, what: str, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int``: ints, numpy integers and 0-d integer tensors are accepted;
+    floats (also ``2.0``), bools, text and the rest raise a one-line :class:`ConfigError`.
+
+    Example:
+        >>> as_integer(3, "layer")
+        3
+        >>> as_integer(2.7, "layer")
+        Traceback (most recent call last):
+        ...
+        persona_refusal.errors.ConfigError: layer must be an integer, got 2.7 (use a whole number)
+    """
+    v = value
+    if isinstance(v, Tensor) and v.ndim == 0 and not (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        kind = "a non-negative integer" if minimum == 0 else "an integer"
+        raise ConfigError(f"{what} must be {kind}, got {_shown(value)}", hint="use a whole number")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{what} must be {'a non-negative integer' if minimum == 0 else f'at least {minimum}'}, got {v}")
+    return v
+
+
+def as_number(value: Any, what: str) -> float:
+    """``value`` as a finite ``float``: ints, floats, numpy scalars and 0-d tensors are
+    accepted (converted with ``float()``); NaN, ±inf, bools, text and the rest raise a
+    one-line :class:`ConfigError`.
+
+    Example:
+        >>> as_number(torch.tensor(2.0), "coeff")
+        2.0
+    """
+    v = value
+    if isinstance(v, Tensor) or type(v).__module__ == "numpy":
+        shape = tuple(getattr(v, "shape", ()))
+        if shape != () or getattr(v, "dtype", None) in (torch.bool, bool) or str(getattr(v, "dtype", "")) == "bool":
+            raise ConfigError(f"{what} must be a finite number, got {_shown(value)}", hint="use one number, e.g. 2.0")
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ConfigError(f"{what} must be a finite number, got {_shown(value)}", hint="use one number, e.g. 2.0")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ConfigError(f"{what} must be a finite number, got {v}", hint="use a finite number")
+    return v
+
+
+def _integers(value: Any, what: str, *, minimum: int | None = None) -> tuple[int, ...]:
+    """A sequence of integers as a tuple (each as :func:`as_integer`), distinct."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{what} must be a list of integers, got {_shown(value)}", hint="write it as a list, e.g. [0, 1, 2]")
+    out = tuple(as_integer(v, f"{what} entry", minimum=minimum) for v in value)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{what} {list(out)} holds a value twice", hint="give each one once")
+    return out
+
+
+def _listed(value: Any) -> Any:
+    """A JSON list as a tuple; anything else as it is (the constructor says what is wrong with it)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _float_tensor(value: Any, what: str, ndim: int) -> Tensor:
+    """``value`` as a tensor of ``ndim`` dimensions and a floating-point dtype (not converted)."""
+    try:
+        t = torch.as_tensor(value)
+    except Exception:
+        raise ConfigError(f"{what} must be a {ndim}-D float tensor, got {_shown(value)}") from None
+    if not torch.is_floating_point(t):
+        raise ConfigError(f"{what} must be floating point, got dtype {str(t.dtype).replace('torch.', '')}",
+                          hint="convert it, e.g. with .float()")
+    if t.ndim != ndim:
+        raise ConfigError(f"{what} must be a {ndim}-D float tensor, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_hook_name(hook_name: Any, layer: int) -> str:
+    """A hook name ``blocks.{layer}.hook_{site}`` with a supported site and this layer."""
+    sites = ", ".join(HOOK_SITES)
+    m = _HOOK_RE.fullmatch(hook_name) if isinstance(hook_name, str) else None
+    if m is None or m.group(2) not in HOOK_SITES:
+        raise ConfigError(f"hook_name {hook_name!r} is not a residual-stream hook this package supports",
+                          hint=f"use blocks.{layer}.hook_SITE with SITE one of {sites}, or leave hook_name out")
+    if int(m.group(1)) != layer:
+        raise ConfigError(f"hook_name {hook_name!r} is at layer {int(m.group(1))}, but the direction's layer is {layer}",
+                          hint="give a hook name of the same layer, or leave hook_name out")
+    return hook_name
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -131,6 +233,12 @@ class DirectionMeta:
     _WHAT: ClassVar[str] = "direction"
     """What the type is called in messages."""
     _META: ClassVar[tuple[str, ...]] = ("name", "model_id", "model_checksum", "n_positive", "n_negative", "provenance")
+    _TENSORS: ClassVar[tuple[str, ...]] = ()
+    """Tensors a saved file of the type must hold."""
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+    """JSON fields a saved file of the type must hold (besides ``format``)."""
+    _KIND: ClassVar[str] = "a direction"
+    """What a file of the type holds, for messages (``"LayerDirections (one vector per layer)"``)."""
 
     def meta(self) -> dict[str, Any]:
         """The shared fields as keyword arguments (provenance copied), for a derived object."""
@@ -172,16 +280,39 @@ class DirectionMeta:
     @classmethod
     def load(cls: type[_Saved], path: str | os.PathLike, *, chat_model: "ChatModel | None" = None,
              allow_transfer: bool = False) -> _Saved:
-        """Load a saved object (either file of the pair), checking it against ``chat_model``."""
+        """Load a saved object (either file of the pair), checking it against ``chat_model``.
+
+        A file of another type (a :class:`LayerDirections` file given to
+        ``Direction.load`` …), a missing field or tensor, or a field of the wrong type
+        raises a one-line error that names the file.
+        """
         t_path, j_path = _paths(path)
-        meta, tensors = _read_pair(t_path, j_path, cls._WHAT)
+        meta, tensors = _read_pair(t_path, j_path, cls)
         defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in cls._META}
         shared = {k: meta.get(k, defaults[k]) for k in cls._META if k != "provenance"}
         shared["provenance"] = meta.get("provenance") or {}
-        obj = cls._from_saved(meta, tensors, shared)
+        try:
+            _check_shared(shared)
+            obj = cls._from_saved(meta, tensors, shared)
+        except ConfigError as e:  # a field of the wrong type or value: name the file
+            raise ConfigError(f"{cls._WHAT} file {j_path}: {e}") from None
         if chat_model is not None:
             obj.check(chat_model, allow_transfer=allow_transfer)
         return obj
+
+
+def _check_shared(shared: dict) -> None:
+    """Types of the shared fields read from a file."""
+    if not isinstance(shared["name"], str):
+        raise ConfigError(f"name must be text, got {_shown(shared['name'])}")
+    for key in ("model_id", "model_checksum"):
+        if shared[key] is not None and not isinstance(shared[key], str):
+            raise ConfigError(f"{key} must be text or null, got {_shown(shared[key])}")
+    for key in ("n_positive", "n_negative"):
+        if shared[key] is not None:
+            shared[key] = as_integer(shared[key], key, minimum=0)
+    if not isinstance(shared["provenance"], dict):
+        raise ConfigError(f"provenance must be a JSON object, got {_shown(shared['provenance'])}")
 
 
 @dataclass(repr=False, eq=False)
@@ -201,26 +332,27 @@ class Direction(DirectionMeta):
     reference: Float[Tensor, "d_model"] | None = None
     """Reference point for affine edits: the negative-class (e.g. harmless) mean."""
     hook_name: str | None = None
-    """Full hook name it was read at; defaults to ``blocks.{layer}.hook_resid_pre``."""
+    """Full hook name it was read at, ``blocks.{layer}.hook_{site}`` with a site of :data:`HOOK_SITES`
+    and this ``layer``; defaults to ``blocks.{layer}.hook_resid_pre``."""
     position: int | None = -1
     """Token position it was read at, counted from the end of the prompt (``-1`` = last)."""
 
     def __post_init__(self) -> None:
-        v = torch.as_tensor(self.vector)
-        if v.ndim != 1 or not torch.is_floating_point(v):
-            raise ConfigError(f"a direction's vector must be a 1-D float tensor, got shape {tuple(v.shape)}")
+        v = _float_tensor(self.vector, "a direction's vector", 1)
         if not bool(torch.isfinite(v).all()) or float(v.norm()) == 0.0:
             raise ConfigError("a direction's vector must be finite and non-zero")
         self.vector = v.detach().to(torch.float32).cpu()
         if self.reference is not None:
-            ref = torch.as_tensor(self.reference).detach().to(torch.float32).cpu()
+            ref = _float_tensor(self.reference, "a direction's reference", 1).detach().to(torch.float32).cpu()
             if ref.shape != self.vector.shape:
                 raise ConfigError(f"reference has shape {tuple(ref.shape)}, vector has {tuple(self.vector.shape)}")
+            if not bool(torch.isfinite(ref).all()):
+                raise ConfigError("a direction's reference mean must be finite (it holds NaN or inf)")
             self.reference = ref
-        if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
-            raise ConfigError(f"layer must be a non-negative int, got {self.layer!r}")
-        if self.hook_name is None:
-            self.hook_name = _hook_for(self.layer)
+        self.layer = as_integer(self.layer, "layer", minimum=0)
+        if self.position is not None:
+            self.position = as_integer(self.position, "position")
+        self.hook_name = _hook_for(self.layer) if self.hook_name is None else _check_hook_name(self.hook_name, self.layer)
 
     # -------------------------------------------------------------- views
     @property
@@ -279,9 +411,13 @@ class Direction(DirectionMeta):
         return {"layer": self.layer, "hook_name": self.hook_name, "position": self.position,
                 "d_model": self.d_model, "norm": self.norm}
 
+    _TENSORS: ClassVar[tuple[str, ...]] = ("vector",)
+    _FIELDS: ClassVar[tuple[str, ...]] = ("layer",)
+    _KIND: ClassVar[str] = "a Direction (one vector)"
+
     @classmethod
     def _from_saved(cls, meta: dict, tensors: dict[str, Tensor], shared: dict) -> "Direction":
-        return cls(vector=tensors["vector"], layer=int(meta["layer"]), reference=tensors.get("reference"),
+        return cls(vector=tensors["vector"], layer=meta["layer"], reference=tensors.get("reference"),
                    hook_name=meta.get("hook_name"), position=meta.get("position"), **shared)
 
     def __repr__(self) -> str:
@@ -293,17 +429,46 @@ class Direction(DirectionMeta):
         )
 
 
-def _read_pair(t_path: Path, j_path: Path, what: str) -> tuple[dict, dict[str, Tensor]]:
+def _saved_types() -> dict[str, type[DirectionMeta]]:
+    """The direction types by the ``format`` their files record."""
+    return {c._FORMAT: c for c in (Direction, LayerDirections, DirectionGrid)}
+
+
+def _read_pair(t_path: Path, j_path: Path, cls: type[DirectionMeta]) -> tuple[dict, dict[str, Tensor]]:
+    """The JSON metadata and the tensors of a saved ``cls``, checked to be a file of that
+    type with every field and tensor it needs."""
+    what, save = cls._WHAT, f"save one with {cls.__name__}.save"
     hint = "save writes a .safetensors and a .json file"
     if not t_path.is_file():
         raise DirectionMismatchError(f"{what} file {t_path} is missing", hint=hint)
     meta = read_json_checked(j_path, DirectionMismatchError, missing=f"{what} file {j_path} is missing", hint=hint)
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("persona_refusal."):
         raise DirectionMismatchError(f"{j_path} is not a persona_refusal {what} file")
+    fmt = str(meta["format"])
+    if fmt != cls._FORMAT:
+        other = _saved_types().get(fmt)
+        article = "a " if cls._KIND.startswith("a ") else ""
+        expected = f"{article}{cls.__name__}"
+        if other is not None:
+            held = other._KIND
+            held = f"a persona_refusal {held[2:]}" if held.startswith("a ") else f"persona_refusal {held}"
+            raise DirectionMismatchError(f"{j_path} holds {held}, not {expected}", hint=save)
+        if fmt.rsplit("/", 1)[0] == cls._FORMAT.rsplit("/", 1)[0]:
+            raise DirectionMismatchError(
+                f"{j_path} is a {what} file in format {fmt!r}, which this version of persona_refusal cannot read "
+                f"(it reads {cls._FORMAT!r})", hint="save it again with this version, or upgrade persona_refusal")
+        raise DirectionMismatchError(f"{j_path} is a persona_refusal file of format {fmt!r}, not {expected}", hint=save)
+    missing = [k for k in cls._FIELDS if k not in meta]
+    if missing:
+        raise DirectionMismatchError(f"{what} file {j_path} has no {missing[0]!r} field", hint=save)
     try:
         tensors = read_tensors(t_path)
     except Exception as e:
         raise DirectionMismatchError(f"{t_path} is not a readable safetensors file ({type(e).__name__})") from None
+    missing = [k for k in cls._TENSORS if k not in tensors]
+    if missing:
+        held = f"it holds {sorted(tensors)}" if tensors else "it holds none"
+        raise DirectionMismatchError(f"{what} file {t_path} has no {missing[0]!r} tensor ({held})", hint=save)
     if meta.get("tensors_sha256") and _tensor_digest(tensors) != meta["tensors_sha256"]:
         raise DirectionMismatchError(f"{t_path} and {j_path} do not belong together (tensor checksum differs)")
     return meta, tensors
@@ -335,16 +500,26 @@ class LayerDirections(DirectionMeta):
 
     _FORMAT: ClassVar[str] = "persona_refusal.layer_directions/1"
     _WHAT: ClassVar[str] = "directions"
+    _TENSORS: ClassVar[tuple[str, ...]] = ("vectors",)
+    _FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
+    _KIND: ClassVar[str] = "LayerDirections (one vector per layer)"
 
     def __post_init__(self) -> None:
-        self.vectors = torch.as_tensor(self.vectors).detach().to(torch.float32).cpu()
-        self.layers = tuple(int(l) for l in self.layers)
-        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.layers):
-            raise ConfigError(f"vectors {tuple(self.vectors.shape)} do not match {len(self.layers)} layers")
+        self.layers = _integers(self.layers, "layers", minimum=0)
+        vectors = torch.as_tensor(self.vectors)
+        if vectors.ndim != 2 or vectors.shape[0] != len(self.layers):
+            raise ConfigError(f"vectors {tuple(vectors.shape)} do not match {len(self.layers)} layers")
+        self.vectors = _float_tensor(vectors, "per-layer vectors", 2).detach().to(torch.float32).cpu()
+        if not bool(torch.isfinite(self.vectors).all()):
+            raise ConfigError(f"{self.name!r}: the per-layer vectors must be finite (they hold NaN or inf)")
         if self.references is not None:
-            self.references = torch.as_tensor(self.references).detach().to(torch.float32).cpu()
+            self.references = _float_tensor(self.references, "references", 2).detach().to(torch.float32).cpu()
             if self.references.shape != self.vectors.shape:
                 raise ConfigError("references must have the shape of vectors")
+            if not bool(torch.isfinite(self.references).all()):
+                raise ConfigError(f"{self.name!r}: the reference means must be finite (they hold NaN or inf)")
+        if self.position is not None:
+            self.position = as_integer(self.position, "position")
 
     @property
     def d_model(self) -> int:
@@ -413,7 +588,7 @@ class LayerDirections(DirectionMeta):
 
     @classmethod
     def _from_saved(cls, meta: dict, tensors: dict[str, Tensor], shared: dict) -> "LayerDirections":
-        return cls(vectors=tensors["vectors"], layers=tuple(meta["layers"]), references=tensors.get("references"),
+        return cls(vectors=tensors["vectors"], layers=_listed(meta["layers"]), references=tensors.get("references"),
                    position=meta.get("position"), **shared)
 
     def __repr__(self) -> str:
@@ -455,6 +630,22 @@ class DirectionGrid(DirectionMeta):
 
     _FORMAT: ClassVar[str] = "persona_refusal.direction_grid/1"
     _WHAT: ClassVar[str] = "direction grid"
+    _TENSORS: ClassVar[tuple[str, ...]] = ("positive_mean", "negative_mean")
+    _FIELDS: ClassVar[tuple[str, ...]] = ("positions", "layers")
+    _KIND: ClassVar[str] = "a DirectionGrid (candidate directions per position and layer)"
+
+    def __post_init__(self) -> None:
+        self.positions = _integers(self.positions, "positions")
+        self.layers = _integers(self.layers, "layers", minimum=0)
+        for key in ("positive_mean", "negative_mean"):
+            t = _float_tensor(getattr(self, key), key, 3)
+            if tuple(t.shape[:2]) != (len(self.positions), len(self.layers)):
+                raise ConfigError(f"{key} has shape {tuple(t.shape)}, not [{len(self.positions)} positions, "
+                                  f"{len(self.layers)} layers, d_model]")
+            setattr(self, key, t)
+        if self.positive_mean.shape != self.negative_mean.shape:
+            raise ConfigError(f"positive_mean {tuple(self.positive_mean.shape)} and negative_mean "
+                              f"{tuple(self.negative_mean.shape)} differ in shape")
 
     @property
     def diff(self) -> Float[Tensor, "n_pos n_layers d_model"]:
@@ -493,8 +684,9 @@ class DirectionGrid(DirectionMeta):
 
     @classmethod
     def _from_saved(cls, meta: dict, tensors: dict[str, Tensor], shared: dict) -> "DirectionGrid":
-        return cls(positive_mean=tensors["positive_mean"].double(), negative_mean=tensors["negative_mean"].double(),
-                   positions=tuple(meta["positions"]), layers=tuple(meta["layers"]), **shared)
+        return cls(positive_mean=_float_tensor(tensors["positive_mean"], "positive_mean", 3).double(),
+                   negative_mean=_float_tensor(tensors["negative_mean"], "negative_mean", 3).double(),
+                   positions=_listed(meta["positions"]), layers=_listed(meta["layers"]), **shared)
 
     def __repr__(self) -> str:
         return (

@@ -25,7 +25,11 @@ no hook is left on the model after the block, also after an exception or Ctrl-C.
   of every matrix and bias that writes to the residual stream. Same logits as the hooks.
 
 Interventions compose in the order given; directions are checked against the model
-first (width, and model identity unless ``allow_transfer``).
+first (width, and model identity unless ``allow_transfer``). Strengths must be finite
+numbers (a 0-d tensor or numpy scalar is taken as its ``float``), the vectors an edit uses
+must be finite, and what it adds (``|coeff·v|``, also summed over the edits applied
+together) must fit the model's float dtype: each is a one-line :class:`ConfigError`
+before any hook is added.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from persona_refusal import ops
-from persona_refusal.directions import Direction, LayerDirections
+from persona_refusal.directions import HOOK_SITES, Direction, LayerDirections, as_integer, as_number
 from persona_refusal.errors import ConfigError
 from persona_refusal.hooks import HookFn, for_condition
 
@@ -90,11 +94,56 @@ class Intervention:
         """A JSON-able description, for results and provenance."""
         return {"type": type(self).__name__}
 
+    def _added_norm(self, chat_model: "ChatModel") -> float:
+        """An upper bound on the norm this edit adds to an activation (0 for edits that only remove)."""
+        return 0.0
+
 
 def _check_direction(direction, chat_model: "ChatModel", allow_transfer: bool) -> None:
     if not isinstance(direction, (Direction, LayerDirections)):
         raise ConfigError(f"expected a Direction or LayerDirections, got {type(direction).__name__}")
     direction.check(chat_model, allow_transfer=allow_transfer)
+
+
+def _check_finite(direction: DirectionLike, layers: Sequence[int], which: str = "vector") -> None:
+    """The vectors (or reference means) an edit uses at ``layers`` hold no NaN or inf (they
+    are checked when made; this catches tensors edited in place since)."""
+    if isinstance(direction, Direction):
+        layers = list(layers)[:1]  # one vector at every layer
+    for layer in layers:
+        v = direction.vector_at(layer) if which == "vector" else direction.reference_at(layer)
+        if v is not None and not bool(torch.isfinite(v).all()):
+            what = "vector" if which == "vector" else "reference mean"
+            where = f" at layer {layer}" if isinstance(direction, LayerDirections) else ""
+            raise ConfigError(f"direction {direction.name!r} has a non-finite {what}{where} (NaN or inf)",
+                              hint="use a direction with finite values")
+
+
+def _max_value(chat_model: "ChatModel") -> float:
+    """The largest finite value of the model's activations (float32 unless the model is in another float dtype)."""
+    dtype = chat_model.model.cfg.dtype
+    return float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).max)
+
+
+def _dtype_name(chat_model: "ChatModel") -> str:
+    dtype = chat_model.model.cfg.dtype
+    return str(dtype if dtype.is_floating_point else torch.float32).replace("torch.", "")
+
+
+def _check_size(size: float, what: str, chat_model: "ChatModel") -> None:
+    """``size`` (a norm that an edit adds to the residual stream) fits the activations' dtype."""
+    if not size <= _max_value(chat_model):  # also catches inf and NaN
+        raise ConfigError(f"{what} adds a vector of norm {size:.3g}, which overflows {_dtype_name(chat_model)} "
+                          f"(largest {_max_value(chat_model):.3g})", hint="use a smaller strength")
+
+
+def _check_stacked(interventions: Sequence["Intervention"], chat_model: "ChatModel") -> None:
+    """The vectors added by all of ``interventions`` together fit the activations' dtype."""
+    total = sum(iv._added_norm(chat_model) for iv in interventions)
+    if len(interventions) > 1 and not total <= _max_value(chat_model):
+        raise ConfigError(f"the {len(interventions)} edits together add vectors of norm up to {total:.3g}, which "
+                          f"overflows {_dtype_name(chat_model)} (largest {_max_value(chat_model):.3g})",
+                          hint="use smaller strengths or fewer additions")
 
 
 def _vec(direction: DirectionLike, layer: int, chat_model: "ChatModel", which: str = "vector") -> Tensor:
@@ -110,7 +159,9 @@ def _layers_of(direction: DirectionLike, layers, chat_model: "ChatModel") -> lis
         if isinstance(direction, LayerDirections):
             return [l for l in direction.layers if l < chat_model.n_layers]
         return list(range(chat_model.n_layers))
-    return [chat_model.check_layer(int(l)) for l in layers]
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise ConfigError(f"layers must be a list of integers, got {layers!r}", hint="write it as a list, e.g. [0, 4, 8]")
+    return [chat_model.check_layer(as_integer(l, "layer")) for l in layers]
 
 
 def _is_zero(v: Tensor) -> bool:
@@ -120,7 +171,7 @@ def _is_zero(v: Tensor) -> bool:
 def _position_index(positions: Sequence[int] | None) -> list[int] | None:
     if positions is None:
         return None
-    pos = [int(p) for p in positions]
+    pos = [as_integer(p, "position") for p in positions]
     if any(p >= 0 for p in pos):
         raise ConfigError(f"positions are counted from the end of the prompt and must be negative, got {pos}")
     return pos
@@ -146,10 +197,10 @@ class Ablate(Intervention):
 
     def validate(self, chat_model: "ChatModel") -> None:
         _check_direction(self.direction, chat_model, self.allow_transfer)
-        bad = [s for s in self.sites if s not in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
+        bad = [s for s in self.sites if s not in HOOK_SITES]
         if bad:
             raise ConfigError(f"unknown hook sites {bad}")
-        _layers_of(self.direction, self.layers, chat_model)
+        _check_finite(self.direction, _layers_of(self.direction, self.layers, chat_model))
 
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         out = []
@@ -194,11 +245,17 @@ class AddVector(Intervention):
     direction: DirectionLike
     """What to add."""
     coeff: float
-    """Strength ``c``."""
+    """Strength ``c``: a finite number (an int, numpy scalar or 0-d tensor is stored as its ``float``)."""
     layer: int | None = None
     """Where (``resid_pre`` index; default: the direction's layer)."""
     allow_transfer: bool = False
     """Use a direction made with another model on purpose."""
+
+    def __post_init__(self) -> None:
+        # A number of any kind (int, numpy scalar, 0-d tensor) is kept as a float; NaN and inf are refused here.
+        object.__setattr__(self, "coeff", as_number(self.coeff, "AddVector strength coeff"))
+        if self.layer is not None:
+            object.__setattr__(self, "layer", as_integer(self.layer, "AddVector layer"))
 
     def _own_layer(self) -> int | None:
         if self.layer is not None:
@@ -209,13 +266,17 @@ class AddVector(Intervention):
         layer = self._own_layer()
         if layer is None:
             raise ConfigError("AddVector with per-layer directions needs an explicit layer")
-        return chat_model.check_layer(int(layer), allow_end=True)
+        return chat_model.check_layer(layer, allow_end=True)
 
     def validate(self, chat_model: "ChatModel") -> None:
         _check_direction(self.direction, chat_model, self.allow_transfer)
-        if not isinstance(self.coeff, (int, float)) or self.coeff != self.coeff or abs(self.coeff) == float("inf"):
-            raise ConfigError(f"strength {self.coeff!r} must be a finite number")
-        self._layer(chat_model)
+        layer = self._layer(chat_model)
+        _check_finite(self.direction, [layer])
+        _check_size(self._added_norm(chat_model), f"AddVector (coeff={self.coeff:g}, layer {layer})", chat_model)
+
+    def _added_norm(self, chat_model: "ChatModel") -> float:
+        v = self.direction.vector_at(self._layer(chat_model))
+        return abs(self.coeff) * float(v.double().norm())
 
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         layer = self._layer(chat_model)
@@ -257,11 +318,14 @@ class AffineEdit(Intervention):
     direction: DirectionLike
     """The direction; needs a ``reference``."""
     alpha: float
-    """Target position along ``r``, in units of ``r``, from the reference."""
+    """Target position along ``r``, in units of ``r``, from the reference (a finite number, stored as a ``float``)."""
     layers: Sequence[int] | None = None
     """Layers to edit (default: the direction's layer; every layer of a ``LayerDirections``)."""
     allow_transfer: bool = False
     """Use a direction made with another model on purpose."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", as_number(self.alpha, "AffineEdit alpha"))
 
     def _layers(self, chat_model: "ChatModel") -> list[int]:
         if self.layers is None and isinstance(self.direction, Direction):
@@ -270,8 +334,18 @@ class AffineEdit(Intervention):
 
     def validate(self, chat_model: "ChatModel") -> None:
         _check_direction(self.direction, chat_model, self.allow_transfer)
-        for layer in self._layers(chat_model):
+        layers = self._layers(chat_model)
+        for layer in layers:
             _vec(self.direction, layer, chat_model, "reference")
+        _check_finite(self.direction, layers)
+        _check_finite(self.direction, layers, "reference")
+        _check_size(self._added_norm(chat_model), f"AffineEdit (alpha={self.alpha:g})", chat_model)
+
+    def _added_norm(self, chat_model: "ChatModel") -> float:
+        # |(μ·r̂) r̂ + α·r| ≤ |μ| + |α|·|r|, at each edited layer
+        sizes = [float(self.direction.reference_at(l).double().norm())
+                 + abs(self.alpha) * float(self.direction.vector_at(l).double().norm()) for l in self._layers(chat_model)]
+        return max(sizes, default=0.0)
 
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         out = []
@@ -338,6 +412,8 @@ class Patch(Intervention):
         pos = _position_index(self.positions)
         if self.source.ndim != 3 or self.source.shape[1] != len(pos):
             raise ConfigError(f"patch source must be [n_prompts, {len(pos)}, d], got {tuple(self.source.shape)}")
+        if not bool(torch.isfinite(self.source).all()):
+            raise ConfigError(f"patch source for {self.hook_name} holds NaN or inf", hint="cache it from a run with finite activations")
 
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         pos = _position_index(self.positions)
@@ -427,6 +503,7 @@ def apply(chat_model: "ChatModel", *interventions: Intervention) -> Iterator["Ch
             raise ConfigError(f"apply() takes interventions, got {type(iv).__name__}")
         iv.validate(chat_model)
         hooks.extend(iv.hooks(chat_model))
+    _check_stacked(interventions, chat_model)
     with chat_model.model.hooks(fwd_hooks=hooks):
         yield chat_model
 
@@ -461,6 +538,7 @@ def apply_conditions(chat_model: "ChatModel", conditions: Sequence[Sequence[Inte
             iv.validate(chat_model)
             for name, fn in iv.hooks(chat_model):
                 hooks.append((name, for_condition(fn, c, state)))
+        _check_stacked(interventions, chat_model)
     with chat_model.model.hooks(fwd_hooks=hooks):
         yield chat_model
 

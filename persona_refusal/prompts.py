@@ -1,4 +1,4 @@
-"""Prompt sets: the package's own, and loaders for the standard file formats.
+r"""Prompt sets: the package's own, and loaders for the standard file formats.
 
 Context
 -------
@@ -18,9 +18,18 @@ probe questions ship too (:func:`personas`).
 * JSON — a list of strings, refusal_direction-style ``{"instruction", "category"}``
   records, or Alpaca-style ``{"instruction", "input", "output"}`` records (a non-empty
   ``input`` is appended to the instruction);
-* JSONL — one string or object per line, as for JSON;
-* TXT — one prompt per line (blank lines skipped);
+* JSONL — one string or object per line, as for JSON (lines end at ``"\n"`` only: a raw
+  U+2028 inside a JSON string is valid JSON and stays in the prompt);
+* TXT — one prompt per line (blank lines skipped). Lines end at ``"\n"``, ``"\r\n"`` or a
+  lone ``"\r"`` (Python's universal newlines) and nowhere else: a form feed, a vertical tab,
+  U+2028/U+2029 or U+0085 inside a line stays inside that prompt (only a leading or
+  trailing one is stripped, as any whitespace is);
 * ``hf://owner/dataset[:split][#column]`` — a Hugging Face hub dataset (needs network).
+
+A prompt is always a string: a JSON item or prompt field that is a number, a boolean, an
+object, a list or ``null`` is an error that names the item, never a prompt written as
+``"5"`` or ``"True"``. A file holding NUL bytes is not text, and a path that is not a
+regular file (a named pipe, a device) is refused before it is opened.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import csv
 import io
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -202,26 +213,27 @@ def load_prompts(
             raise PromptLoadError(f"prompt file {p} does not exist", hint="check the path")
         if p.is_dir():
             raise PromptLoadError(f"{p} is a folder, not a prompt file", hint="give the path of a .csv, .json, .jsonl or .txt file")
-        try:
-            raw = p.read_bytes()
-        except OSError as e:
-            raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}", hint="check its permissions") from None
+        raw = _read_regular_file(p)
+        suffix = p.suffix.lower()
+        if suffix not in (".csv", ".json", ".jsonl", ".txt"):
+            raise PromptLoadError(f"unknown prompt file format {suffix or '(no extension)'} for {p}",
+                                  hint="use .csv, .json, .jsonl or .txt")
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise PromptLoadError(f"{p} is not UTF-8 text", hint="prompt files are .csv, .json, .jsonl or .txt") from None
-        suffix = p.suffix.lower()
+        if "\x00" in text:
+            raise PromptLoadError(f"{p} holds NUL bytes (the first at byte {raw.index(0)}), so it is not a text file",
+                                  hint="prompt files are .csv, .json, .jsonl or .txt")
         if suffix == ".csv":
             items, cats = _from_csv(text, column, xstest_label, p)
         elif suffix == ".json":
             items, cats = _from_records(_parse_json(text, p), column, p)
         elif suffix == ".jsonl":
-            items, cats = _from_records(_parse_jsonl(text, p), column, p)
-        elif suffix == ".txt":
-            items, cats = [line.strip() for line in text.splitlines() if line.strip()], None
-        else:
-            raise PromptLoadError(f"unknown prompt file format {suffix or '(no extension)'} for {p}",
-                                  hint="use .csv, .json, .jsonl or .txt")
+            records, where = _parse_jsonl(text, p)
+            items, cats = _from_records(records, column, p, where)
+        else:  # .txt
+            items, cats = [line.strip() for line in _LINE_END.split(text) if line.strip()], None
         ps = PromptSet(tuple(items), p.name, None if cats is None else tuple(cats), label, str(p))
     if limit is not None:
         ps = ps.head(limit)
@@ -233,37 +245,105 @@ def load_prompts(
     return ps
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+"""Where a .txt line ends: universal newlines (``open()``'s text mode), not every character
+``str.splitlines`` breaks at (form feed, U+2028, ... stay inside the prompt)."""
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(p: Path, mode: int) -> PromptLoadError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return PromptLoadError(f"{p} is {kind}, not a prompt file",
+                           hint="give the path of a regular .csv, .json, .jsonl or .txt file")
+
+
+def _read_regular_file(p: Path) -> bytes:
+    """The bytes of ``p``, refusing anything but a regular file *before* reading it: a named
+    pipe would block forever, a device never end. The file is opened non-blocking and
+    checked again, so a pipe swapped in after the first check cannot block either."""
+    try:
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(p, mode)
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}", hint="check its permissions") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(p, mode)
+        try:
+            return f.read()
+        except OSError as e:
+            raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}", hint="check its permissions") from None
+
+
+_TOO_DEEP = "a prompt file is a list of strings or of flat records"
+
+
 def _parse_json(text: str, p: Path):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptLoadError(f"{p} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise PromptLoadError(f"{p} holds JSON nested too deeply to read", hint=_TOO_DEEP) from None
 
 
-def _parse_jsonl(text: str, p: Path) -> list:
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
+def _parse_jsonl(text: str, p: Path) -> tuple[list, list[str]]:
+    """The records of a JSONL file and where each was (``"line N"``). Lines end at ``"\n"``
+    only (``str.splitlines`` would also split at a U+2028 inside a JSON string)."""
+    out, where = [], []
+    for i, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise PromptLoadError(f"{p} line {i} is not valid JSON ({e.msg})") from None
-    return out
+            except RecursionError:
+                raise PromptLoadError(f"{p} line {i} holds JSON nested too deeply to read", hint=_TOO_DEEP) from None
+            where.append(f"line {i}")
+    return out, where
 
 
-def _pick(record: dict, column: str | None, p) -> str:
+def _json_type(v) -> str:
+    """How a JSON value that is not a string is named in an error."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    if isinstance(v, (int, float)):
+        return f"a number ({v!r})"
+    if isinstance(v, dict):
+        return "a JSON object"
+    if isinstance(v, list):
+        return "a JSON list"
+    return f"a {type(v).__name__}"
+
+
+def _pick(record: dict, column: str | None, p, where: str) -> str:
     if column is not None:
         if column not in record:
             raise PromptLoadError(f"{p} has no field {column!r}")
-        return str(record[column])
-    for key in _TEXT_COLUMNS:
-        if key in record and record[key] is not None:
-            return str(record[key])
-    raise PromptLoadError(f"{p} has records without a prompt field",
-                          hint=f"name the field 'instruction' or 'prompt', or pass column= (fields: {sorted(record)[:6]})")
+        key = column
+    else:
+        key = next((k for k in _TEXT_COLUMNS if k in record and record[k] is not None), None)
+        if key is None:
+            raise PromptLoadError(f"{p} has records without a prompt field",
+                                  hint=f"name the field 'instruction' or 'prompt', or pass column= "
+                                       f"(fields: {sorted(map(str, record))[:6]})")
+    value = record[key]
+    if not isinstance(value, str):
+        raise PromptLoadError(f"{p} {where}: field {key!r} holds {_json_type(value)}, not a prompt",
+                              hint="a prompt is a string: quote it, or remove the record")
+    return value
 
 
-def _from_records(data, column: str | None, p) -> tuple[list[str], list | None]:
+def _from_records(data, column: str | None, p, where: Sequence[str] | None = None) -> tuple[list[str], list | None]:
+    """Prompts (and categories) from JSON records; ``where[i]`` names item ``i`` in errors
+    (default ``"item N"``, counted from 1)."""
     if isinstance(data, dict):
         for key in ("prompts", "instructions", "data", "behaviors"):
             if isinstance(data.get(key), list):
@@ -273,13 +353,15 @@ def _from_records(data, column: str | None, p) -> tuple[list[str], list | None]:
             raise PromptLoadError(f"{p} holds a JSON object, not a list of prompts")
     if not isinstance(data, list):
         raise PromptLoadError(f"{p} does not hold a list of prompts")
+    if where is None or len(where) != len(data):
+        where = [f"item {i}" for i in range(1, len(data) + 1)]
     items, cats, has_cat = [], [], False
-    for rec in data:
+    for rec, at in zip(data, where):
         if isinstance(rec, str):
             items.append(rec.strip())
             cats.append(None)
         elif isinstance(rec, dict):
-            text = _pick(rec, column, p).strip()
+            text = _pick(rec, column, p, at).strip()
             extra = rec.get("input")
             if column is None and "instruction" in rec and isinstance(extra, str) and extra.strip():
                 text = f"{text}\n\n{extra.strip()}"
@@ -288,7 +370,9 @@ def _from_records(data, column: str | None, p) -> tuple[list[str], list | None]:
             has_cat = has_cat or cat is not None
             cats.append(cat)
         else:
-            raise PromptLoadError(f"{p} holds a {type(rec).__name__} where a prompt was expected")
+            raise PromptLoadError(f"{p} {at} is {_json_type(rec)}, not a prompt",
+                                  hint="give each prompt as a string, or as a record with an 'instruction' or "
+                                       "'prompt' string")
     keep = [i for i, t in enumerate(items) if t]
     return [items[i] for i in keep], ([cats[i] for i in keep] if has_cat else None)
 

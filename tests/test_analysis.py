@@ -26,6 +26,7 @@ from persona_refusal import analysis
 from persona_refusal.analysis import figures as F
 from persona_refusal.analysis.figures import FIGURES, STUDY_STAGES, Figure, registry
 from persona_refusal.analysis.report import CAPTIONS, headline
+from persona_refusal.errors import RunFolderError
 from persona_refusal.experiments import load_results
 from persona_refusal.formatting import rate_text
 from persona_refusal.storage import read_json
@@ -422,3 +423,97 @@ def test_only_analysis_imports_plotly():
     assert not offenders, f"plotly imported outside analysis/: {offenders}"
     # the scanner itself sees an import when there is one
     assert _imports_plotly(Path(registry.__file__))
+
+
+# ----------------------------------------------------------------------------- all or nothing
+@pytest.fixture
+def built_run(smoke_run, tmp_path) -> Path:
+    """A copy of the smoke run with its figures and report built once (no PNGs)."""
+    run = _copy_run(smoke_run, tmp_path / "run")
+    analysis.build_figures(run, png=False)
+    return run
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder but results.json, by relative path (hidden ones included)."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != "results.json"}
+
+
+def test_build_figures_accepts_the_results_json_path(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    paths = analysis.build_figures(run / "results.json", png=False)
+    assert run / "figures" / "gating.html" in paths and run / "report.html" in paths
+    assert not (run / "results.json").is_dir() and (run / "figures" / "selection.html").is_file()
+    (run / "other.json").write_text("{}")
+    with pytest.raises(RunFolderError, match=r"other\.json is a file, not a run folder \(give the run "
+                                                      r"folder, or the path of its results\.json\)"):
+        analysis.build_figures(run / "other.json", png=False)
+
+
+@pytest.mark.parametrize("key, value, blamed, figure", [
+    ("gating", [{"layer": "x"}], "key 'gating' entry 0", "figure 'gating' cannot be drawn"),
+    ("gating", 5, "key 'gating' of", "figure 'gating' cannot be drawn"),
+    ("gating", "entry 1", "key 'gating' entry 1", "figure 'gating' cannot be drawn"),
+    ("knockout", {"x": 1}, "key 'knockout'", "figure 'knockout' cannot be drawn"),
+    ("config", 5, "key 'config' of", "the report cannot be written"),
+    ("examples", {"baseline": [5]}, "key 'examples' field 'baseline'", "the report cannot be written"),
+])
+def test_a_malformed_entry_fails_whole_and_leaves_the_figures_as_they_were(built_run, key, value, blamed, figure):
+    before = _snapshot(built_run)
+    r = read_json(built_run / "results.json")
+    if value == "entry 1":
+        r["gating"][1]["layer"] = "x"
+    else:
+        r[key] = value
+    (built_run / "results.json").write_text(json.dumps(r))
+    with pytest.raises(RunFolderError) as info:
+        analysis.build_figures(built_run, png=False, copy_to=built_run.parent / "copies")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{figure}: {blamed}"), message
+    assert f"{built_run / 'results.json'} is malformed (" in message
+    assert message.endswith("(fix or remove that entry; nothing was written and the figures folder is as it was)")
+    assert _snapshot(built_run) == before  # no new, changed or temporary file
+    assert not (built_run.parent / "copies").exists()
+
+
+def test_a_failed_figure_is_still_left_out_when_not_strict(smoke_run, tmp_path, caplog):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    r = read_json(run / "results.json")
+    r["gating"] = [{"layer": "x"}]
+    (run / "results.json").write_text(json.dumps(r))
+    with caplog.at_level(logging.WARNING, logger="persona_refusal.analysis"):
+        _, figs = analysis.make_figures(run)
+    assert list(figs) == [n for n in FIGURE_NAMES if n != "gating"]
+    assert any("'gating' could not be drawn" in rec.getMessage() for rec in caplog.records)
+    with pytest.raises(RunFolderError, match="figure 'gating' cannot be drawn: key 'gating' entry 0"):
+        analysis.make_figures(run, strict=True)
+
+
+def test_a_rebuild_replaces_the_figures_and_keeps_other_files(built_run):
+    notes = built_run / "figures" / "notes.txt"
+    notes.write_text("mine")
+    (built_run / "figures" / "gating.html").write_text("stale")
+    analysis.build_figures(built_run, png=False)
+    assert notes.read_text() == "mine"
+    assert "Plotly.newPlot" in (built_run / "figures" / "gating.html").read_text()
+    assert not [p for p in built_run.iterdir() if p.name.startswith(".figures-")]
+
+
+def test_find_bad_key_names_the_entry():
+    from persona_refusal.analysis.drawing import find_bad_key
+
+    def draw(d):
+        return [int(g["layer"]) for g in d.get("gating") or []] + [len(d.get("names") or {})]
+
+    assert find_bad_key(draw, {"gating": [{"layer": 1}, {"layer": "x"}], "names": {}}) == "'gating' entry 1"
+    assert find_bad_key(draw, {"gating": 5}) == "'gating'"
+    assert find_bad_key(lambda d: 1 / 0, {"a": 1}) is None
+
+
+def test_committed_figures_are_unchanged_by_strict_drawing():
+    # the committed run draws under strict=True exactly as each figure draws it directly
+    _, figs = analysis.make_figures(COMMITTED_RUN, strict=True)
+    committed = load_results(COMMITTED_RUN)
+    for name, fig in figs.items():
+        assert fig.to_json() == FIGURES[name].draw(dict(committed)).to_json(), name

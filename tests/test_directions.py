@@ -15,6 +15,8 @@ import torch
 from persona_refusal.directions import Direction, DirectionGrid, DirectionMeta, LayerDirections
 from persona_refusal.errors import ConfigError, DirectionMismatchError
 
+from conftest import no_typecheck
+
 GOLDEN = Path(__file__).parent / "data" / "directions_v1"
 """Files saved by the code before the shared :class:`DirectionMeta` (made by ``_golden_objects``)."""
 
@@ -36,7 +38,7 @@ def test_direction_validation(no_typecheck):
     with no_typecheck():  # the package's own checks (what users see without the test hook)
         with pytest.raises(ConfigError, match="1-D float"):
             Direction(vector=torch.ones(2, 3), layer=0)
-        with pytest.raises(ConfigError, match="1-D float"):
+        with pytest.raises(ConfigError, match="must be floating point, got dtype int64"):
             Direction(vector=torch.arange(3), layer=0)
         with pytest.raises(ConfigError, match="reference has shape"):
             Direction(vector=torch.ones(3), layer=0, reference=torch.ones(4))
@@ -278,3 +280,178 @@ def test_vector_at_and_reference_at():
     bare = LayerDirections(vectors=vectors, layers=(3, 5, 7))
     assert bare.reference_at(5) is None and not bare.has_reference and ld.has_reference
     assert torch.equal(ld.at(5).vector, ld.vector_at(5))
+
+
+# ----------------------------------------------------------------------------- bad files, bad fields
+def _edited_copy(tmp_path, source: Path, name: str, change=None, tensors=None) -> Path:
+    """A copy of the saved pair ``source`` as ``name``, its JSON changed by ``change(meta)``,
+    its tensors replaced by ``tensors`` (the checksum then dropped)."""
+    import json
+
+    from persona_refusal.storage import write_tensors
+
+    meta = json.loads(source.with_suffix(".json").read_text())
+    shutil.copy(source.with_suffix(".safetensors"), tmp_path / f"{name}.safetensors")
+    if tensors is not None:
+        write_tensors(tmp_path / f"{name}.safetensors", tensors, metadata={"format": "persona_refusal.direction/1"})
+        meta.pop("tensors_sha256")
+    if change is not None:
+        change(meta)
+    (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    return tmp_path / name
+
+
+def _load_error(cls, path, error=DirectionMismatchError) -> str:
+    """The one-line error of ``cls.load(path)``, as users see it (without the test's type-check hook)."""
+    with no_typecheck(), pytest.raises(error) as info:
+        cls.load(path)
+    msg = str(info.value)
+    assert "\n" not in msg and isinstance(info.value, ValueError)
+    return msg
+
+
+@pytest.mark.parametrize("cls, saved, held", [
+    (Direction, "layer_directions", "holds persona_refusal LayerDirections (one vector per layer), not a Direction "
+                                    "(save one with Direction.save)"),
+    (Direction, "grid", "holds a persona_refusal DirectionGrid (candidate directions per position and layer), "
+                        "not a Direction (save one with Direction.save)"),
+    (LayerDirections, "direction", "holds a persona_refusal Direction (one vector), not LayerDirections "
+                                   "(save one with LayerDirections.save)"),
+    (LayerDirections, "grid", "holds a persona_refusal DirectionGrid (candidate directions per position and layer), "
+                              "not LayerDirections (save one with LayerDirections.save)"),
+    (DirectionGrid, "direction", "holds a persona_refusal Direction (one vector), not a DirectionGrid "
+                                 "(save one with DirectionGrid.save)"),
+    (DirectionGrid, "layer_directions", "holds persona_refusal LayerDirections (one vector per layer), not a "
+                                        "DirectionGrid (save one with DirectionGrid.save)"),
+])
+def test_a_file_of_another_type_says_what_it_holds(cls, saved, held):
+    for given in (GOLDEN / saved, GOLDEN / f"{saved}.safetensors", GOLDEN / f"{saved}.json"):
+        assert _load_error(cls, given) == f"{GOLDEN / saved}.json {held}"
+
+
+def test_a_file_of_another_format_is_named(tmp_path):
+    newer = _edited_copy(tmp_path, GOLDEN / "direction", "newer", lambda m: m.update(format="persona_refusal.direction/2"))
+    assert _load_error(Direction, newer) == (
+        f"{newer}.json is a direction file in format 'persona_refusal.direction/2', which this version of "
+        "persona_refusal cannot read (it reads 'persona_refusal.direction/1') (save it again with this version, or "
+        "upgrade persona_refusal)")
+    results = _edited_copy(tmp_path, GOLDEN / "direction", "results", lambda m: m.update(format="persona_refusal.gating/1"))
+    assert _load_error(LayerDirections, results) == (
+        f"{results}.json is a persona_refusal file of format 'persona_refusal.gating/1', not LayerDirections "
+        "(save one with LayerDirections.save)")
+
+
+@pytest.mark.parametrize("cls, saved, key", [
+    (Direction, "direction", "layer"), (LayerDirections, "layer_directions", "layers"),
+    (DirectionGrid, "grid", "positions"), (DirectionGrid, "grid", "layers"),
+])
+def test_a_missing_field_is_named(tmp_path, cls, saved, key):
+    path = _edited_copy(tmp_path, GOLDEN / saved, "no_field", lambda m: m.pop(key))
+    assert _load_error(cls, path) == (f"{cls._WHAT} file {path}.json has no {key!r} field "
+                                      f"(save one with {cls.__name__}.save)")
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), (2.7, "2.7"), (2.0, "2.0"), (True, "True"), (-1, "-1"),
+                                          (None, "None"), ([2], "[2]")])
+def test_a_bad_layer_in_the_file_is_refused_not_truncated(tmp_path, value, shown):
+    path = _edited_copy(tmp_path, GOLDEN / "direction", "bad_layer", lambda m: m.update(layer=value))
+    msg = _load_error(Direction, path, ConfigError)
+    if value == -1:
+        assert msg == f"direction file {path}.json: layer must be a non-negative integer, got -1"
+    else:
+        assert msg == f"direction file {path}.json: layer must be a non-negative integer, got {shown} (use a whole number)"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(hook_name="evil.hook"),
+     "hook_name 'evil.hook' is not a residual-stream hook this package supports (use blocks.2.hook_SITE with SITE one "
+     "of resid_pre, resid_mid, resid_post, attn_out, mlp_out, or leave hook_name out)"),
+    (lambda m: m.update(hook_name="blocks.2.attn.hook_z"), "hook_name 'blocks.2.attn.hook_z' is not a residual-stream"),
+    (lambda m: m.update(hook_name="blocks.2.hook_nothing"), "hook_name 'blocks.2.hook_nothing' is not a residual-stream"),
+    (lambda m: m.update(hook_name=7), "hook_name 7 is not a residual-stream"),
+    (lambda m: m.update(hook_name="blocks.3.hook_resid_pre"),
+     "hook_name 'blocks.3.hook_resid_pre' is at layer 3, but the direction's layer is 2 (give a hook name of the same "
+     "layer, or leave hook_name out)"),
+    (lambda m: m.update(position="last"), "position must be an integer, got 'last' (use a whole number)"),
+    (lambda m: m.update(position=-1.5), "position must be an integer, got -1.5"),
+    (lambda m: m.update(name=5), "name must be text, got 5"),
+    (lambda m: m.update(model_id=["m"]), "model_id must be text or null, got ['m']"),
+    (lambda m: m.update(n_positive="three"), "n_positive must be a non-negative integer, got 'three'"),
+    (lambda m: m.update(provenance=[1]), "provenance must be a JSON object, got [1]"),
+])
+def test_bad_fields_in_the_file_are_refused(tmp_path, change, message):
+    path = _edited_copy(tmp_path, GOLDEN / "direction", "bad", change)
+    assert _load_error(Direction, path, ConfigError).startswith(f"direction file {path}.json: {message}")
+
+
+def test_bad_list_fields_in_the_file_are_refused(tmp_path):
+    for cls, saved, change, message in [
+        (LayerDirections, "layer_directions", lambda m: m.update(layers="012"),
+         "layers must be a list of integers, got '012'"),
+        (LayerDirections, "layer_directions", lambda m: m.update(layers=[0, 1.5, 2]),
+         "layers entry must be a non-negative integer, got 1.5"),
+        (LayerDirections, "layer_directions", lambda m: m.update(layers=[0, 1, 1]), "layers [0, 1, 1] holds a value twice"),
+        (LayerDirections, "layer_directions", lambda m: m.update(layers=[0, 1]), "vectors (3, 4) do not match 2 layers"),
+        (DirectionGrid, "grid", lambda m: m.update(positions=["-1", -2]), "positions entry must be an integer, got '-1'"),
+        (DirectionGrid, "grid", lambda m: m.update(layers=[0, 1, 2, 3]),
+         "positive_mean has shape (2, 3, 4), not [2 positions, 4 layers, d_model]"),
+    ]:
+        path = _edited_copy(tmp_path, GOLDEN / saved, "bad", change)
+        msg = _load_error(cls, path, ConfigError)
+        assert msg.startswith(f"{cls._WHAT} file {path}.json: {message}"), msg
+
+
+@pytest.mark.parametrize("cls, saved, tensors, message", [
+    (Direction, "direction", {"weights": torch.ones(4)}, "has no 'vector' tensor (it holds ['weights'])"),
+    (Direction, "direction", {"reference": torch.ones(4)}, "has no 'vector' tensor (it holds ['reference'])"),
+    (LayerDirections, "layer_directions", {"vector": torch.ones(4)}, "has no 'vectors' tensor (it holds ['vector'])"),
+    (DirectionGrid, "grid", {"positive_mean": torch.ones(2, 3, 4)}, "has no 'negative_mean' tensor (it holds ['positive_mean'])"),
+])
+def test_a_missing_tensor_is_named(tmp_path, cls, saved, tensors, message):
+    path = _edited_copy(tmp_path, GOLDEN / saved, "no_tensor", tensors=tensors)
+    assert _load_error(cls, path) == (f"{cls._WHAT} file {path}.safetensors {message} "
+                                      f"(save one with {cls.__name__}.save)")
+
+
+def test_integer_tensors_are_refused_for_their_dtype(tmp_path):
+    with no_typecheck():
+        for make in (lambda: Direction(vector=torch.arange(1, 4), layer=0),
+                     lambda: Direction(vector=torch.ones(3), layer=0, reference=torch.arange(3)),
+                     lambda: LayerDirections(vectors=torch.ones(2, 3, dtype=torch.int64), layers=(0, 1))):
+            with pytest.raises(ConfigError, match=r"must be floating point, got dtype int64 \(convert it, e\.g\. with "
+                                                  r"\.float\(\)\)"):
+                make()
+    path = _edited_copy(tmp_path, GOLDEN / "direction", "int", tensors={"vector": torch.arange(1, 5)})
+    assert _load_error(Direction, path, ConfigError) == (
+        f"direction file {path}.json: a direction's vector must be floating point, got dtype int64 (convert it, "
+        "e.g. with .float())")
+
+
+def test_layers_and_hook_names_are_checked_when_made():
+    import numpy as np
+
+    v = torch.ones(4)
+    with no_typecheck():  # the annotations say int; what users see without the test hook
+        for layer in (2.7, 2.0, True, "2", None):
+            with pytest.raises(ConfigError, match=r"layer must be a non-negative integer, got .* \(use a whole number\)"):
+                Direction(vector=v, layer=layer)
+        assert Direction(vector=v, layer=np.int64(2)).layer == 2 and type(Direction(vector=v, layer=np.int64(2)).layer) is int
+        assert Direction(vector=v, layer=torch.tensor(3)).hook_name == "blocks.3.hook_resid_pre"
+        with pytest.raises(ConfigError, match="position must be an integer, got -1.5"):
+            Direction(vector=v, layer=1, position=-1.5)
+        with pytest.raises(ConfigError, match="layers entry must be a non-negative integer, got 1.5"):
+            LayerDirections(vectors=torch.ones(2, 4), layers=(0, 1.5))
+        with pytest.raises(ConfigError, match="holds a value twice"):
+            LayerDirections(vectors=torch.ones(2, 4), layers=(1, 1))
+        with pytest.raises(ConfigError, match="positions entry must be an integer"):
+            DirectionGrid(positive_mean=torch.ones(1, 1, 4), negative_mean=torch.ones(1, 1, 4), positions=(-1.0,), layers=(0,))
+    for name in ("evil.hook", "blocks.2.hook_attn_scores", "blocks.2.attn.hook_z", "blocks.02.hook_resid_pre",
+                 "blocks.2.hook_resid_pre.x"):
+        with pytest.raises(ConfigError, match="is not a residual-stream hook this package supports"):
+            Direction(vector=v, layer=2, hook_name=name)
+    with pytest.raises(ConfigError, match="is at layer 1, but the direction's layer is 2"):
+        Direction(vector=v, layer=2, hook_name="blocks.1.hook_resid_pre")
+    for site in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
+        assert Direction(vector=v, layer=2, hook_name=f"blocks.2.hook_{site}").hook_name == f"blocks.2.hook_{site}"
+    d = Direction(vector=v, layer=2, hook_name="blocks.2.hook_mlp_out")
+    assert d.replace(layer=3).hook_name == "blocks.3.hook_resid_pre"  # a new layer gets its default hook

@@ -300,8 +300,9 @@ def test_validation_errors(tiny, prompts, make_direction, no_typecheck):
     check(AddVector(d.replace(layer=7), 1.0), match="out of range")
     check(Ablate(d, layers=[4]), match="out of range")
     check(AffineEdit(d, 0.0, layers=[-1]), match="out of range")
-    check(AddVector(d, float("nan")), match="finite")
-    check(AddVector(d, float("inf")), match="finite")
+    for bad in (float("nan"), float("inf"), -float("inf")):  # refused when the edit is made
+        with pytest.raises(ConfigError, match="coeff must be a finite number"):
+            AddVector(d, bad)
     check(Ablate(d, sites=["resid_pre", "hook_z"]), match="unknown hook sites")
     check(Patch("blocks.1.hook_nothing", torch.zeros(5, 1, 64)), match="unknown hook point")
     check(Patch("blocks.1.hook_resid_pre", torch.zeros(5, 2, 64), (-1,)), match="patch source")
@@ -345,3 +346,117 @@ def test_hooks_compute_exactly_the_ops_functions(tiny, make_direction):
         assert torch.equal(add(act, hook=None), ops.add_vector(act, ld.vector_at(2), 2.5))
         (_, affine), = AffineEdit(d, 0.5).hooks(tiny)
         assert torch.equal(affine(act, hook=None), ops.affine_edit(act, d.vector, d.reference, 0.5))
+
+
+# ----------------------------------------------------------------------------- non-finite numbers and overflow
+def _one_line(info) -> str:
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: AddVector(d, float("nan")),
+    lambda d: AddVector(d, float("-inf")),
+    lambda d: AffineEdit(d, float("nan")),
+    lambda d: AffineEdit(d, float("inf")),
+], ids=["add-nan", "add-inf", "affine-nan", "affine-inf"])
+def test_non_finite_strengths_are_refused_when_made(make_direction, make):
+    with pytest.raises(ConfigError, match="must be a finite number") as info:
+        make(make_direction())
+    _one_line(info)
+
+
+def test_coefficients_of_any_number_type_are_floats(tiny, prompts, make_direction, no_typecheck):
+    import numpy as np
+
+    d = make_direction(model=tiny, seed=6)
+    want = last_logits(tiny, prompts, interventions=[AddVector(d, 2.0)], progress=False)
+    with no_typecheck():  # the annotation says float; what users pass without the test hook
+        for coeff in (torch.tensor(2.0), torch.tensor(2, dtype=torch.int32), np.float32(2.0), np.float64(2.0), np.int64(2), 2):
+            edit = AddVector(d, coeff)
+            assert type(edit.coeff) is float and edit.coeff == 2.0 and edit.describe()["coeff"] == 2.0
+            assert torch.equal(last_logits(tiny, prompts, interventions=[edit], progress=False), want)
+        assert AffineEdit(d, torch.tensor(0.5)).alpha == 0.5 and type(AffineEdit(d, np.float32(0.5)).alpha) is float
+        for bad, shown in ((torch.tensor([2.0]), "a tensor of shape (1,)"), ("2", "'2'"), (True, "True"),
+                           (torch.tensor(float("nan")), "nan"), (None, "None")):
+            with pytest.raises(ConfigError, match="coeff must be a finite number") as info:
+                AddVector(d, bad)
+            assert shown in _one_line(info)
+        with pytest.raises(ConfigError, match="AddVector layer must be an integer, got 2.7"):
+            AddVector(d, 1.0, layer=2.7)  # not truncated to 2
+        assert AddVector(d, 1.0, layer=np.int64(2)).layer == 2
+        with pytest.raises(ConfigError, match="layer must be an integer, got 1.5"):
+            with apply(tiny, Ablate(d, layers=[1.5])):
+                pass
+        with pytest.raises(ConfigError, match="position must be an integer"):
+            with apply(tiny, Patch("blocks.1.hook_resid_pre", torch.zeros(2, 1, 64), (-1.5,))):
+                pass
+
+
+def _poison(t: torch.Tensor, value: float) -> None:
+    t[3] = value  # in place, after the direction was made and checked
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_vectors_are_refused_before_any_hook(tiny, make_direction, assert_no_hooks, value):
+    from persona_refusal.directions import LayerDirections
+
+    for which, make in (("vector", lambda d: Ablate(d)), ("vector", lambda d: AddVector(d, 1.0)),
+                        ("vector", lambda d: AffineEdit(d, 0.0)), ("reference mean", lambda d: AffineEdit(d, 0.0))):
+        d = make_direction(model=tiny, seed=7)
+        _poison(d.vector if which == "vector" else d.reference, value)
+        with pytest.raises(ConfigError, match=rf"direction 'test' has a non-finite {which} \(NaN or inf\)") as info:
+            with apply(tiny, make(d)):
+                pass
+        _one_line(info)
+        assert_no_hooks(tiny.model)
+    ld = LayerDirections(vectors=torch.ones(tiny.n_layers, 64), layers=tuple(range(tiny.n_layers)), model_id=tiny.model_id)
+    ld.vectors[2, 0] = value
+    with pytest.raises(ConfigError, match="non-finite vector at layer 2"):
+        with apply(tiny, Ablate(ld)):
+            pass
+    with apply(tiny, AddVector(ld, 1.0, layer=1)):  # a layer without the bad row is fine
+        pass
+    source = torch.zeros(2, 1, 64)
+    source[1, 0, 5] = value
+    with pytest.raises(ConfigError, match="patch source for blocks.1.hook_resid_pre holds NaN or inf"):
+        with apply(tiny, Patch("blocks.1.hook_resid_pre", source)):
+            pass
+
+
+def test_a_direction_with_a_non_finite_reference_is_refused(no_typecheck):
+    from persona_refusal.directions import Direction, LayerDirections
+
+    with pytest.raises(ConfigError, match="reference mean must be finite"):
+        Direction(vector=torch.ones(4), layer=1, reference=torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+    with pytest.raises(ConfigError, match="reference means must be finite"):
+        LayerDirections(vectors=torch.ones(2, 4), layers=(0, 1), references=torch.full((2, 4), float("inf")))
+    with pytest.raises(ConfigError, match="per-layer vectors must be finite"):
+        LayerDirections(vectors=torch.full((2, 4), float("nan")), layers=(0, 1))
+
+
+def test_additions_that_overflow_are_refused(tiny, prompts, make_direction, assert_no_hooks):
+    d = make_direction(model=tiny, seed=9)  # |v| ≈ 24
+    big = 2e38 / d.norm  # |c·v| = 2e38: finite in float32, two of them are not
+    with pytest.raises(ConfigError, match=r"AddVector \(coeff=1e\+38, layer 1\) adds a vector of norm .*, which overflows "
+                                          r"float32 \(largest 3\.4e\+38\) \(use a smaller strength\)") as info:
+        with apply(tiny, AddVector(d, 1e38)):
+            pass
+    _one_line(info)
+    with pytest.raises(ConfigError, match="AffineEdit .* overflows float32"):
+        with apply(tiny, AffineEdit(d, 1e38)):
+            pass
+    logits = last_logits(tiny, prompts, interventions=[AddVector(d, big)], progress=False)
+    assert bool(torch.isfinite(logits).all())  # one of them: accepted, and finite logits
+    with pytest.raises(ConfigError, match=r"the 2 edits together add vectors of norm up to 4e\+38, which overflows "
+                                          r"float32 .*\(use smaller strengths or fewer additions\)") as info:
+        last_logits(tiny, prompts, interventions=[AddVector(d, big), AddVector(d, big, layer=2)], progress=False)
+    _one_line(info)
+    assert_no_hooks(tiny.model)
+    from persona_refusal.evaluation import generate_conditions
+
+    with pytest.raises(ConfigError, match="the 2 edits together"):  # per condition in a multi-condition batch
+        generate_conditions(tiny, prompts[:1], [[AddVector(d, big)], [AddVector(d, big), AddVector(d, big, layer=2)]],
+                            max_new_tokens=1, progress=False)
+    assert_no_hooks(tiny.model)

@@ -218,3 +218,101 @@ def test_errors_are_one_line(tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
     assert "not UTF-8" in _one_line_error(latin1)
+
+
+# ----------------------------------------------------------------------------- line breaks, types, odd files
+def test_jsonl_keeps_a_raw_line_separator_inside_a_string(tmp_path):
+    # U+2028 and U+2029 may appear raw inside a JSON string; str.splitlines() would split there
+    p = tmp_path / "sep.jsonl"
+    p.write_text('{"prompt": "one\u2028two"}\n"three\u2029four"\r\n{"instruction": "five\x85six"}\n', encoding="utf-8")
+    assert load_prompts(p).instructions == ("one\u2028two", "three\u2029four", "five\x85six")
+
+
+def test_txt_lines_end_at_newlines_only(tmp_path):
+    # one prompt per \n, \r\n or lone \r line; form feed, vertical tab, U+2028/U+2029 and U+0085
+    # inside a line stay in that prompt (at its edges they are whitespace, stripped)
+    p = tmp_path / "breaks.txt"
+    p.write_text("page one\x0cpage two\nline\u2028sep\r\npara\u2029sep\rtab\x0bbed\nnel\x85here\n\x0c\n\u2028edge\u2028\n",
+                 encoding="utf-8", newline="")
+    assert load_prompts(p).instructions == ("page one\x0cpage two", "line\u2028sep", "para\u2029sep", "tab\x0bbed",
+                                            "nel\x85here", "edge")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_deeply_nested_json_is_one_line_error(tmp_path, suffix):
+    deep = "[" * 100_000 + "]" * 100_000
+    p = _write(tmp_path / f"deep{suffix}", deep if suffix == ".json" else f'"fine"\n{deep}\n')
+    message = _one_line_error(p)
+    assert message.startswith(f"{p} {'line 2 ' if suffix == '.jsonl' else ''}holds JSON nested too deeply to read")
+
+
+@pytest.mark.parametrize("item, shown", [
+    ("5", "a number (5)"), ("2.5", "a number (2.5)"), ("true", "a boolean (true)"), ("null", "null"),
+    ('["a"]', "a JSON list"),
+])
+def test_json_items_that_are_not_strings_are_refused(tmp_path, item, shown):
+    p = _write(tmp_path / "items.json", f'["fine", {item}]')
+    assert _one_line_error(p) == (f"{p} item 2 is {shown}, not a prompt (give each prompt as a string, or as a "
+                                  f"record with an 'instruction' or 'prompt' string)")
+
+
+@pytest.mark.parametrize("value, shown", [
+    ('{"text": "x"}', "a JSON object"), ("7", "a number (7)"), ("false", "a boolean (false)"), ('["x"]', "a JSON list"),
+])
+def test_prompt_fields_that_are_not_strings_are_refused(tmp_path, value, shown):
+    p = _write(tmp_path / "records.json", f'[{{"instruction": "fine"}}, {{"instruction": {value}}}]')
+    assert _one_line_error(p) == (f"{p} item 2: field 'instruction' holds {shown}, not a prompt (a prompt is a "
+                                  f"string: quote it, or remove the record)")
+    q = _write(tmp_path / "records.jsonl", f'"fine"\n\n{{"prompt": {value}}}\n')
+    assert _one_line_error(q).startswith(f"{q} line 3: field 'prompt' holds {shown}, not a prompt")
+    r = _write(tmp_path / "column.json", f'[{{"q": {value}}}]')
+    assert _one_line_error(r, column="q").startswith(f"{r} item 1: field 'q' holds {shown}")
+    s = _write(tmp_path / "null.json", '[{"q": null}]')
+    assert "field 'q' holds null" in _one_line_error(s, column="q")
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json", ".jsonl", ".csv"])
+def test_a_file_of_nul_bytes_is_not_text(tmp_path, suffix):
+    p = tmp_path / f"zeros{suffix}"
+    p.write_bytes(b"\x00" * 64)
+    assert _one_line_error(p) == (f"{p} holds NUL bytes (the first at byte 0), so it is not a text file (prompt "
+                                  f"files are .csv, .json, .jsonl or .txt)")
+    q = tmp_path / f"late{suffix}"
+    q.write_bytes(b"prompt\n\x00\n")
+    assert "the first at byte 7" in _one_line_error(q)
+
+
+def test_a_named_pipe_is_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def load():
+        try:
+            outcome.append(load_prompts(fifo))
+        except Exception as e:  # noqa: BLE001  (the outcome is checked below)
+            outcome.append(e)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    if worker.is_alive():  # the loader blocked on the pipe: release it (a writer that closes at once), then fail
+        with open(fifo, "wb"):
+            pass
+        worker.join(timeout=30)
+        pytest.fail("load_prompts blocked on a named pipe")
+    (err,) = outcome
+    assert isinstance(err, PromptLoadError)
+    assert str(err) == (f"{fifo} is a named pipe (FIFO), not a prompt file (give the path of a regular .csv, .json, "
+                        f".jsonl or .txt file)")
+
+
+def test_a_device_is_refused():
+    import os
+
+    if not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null here")
+    assert _one_line_error("/dev/null").startswith("/dev/null is a character device, not a prompt file")

