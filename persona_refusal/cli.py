@@ -95,7 +95,8 @@ def _config_from_args(args):
     fields.update(flags_to_fields(args))
     for path_field in ("train_harmful", "train_harmless", "val_harmful", "val_harmless", "eval_harmful", "eval_harmless",
                        "refusal_direction", "persona_direction"):
-        if fields.get(path_field) and not str(fields[path_field]).startswith("hf://"):
+        value = fields.get(path_field)
+        if isinstance(value, str) and value and not value.startswith("hf://"):  # other types: the field check says so
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
     try:
         return StudyConfig.preset(args.preset, **fields)
@@ -146,11 +147,15 @@ def _print_summary(results: dict, timings: dict) -> None:
     def pct(rate, ci):
         return f"{100 * rate:5.1f}%  [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
-    lines = ["", f"model {results['model']['model_id']}  ({results['model']['n_layers']} layers)",
-             f"refusal direction: layer {results['refusal_direction']['layer']}, persona steering at layer "
-             f"{results['steering']['persona_layer']} (alpha {results['steering']['persona_alpha']})",
-             f"refusal rate, baseline: {pct(results['baseline_refusal_rate'], results['baseline_refusal_ci'])}",
-             f"refusal rate, persona:  {pct(results['persona_refusal_rate'], results['persona_refusal_ci'])}"]
+    lines = ["", f"model {results['model']['model_id']}  ({results['model']['n_layers']} layers)"]
+    if "refusal_direction" in results:  # a run of some stages (--stages) has only their keys
+        lines.append(f"refusal direction: layer {results['refusal_direction']['layer']}")
+    if "steering" in results:
+        lines.append(f"persona steering at layer {results['steering']['persona_layer']} "
+                     f"(alpha {results['steering']['persona_alpha']})")
+    if "baseline_refusal_rate" in results:
+        lines += [f"refusal rate, baseline: {pct(results['baseline_refusal_rate'], results['baseline_refusal_ci'])}",
+                  f"refusal rate, persona:  {pct(results['persona_refusal_rate'], results['persona_refusal_ci'])}"]
     for c in results.get("gating_confirm", []):
         lines.append(f"persona + refusal re-added at layer {c['layer']:>2} ({c['cell']}): "
                      f"{pct(c['refusal']['rate'], c['refusal']['ci'])}")
