@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -147,3 +149,19 @@ def assert_one_line_error(res: Result, out: Path | None = None) -> str:
     if out is not None:
         assert not (out / "results.json").exists()
     return lines[0]
+
+
+def run_bad_case(cli, inputs: Path, tmp_path: Path, case: str, args: list, expected: str, *, setup: str = "",
+                 run: list | None = None) -> Path:
+    """Run one bad-input case in a copy of ``inputs``: ``run`` (default :data:`RUN`) with
+    ``--out`` and ``args``, or ``args`` alone when they name a command. Checks a one-line
+    error matching ``expected`` and that no output folder was created; returns the work folder."""
+    work = tmp_path / "work"
+    shutil.copytree(inputs, work)
+    out = work / "out"
+    argv = [*(run or RUN), "--out", out, *args] if str(args[0]).startswith("--") else args
+    res = cli(argv, cwd=work, setup=setup)
+    line = assert_one_line_error(res, out)
+    assert re.fullmatch(expected, line), f"\n{line}\n{expected}"
+    assert not out.exists(), f"{case}: the output folder was created before the error"
+    return work

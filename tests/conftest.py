@@ -24,6 +24,7 @@ Set ``PERSONA_REFUSAL_TYPECHECK=0`` to run the tier without the hook.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 import os
 import socket
 import sys
@@ -289,3 +290,22 @@ def run_smoke_study(out) -> None:
         run_gating_study(GatingConfig.preset("smoke", model="tiny"), out, progress=False)
     finally:
         jaxtyping.config.update("jaxtyping_disable", old)
+
+
+def edited_copy(source: Path, dest: Path, change=None, tensors=None) -> Path:
+    """A copy of the saved direction pair ``source`` (a NAME stem) as ``dest``, its JSON changed
+    by ``change(meta)`` and its tensors replaced by ``tensors`` (the checksum then dropped)."""
+    import json
+    import shutil
+
+    from persona_refusal.storage import write_tensors
+
+    meta = json.loads(source.with_suffix(".json").read_text())
+    shutil.copy(source.with_suffix(".safetensors"), dest.with_suffix(".safetensors"))
+    if tensors is not None:
+        write_tensors(dest.with_suffix(".safetensors"), tensors, metadata={"format": "persona_refusal.direction/1"})
+        meta.pop("tensors_sha256")
+    if change is not None:
+        change(meta)
+    dest.with_suffix(".json").write_text(json.dumps(meta))
+    return dest

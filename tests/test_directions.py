@@ -15,7 +15,7 @@ import torch
 from persona_refusal.directions import Direction, DirectionGrid, DirectionMeta, LayerDirections
 from persona_refusal.errors import ConfigError, DirectionMismatchError
 
-from conftest import no_typecheck
+from conftest import edited_copy, no_typecheck
 
 GOLDEN = Path(__file__).parent / "data" / "directions_v1"
 """Files saved by the code before the shared :class:`DirectionMeta` (made by ``_golden_objects``)."""
@@ -284,21 +284,8 @@ def test_vector_at_and_reference_at():
 
 # ----------------------------------------------------------------------------- bad files, bad fields
 def _edited_copy(tmp_path, source: Path, name: str, change=None, tensors=None) -> Path:
-    """A copy of the saved pair ``source`` as ``name``, its JSON changed by ``change(meta)``,
-    its tensors replaced by ``tensors`` (the checksum then dropped)."""
-    import json
-
-    from persona_refusal.storage import write_tensors
-
-    meta = json.loads(source.with_suffix(".json").read_text())
-    shutil.copy(source.with_suffix(".safetensors"), tmp_path / f"{name}.safetensors")
-    if tensors is not None:
-        write_tensors(tmp_path / f"{name}.safetensors", tensors, metadata={"format": "persona_refusal.direction/1"})
-        meta.pop("tensors_sha256")
-    if change is not None:
-        change(meta)
-    (tmp_path / f"{name}.json").write_text(json.dumps(meta))
-    return tmp_path / name
+    """A copy of the saved pair ``source`` as ``name`` (see ``conftest.edited_copy``)."""
+    return edited_copy(source, tmp_path / name, change, tensors)
 
 
 def _load_error(cls, path, error=DirectionMismatchError) -> str:

