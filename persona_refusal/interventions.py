@@ -85,10 +85,14 @@ class Intervention:
         """``(hook_name, fn)`` pairs; ``fn(act, hook)`` returns the edited activation."""
         raise NotImplementedError
 
+    def hook_layers(self, chat_model: "ChatModel") -> list[int]:
+        """The blocks whose hooks this edit uses (from its TransformerLens hook names), sorted."""
+        return sorted({int(name.split(".")[1]) for name, _ in self.hooks(chat_model) if name.startswith("blocks.")})
+
     def min_layer(self, chat_model: "ChatModel") -> int:
         """Earliest block whose input this edit can change (for resuming a run mid-model)."""
-        layers = [int(name.split(".")[1]) for name, _ in self.hooks(chat_model) if name.startswith("blocks.")]
-        return min(layers) if layers else 0
+        layers = self.hook_layers(chat_model)
+        return layers[0] if layers else 0
 
     def describe(self) -> dict:
         """A JSON-able description, for results and provenance."""

@@ -47,14 +47,9 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
-__all__ = ["StudyContext", "Cache", "study_prompts", "input_hashes", "given_files", "given_stem", "hook_layers"]
+__all__ = ["StudyContext", "Cache", "study_prompts", "input_hashes", "given_files", "given_stem"]
 
 log = logging.getLogger(__name__)
-
-
-def hook_layers(intervention: Intervention, chat_model: "ChatModel") -> list[int]:
-    """The blocks whose hooks an edit uses (from its TransformerLens hook names)."""
-    return sorted({int(name.split(".")[1]) for name, _ in intervention.hooks(chat_model) if name.startswith("blocks.")})
 
 
 @dataclass
@@ -333,7 +328,7 @@ class StudyContext:
                 return c
         plan = self.sweep_plan
         start, base, resid, refused, scores = self._run_first_token(plan, interventions, layers, desc)
-        last = max((max(hook_layers(i, self.cm), default=-1) for i in interventions), default=-1)
+        last = max((max(i.hook_layers(self.cm), default=-1) for i in interventions), default=-1)
         c = Cache(name, interventions, last, resid, refused, scores)
         if base is not None:
             for l, t in self.caches[base].resid.items():
