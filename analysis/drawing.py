@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import plotly.graph_objects as go
 
-from persona_refusal.analysis.figures import FIGURES, Figure
+from persona_refusal.analysis.figures import FIGURES, STUDY_STAGES, Figure
 from persona_refusal.errors import RunFolderError
 from persona_refusal.experiments import load_results
 from persona_refusal.storage import read_json
@@ -114,8 +114,13 @@ def make_figures(run_dir: str | os.PathLike, *, strict: bool = False) -> tuple[d
     run_dir = source.parent  # a results.json path: its folder holds the extra input files
     files: dict[str, dict] = {}
     figs: dict[str, go.Figure] = {}
+    ran = (results.get("run_info") or {}).get("stages")
     for fig in list(FIGURES.values()):
         data = None
+        if isinstance(ran, list) and fig.stage in STUDY_STAGES and fig.stage not in ran:
+            continue  # its stage did not run (a preset or --stages without it)
+        if fig.needs is not None and not fig.needs(results):
+            continue
         try:
             data = _figure_input(fig, run_dir, results, files, strict)
             if data is not None:

@@ -26,7 +26,7 @@ import math
 import os
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -34,6 +34,7 @@ from plotly.offline import get_plotlyjs
 
 from persona_refusal.analysis.drawing import bad_results_error, make_figures
 from persona_refusal.analysis.figures import FIGURES, PAPER_NOTE, FieldView, size_of
+from persona_refusal.analysis.figures._style import persona_alpha
 from persona_refusal.formatting import finite, pct, pp, rate_parts, rate_text
 from persona_refusal.storage import atomic_write_text
 
@@ -44,11 +45,13 @@ CAPTIONS: Mapping[str, str] = FieldView("caption")
 """Caption template of each registered figure (``str.format`` fields are filled from the results)."""
 
 
-def _title(name: str) -> str:
-    """A figure's section title, ``N. title``, numbered by its place in the registry."""
+def _title(name: str, shown: Iterable[str] | None = None) -> str:
+    """A figure's section title, ``N. title``, numbered by its place among the figures
+    ``shown`` (default: the registry)."""
     if name not in FIGURES:
         return name
-    return f"{list(FIGURES).index(name) + 1}. {FIGURES[name].title}"
+    order = list(shown) if shown is not None else list(FIGURES)
+    return f"{order.index(name) + 1}. {FIGURES[name].title}"
 
 
 # ============================================================================ numbers
@@ -85,8 +88,11 @@ def headline(results: dict) -> dict:
     facts.append(("model", f"{model.get('model_id')} ({model.get('n_layers')} layers, d_model {model.get('d_model')})"))
     facts.append(("refusal direction", f"layer {rd.get('layer')}, position {rd.get('position')} "
                                        f"(norm {rd.get('norm', float('nan')):.3g})"))
-    facts.append(("persona steering", f"α = {steering.get('persona_alpha')} × s at layer {P} (s = "
-                                      f"{steering.get('s', float('nan')):.3g}, {steering.get('norm')} norm)"))
+    cal = results.get("calibration") or {}
+    facts.append(("persona steering", f"α = {persona_alpha(results):g} × s at layer {P} (s = "
+                                      f"{steering.get('s', float('nan')):.3g}, {steering.get('norm')} norm"
+                                      f"{'; α calibrated on val: ' + str(cal.get('reason')) if cal.get('calibrated') else ''})"
+                  if persona_alpha(results) is not None else "n/a"))
     base = (results.get("baseline") or {}).get("refusal")
     pers = (results.get("persona") or {}).get("refusal")
     facts.append(("refusal rate, baseline (judged replies)", rate_text(base)))
@@ -96,6 +102,7 @@ def headline(results: dict) -> dict:
     sweep = results.get("sweep") or {}
     facts.append(("sweep subset (first token): baseline / persona",
                   f"{rate_text(sweep.get('baseline'))} / {rate_text(sweep.get('persona'))}"))
+    facts += _judged_facts(results)
     confirm = list(results.get("gating_confirm") or [])
     for c in confirm:
         facts.append((f"persona + refusal re-added at layer {c.get('layer')} ({c.get('cell')}, β = {c.get('beta')})",
@@ -177,11 +184,36 @@ def headline(results: dict) -> dict:
     return {"facts": facts, "findings": findings}
 
 
+def _judged_facts(results: dict) -> list[tuple[str, str]]:
+    """Rows of the judged gating sweep: each cell under each judge, and the agreement."""
+    gj = results.get("gating_judged") or {}
+    if not gj:
+        return []
+    out = []
+    judges, main = gj.get("judges") or [], gj.get("judge")
+    for name, key in (("baseline", "baseline"), ("persona alone", "persona")):
+        out.append((f"judged {gj.get('max_new_tokens')}-token replies, {name}",
+                    " · ".join(f"{j}: {rate_text((gj.get(key) or {}).get(j, {}).get('refusal'))}" for j in judges)))
+    for c in gj.get("cell_rows") or []:
+        rest = (c.get(main) or {}).get("restoration")
+        out.append((f"persona + refusal at {'+'.join(map(str, c['layers']))} ({c['cell']}, β = {c['beta']:g})",
+                    " · ".join(f"{j}: {rate_text((c.get(j) or {}).get('refusal'))}" for j in judges)
+                    + (f" · restoration ({main}) {rest:.2f}" if finite(rest) else "")))
+    for c in gj.get("control") or []:
+        out.append((f"no persona, refusal at {'+'.join(map(str, c['layers']))} ({c['cell']}, β = {c['beta']:g})",
+                    rate_text((c.get(main) or {}).get("refusal"))))
+    agree = (gj.get("agreement") or {}).get("first_token_vs_judge")
+    out.append(("first token agrees with the judge (all judged replies)", pct(agree, 0)))
+    out.append(("conditions where the judges disagree", str(len(gj.get("judge_disagreements") or []))))
+    return out
+
+
 def _caption_fields(results: dict) -> dict:
     agree = results.get("first_token_agreement") or {}
     return {
         "P": (results.get("steering") or {}).get("persona_layer"),
-        "alpha": (results.get("steering") or {}).get("persona_alpha"),
+        "alpha": persona_alpha(results),
+        "judged_tokens": (results.get("gating_judged") or {}).get("max_new_tokens"),
         "n_eval": rate_parts((results.get("baseline") or {}).get("refusal"))[4],
         "agree_b": pct(agree.get("baseline"), 0),
         "agree_p": pct(agree.get("persona"), 0),
@@ -362,7 +394,7 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
         '<p class="note">Differences between rates: Newcombe 95% interval from the two Wilson intervals (treats '
         "them as independent; conservative for these paired measurements). Judged = substring judge on generated "
         "replies; first token = the greedy first token is a refusal token.</p>",
-        "<nav><ol>" + "".join(f'<li><a href="#fig-{n}">{html.escape(_title(n).split(". ", 1)[-1])}</a></li>'
+        "<nav><ol>" + "".join(f'<li><a href="#fig-{n}">{html.escape(_title(n, figures).split(". ", 1)[-1])}</a></li>'
                               for n in figures) +
         '<li><a href="#config">Configuration</a></li><li><a href="#prompts">Prompt sets</a></li>'
         '<li><a href="#rollouts">Persona rollouts</a></li><li><a href="#examples">Example replies</a></li>'
@@ -376,7 +408,7 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
             caption = CAPTIONS.get(name, "").format(**fields)
         except (KeyError, IndexError, ValueError):
             caption = CAPTIONS.get(name, "")
-        parts += [f'<section id="fig-{name}">', f"<h2>{html.escape(_title(name))}</h2>",
+        parts += [f'<section id="fig-{name}">', f"<h2>{html.escape(_title(name, figures))}</h2>",
                   f"<figure>{div}<figcaption>{caption}</figcaption></figure>", "</section>"]
     parts += [
         '<h2 id="config">Configuration</h2>', sec["config"],

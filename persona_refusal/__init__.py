@@ -35,8 +35,12 @@ from persona_refusal.errors import (
     RunFolderError,
 )
 from persona_refusal.evaluation import (
+    JUDGES,
+    LenientJudge,
     Rate,
     SubstringJudge,
+    decided_by,
+    get_judge,
     generate,
     is_degenerate,
     is_refusal,
@@ -56,7 +60,7 @@ from persona_refusal.interventions import (
 )
 from persona_refusal.extraction import extract_directions
 from persona_refusal.models import ChatModel, load_chat_model
-from persona_refusal.prompts import PromptSet, bundled, load_prompts, personas
+from persona_refusal.prompts import PERSONA_SETS, PromptSet, bundled, load_personas, load_prompts, personas, resolve_personas
 from persona_refusal.selection import SelectionReport, select_refusal_direction
 
 __version__ = "0.1.0"
@@ -82,6 +86,10 @@ __all__ = [
     "RunFolderError",
     "SelectionReport",
     "SubstringJudge",
+    "LenientJudge",
+    "JUDGES",
+    "get_judge",
+    "decided_by",
     "apply",
     "bundled",
     "cache_activations",
@@ -97,6 +105,9 @@ __all__ = [
     "mean_activations",
     "orthogonalize_weights",
     "personas",
+    "load_personas",
+    "resolve_personas",
+    "PERSONA_SETS",
     "refusal_scores",
     "select_refusal_direction",
 ]

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from persona_refusal.errors import ConfigError, PersonaRefusalError
-from persona_refusal.study.config import StudyConfig, add_flags, flags_to_fields
+from persona_refusal.prompts import PERSONA_SETS
+from persona_refusal.study.config import PRESETS, StudyConfig, add_flags, flags_to_fields
 
 __all__ = ["main", "entry"]
 
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run (or resume) the persona-gating study")
-    r.add_argument("--preset", default="default", help="default, full or smoke")
+    r.add_argument("--preset", default="default",
+                   help="; ".join(f"{k}: {v.doc}" for k, v in PRESETS.items()))
     r.add_argument("--config", help="JSON file of StudyConfig fields, flat or by section (flags override it)")
     r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     r.add_argument("--stages", type=_names, help="run only these stages (and those they need), e.g. refusal,gating")
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("run_dir", metavar="DIR", help="a run folder, or the path of its results.json")
     f.add_argument("--no-png", action="store_true", help="HTML only (PNG export needs Chrome/Chromium)")
     f.add_argument("--copy-to", metavar="FOLDER", help="also copy the PNGs and report there (e.g. figures/)")
+
+    c = sub.add_parser("compare", help="one figure of several runs: restoration against relative depth")
+    c.add_argument("run_dirs", metavar="DIR", nargs="+", help="run folders (or their results.json)")
+    c.add_argument("--out", default="figures", help="folder for cross_model.html/.json/.png (default: figures)")
+    c.add_argument("--labels", type=_names, help="comma-separated line labels, one per run (default: model · protocol)")
+    c.add_argument("--no-png", action="store_true", help="HTML and JSON only")
 
     d = sub.add_parser("ablation-demo", help="refusal direction, ablation and addition on a model (core demo)")
     d.add_argument("--model", default="demo")
@@ -98,6 +106,13 @@ def _config_from_args(args):
         value = fields.get(path_field)
         if isinstance(value, str) and value and not value.startswith("hf://"):  # other types: the field check says so
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
+    for set_field in ("personas", "persona_sets"):  # persona files (not bundled names) become absolute paths
+        value = fields.get(set_field)
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        resolved = [str(Path(v).expanduser().resolve()) if isinstance(v, str) and v.strip() and v not in PERSONA_SETS
+                    else v for v in names]
+        if names:
+            fields[set_field] = resolved[0] if isinstance(value, str) else resolved
     try:
         return StudyConfig.preset(args.preset, **fields)
     except ConfigError:
@@ -108,13 +123,14 @@ def _config_from_args(args):
 
 def _cmd_run(args) -> int:
     from persona_refusal.models import load_chat_model
-    from persona_refusal.study import Study, preset_stages, study_prompts
+    from persona_refusal.study import Study, preset_stages, study_personas, study_prompts
 
     _nonempty(args.out, "--out", "runs/demo")
     config = _config_from_args(args)
     stages = args.stages if args.stages is not None else preset_stages(args.preset)
     progress = not args.quiet
     prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
+    study_personas(config)  # so does a bad persona file
     t0 = time.perf_counter()
     cm = load_chat_model(config.model, progress=progress)
     t_load = time.perf_counter() - t0
@@ -151,11 +167,18 @@ def _print_summary(results: dict, timings: dict) -> None:
     if "refusal_direction" in results:  # a run of some stages (--stages) has only their keys
         lines.append(f"refusal direction: layer {results['refusal_direction']['layer']}")
     if "steering" in results:
+        cal = results.get("calibration") or {}
+        alpha = cal["alpha"] if cal.get("calibrated") else results["steering"]["persona_alpha"]
         lines.append(f"persona steering at layer {results['steering']['persona_layer']} "
-                     f"(alpha {results['steering']['persona_alpha']})")
+                     f"(alpha {alpha}{', calibrated on val' if cal.get('calibrated') else ''})")
     if "baseline_refusal_rate" in results:
         lines += [f"refusal rate, baseline: {pct(results['baseline_refusal_rate'], results['baseline_refusal_ci'])}",
                   f"refusal rate, persona:  {pct(results['persona_refusal_rate'], results['persona_refusal_ci'])}"]
+    gj = results.get("gating_judged") or {}
+    for c in gj.get("cell_rows", []):
+        r = c[gj["judge"]]["refusal"]
+        lines.append(f"judged ({gj['judge']}, {gj['max_new_tokens']} tokens): persona + refusal re-added at "
+                     f"{'+'.join(map(str, c['layers']))} ({c['cell']}, beta {c['beta']:g}): {pct(r['rate'], r['ci'])}")
     for c in results.get("gating_confirm", []):
         lines.append(f"persona + refusal re-added at layer {c['layer']:>2} ({c['cell']}): "
                      f"{pct(c['refusal']['rate'], c['refusal']['ci'])}")
@@ -177,6 +200,18 @@ def _cmd_figures(args) -> int:
                           hint="give the run folder or its results.json, e.g. persona-refusal figures runs/demo")
     _nonempty(args.copy_to, "--copy-to", "figures")
     built = build_figures(args.run_dir, png=not args.no_png, copy_to=args.copy_to)
+    _say(f"{len(built)} files written:\n" + "\n".join(f"  {p}" for p in built))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from persona_refusal.analysis.compare import build_comparison
+
+    _nonempty(args.out, "--out", "figures")
+    for rd in args.run_dirs:
+        if not rd.strip():
+            raise ConfigError(f"a run folder is empty ({rd!r})", hint="give run folders or their results.json files")
+    built = build_comparison(args.run_dirs, args.out, labels=args.labels, png=not args.no_png)
     _say(f"{len(built)} files written:\n" + "\n".join(f"  {p}" for p in built))
     return 0
 
@@ -245,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread
         previous = None
     try:
-        handler = {"run": _cmd_run, "figures": _cmd_figures, "ablation-demo": _cmd_ablation_demo,
+        handler = {"run": _cmd_run, "figures": _cmd_figures, "compare": _cmd_compare, "ablation-demo": _cmd_ablation_demo,
                    "info": _cmd_info}[args.command]
         return handler(args)
     except PersonaRefusalError as e:

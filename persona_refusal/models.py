@@ -28,6 +28,7 @@ cache folder, so a second load takes seconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -98,6 +99,8 @@ class ChatModel:
     """Tokens that end an assistant turn (generation stops there)."""
     source: str = ""
     """Where it came from: ``demo``, ``tiny``, ``gguf``, ``hf-folder`` or ``hub``."""
+    system_prompt: str | None = None
+    """System prompt :meth:`format` uses when none is given (``None``: the template's own)."""
     _post_instruction: tuple[int, ...] | None = field(default=None, init=False)
     _state: RunState = field(default=None, init=False)
 
@@ -165,7 +168,20 @@ class ChatModel:
         """
         if isinstance(instructions, str):
             instructions = [instructions]
+        system = self.system_prompt if system is None else system
         return [self._render(text, system) for text in instructions]
+
+    def with_system(self, system_prompt: str | None) -> "ChatModel":
+        """The same model and tokenizer, formatting prompts with ``system_prompt`` by default.
+
+        Example:
+            >>> cm = load_chat_model("tiny").with_system("You are a helpful assistant.")
+            >>> "You are a helpful assistant." in cm.format("Hi")[0]
+            True
+        """
+        if system_prompt == self.system_prompt:
+            return self
+        return dataclasses.replace(self, system_prompt=system_prompt)
 
     def _render(self, instruction: str, system: str | None) -> str:
         messages = [{"role": "user", "content": instruction}]

@@ -7,7 +7,10 @@ held-out ones. The package ships its own sets, written by its authors for this p
 (:func:`bundled`): harmful and harmless instructions in train / val / test splits of
 128 / 32 / 100, ten categories each, matched in length and style so that the difference
 of means is about harmfulness, not phrasing. The persona study's system prompts and
-probe questions ship too (:func:`personas`).
+probe questions ship too (:func:`personas`), in two sets (:data:`PERSONA_SETS`):
+``"scripted"``, the package's original protocol, and ``"character"``, whose system prompts
+describe who each persona is and never the words of its reply. :func:`load_personas` reads
+a persona file of your own (JSON or YAML) and :func:`resolve_personas` takes either.
 
 :func:`load_prompts` reads the standard formats from a path, detected from the file:
 
@@ -45,10 +48,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from persona_refusal.errors import PromptLoadError
+from persona_refusal.errors import ConfigError, PromptLoadError
 from persona_refusal.storage import sha256_json
 
-__all__ = ["PromptSet", "bundled", "load_prompts", "personas", "prompt_hash", "SPLITS", "Personas"]
+__all__ = ["PromptSet", "bundled", "load_prompts", "personas", "prompt_hash", "SPLITS", "Personas",
+           "PERSONA_SETS", "load_personas", "resolve_personas"]
 
 SPLITS = ("train", "val", "test")
 _TEXT_COLUMNS = ("instruction", "prompt", "goal", "Goal", "Behavior", "behavior", "forbidden_prompt", "question", "text")
@@ -145,35 +149,213 @@ def bundled(label: str, split: str) -> PromptSet:
 
 @dataclass(frozen=True)
 class Personas:
-    """The persona study's system prompts and probe questions (shipped with the package).
+    """The persona study's system prompts and probe questions.
+
+    Two sets ship with the package (:func:`personas`); :func:`load_personas` reads your
+    own. ``name`` and ``source`` are provenance only: two ``Personas`` with the same
+    prompts are equal wherever they were read from.
 
     Example:
         >>> personas()
         Personas(8 compliant and 8 refuser system prompts, 16 questions)
+        >>> personas("character").describe()["n_questions"]
+        15
     """
 
     compliant: tuple[str, ...]
     """System prompts of an assistant that serves any request without judgment."""
     refuser: tuple[str, ...]
-    """System prompts of a paranoid safety enforcer that refuses when in doubt."""
+    """System prompts of a persona that withholds help (a safety enforcer, a moralist, ...)."""
     questions: tuple[str, ...]
     """User questions that probe willingness to help."""
+    name: str = field(default="custom", compare=False)
+    """The bundled set's name, or the file's stem."""
+    source: str | None = field(default=None, compare=False)
+    """The file read, when there is one."""
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON of the three lists (order matters)."""
+        return sha256_json({"compliant": list(self.compliant), "refuser": list(self.refuser),
+                            "questions": list(self.questions)})
+
+    def describe(self) -> dict:
+        """Name, source, counts and hash, for results (JSON-able).
+
+        Example:
+            >>> d = personas().describe()
+            >>> d["name"], d["n_compliant"], d["n_refuser"], d["n_questions"], len(d["sha256"])
+            ('scripted', 8, 8, 16, 64)
+        """
+        return {"name": self.name, "source": self.source, "n_compliant": len(self.compliant),
+                "n_refuser": len(self.refuser), "n_questions": len(self.questions), "sha256": self.sha256}
 
     def __repr__(self) -> str:
         return (f"Personas({len(self.compliant)} compliant and {len(self.refuser)} refuser system prompts, "
                 f"{len(self.questions)} questions)")
 
 
-def personas() -> Personas:
-    """The bundled persona prompts (8 compliant, 8 refuser, 16 questions).
+PERSONA_SETS = ("character", "scripted")
+"""The bundled persona sets: ``"character"`` (each persona described as a character, never
+by the wording of its reply; 8 / 8 / 15) and ``"scripted"`` (the package's original
+protocol, whose refuser prompts also dictate an apologetic opener; 8 / 8 / 16)."""
+
+_PERSONA_SUFFIXES = (".json", ".yaml", ".yml")
+_PERSONA_HINT = ("a persona file is .json, .yaml or .yml holding 'compliant', 'refuser' and 'questions' lists, "
+                 "or 'instructions' with 'positive' and 'negative' lists plus 'questions'")
+
+
+def personas(name: str = "scripted") -> Personas:
+    """A bundled persona set by name (one of :data:`PERSONA_SETS`; default ``"scripted"``).
+
+    Raises:
+        ConfigError: an unknown name.
 
     Example:
         >>> p = personas()
         >>> len(p.compliant), len(p.refuser), len(p.questions)
         (8, 8, 16)
+        >>> p = personas("character")
+        >>> len(p.compliant), len(p.refuser), len(p.questions)
+        (8, 8, 15)
     """
-    d = json.loads(_data_file("personas.json").read_text(encoding="utf-8"))
-    return Personas(tuple(d["compliant"]), tuple(d["refuser"]), tuple(d["questions"]))
+    if name not in PERSONA_SETS:
+        raise ConfigError(f"unknown persona set {name!r}",
+                          hint=f"use one of {', '.join(PERSONA_SETS)}, or load a file with load_personas")
+    where = f"persona_refusal/data/personas/{name}.json"
+    data = json.loads(_data_file("personas", f"{name}.json").read_text(encoding="utf-8"))
+    return _personas_from(data, where, name, where)
+
+
+def load_personas(path: str | os.PathLike) -> Personas:
+    """Read persona prompts from a ``.json``, ``.yaml`` or ``.yml`` file.
+
+    Two shapes are read: the package's ``{"compliant": [...], "refuser": [...],
+    "questions": [...]}``, and ``{"instructions": {"positive": [...], "negative": [...]},
+    "questions": [...]}`` (positive → compliant, negative → refuser). Other keys (a name,
+    a description, a scoring prompt) are ignored. Entries are stripped of surrounding
+    whitespace; every entry must be a non-empty string and no list may be empty.
+
+    Raises:
+        PromptLoadError: a missing, unreadable or malformed file, one line naming the file
+            (and the list and index of a bad entry).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "mine.yaml"
+        >>> _ = path.write_text("instructions:\\n  positive: [You help with anything.]\\n"
+        ...                     "  negative: [You trust no one.]\\nquestions: [Name three rivers.]\\n")
+        >>> p = load_personas(path)
+        >>> p.compliant, p.refuser, p.name
+        (('You help with anything.',), ('You trust no one.',), 'mine')
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PromptLoadError(f"persona file {p} does not exist",
+                              hint=f"check the path, or use a bundled set: {', '.join(PERSONA_SETS)}")
+    if p.is_dir():
+        raise PromptLoadError(f"{p} is a folder, not a persona file", hint="give the path of a .json, .yaml or .yml file")
+    suffix = p.suffix.lower()
+    if suffix not in _PERSONA_SUFFIXES:
+        raise PromptLoadError(f"unknown persona file format {suffix or '(no extension)'} for {p}",
+                              hint="use .json, .yaml or .yml")
+    raw = _read_regular_file(p, kind="persona file", hint="give the path of a regular .json, .yaml or .yml file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PromptLoadError(f"{p} is not UTF-8 text (bad byte at {e.start})",
+                              hint="persona files are UTF-8 .json, .yaml or .yml") from None
+    if "\x00" in text:
+        raise PromptLoadError(f"{p} holds NUL bytes (the first at byte {raw.index(0)}), so it is not a text file",
+                              hint="persona files are UTF-8 .json, .yaml or .yml")
+    if suffix == ".json":
+        data = _parse_json(text, p)
+    else:
+        data = _parse_yaml(text, p)
+    return _personas_from(data, p, p.stem, str(p))
+
+
+def resolve_personas(spec: str | os.PathLike) -> Personas:
+    """A bundled persona set by name (see :data:`PERSONA_SETS`), else a persona file's path.
+
+    Example:
+        >>> resolve_personas("character") == personas("character")
+        True
+    """
+    if isinstance(spec, str) and spec in PERSONA_SETS:
+        return personas(spec)
+    return load_personas(spec)
+
+
+def _parse_yaml(text: str, p: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise PromptLoadError(f"{p} is not valid YAML ({where}{e.problem or e.context or 'syntax error'})") from None
+    except yaml.YAMLError as e:
+        raise PromptLoadError(f"{p} is not valid YAML ({type(e).__name__})") from None
+    except RecursionError:
+        raise PromptLoadError(f"{p} holds YAML nested too deeply to read", hint=_PERSONA_HINT) from None
+
+
+def _personas_from(data, p, name: str, source: str | None) -> Personas:
+    """Validate parsed persona data (either shape) into :class:`Personas`; errors name ``p``."""
+    if not isinstance(data, dict):
+        what = "nothing" if data is None else _value_type(data)
+        raise PromptLoadError(f"{p} holds {what}, not a mapping of persona lists", hint=_PERSONA_HINT)
+    if "instructions" in data:
+        instr = data["instructions"]
+        if not isinstance(instr, dict):
+            raise PromptLoadError(f"{p}: 'instructions' holds {_value_type(instr)}, not a mapping",
+                                  hint="give 'instructions' the keys 'positive' and 'negative'")
+        lists = {}
+        for side, key in (("positive", "instructions.positive"), ("negative", "instructions.negative")):
+            if side not in instr:
+                raise PromptLoadError(f"{p} has no {key!r} list", hint=_PERSONA_HINT)
+            lists[key] = instr[side]
+        compliant_key, refuser_key = "instructions.positive", "instructions.negative"
+    elif "compliant" in data or "refuser" in data:
+        lists = {}
+        for key in ("compliant", "refuser"):
+            if key not in data:
+                raise PromptLoadError(f"{p} has no {key!r} list", hint=_PERSONA_HINT)
+            lists[key] = data[key]
+        compliant_key, refuser_key = "compliant", "refuser"
+    else:
+        keys = ", ".join(map(repr, sorted(map(str, data))[:6])) or "none"
+        raise PromptLoadError(f"{p} is not a persona file (keys: {keys})", hint=_PERSONA_HINT)
+    if "questions" not in data:
+        raise PromptLoadError(f"{p} has no 'questions' list", hint=_PERSONA_HINT)
+    lists["questions"] = data["questions"]
+    out = {key: _persona_list(value, key, p) for key, value in lists.items()}
+    return Personas(out[compliant_key], out[refuser_key], out["questions"], name, source)
+
+
+def _value_type(v) -> str:
+    """How a parsed JSON/YAML value is named in a persona-file error."""
+    if isinstance(v, str):
+        return "a string"
+    return {"a JSON object": "a mapping", "a JSON list": "a list"}.get(_json_type(v), _json_type(v))
+
+
+def _persona_list(value, key: str, p) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise PromptLoadError(f"{p}: {key!r} holds {_value_type(value)}, not a list of strings")
+    if not value:
+        raise PromptLoadError(f"{p}: {key!r} is empty", hint="give at least one entry")
+    items = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PromptLoadError(f"{p}: {key}[{i}] is {_value_type(item)}, not a string",
+                                  hint="quote it, or remove the entry")
+        if not item.strip():
+            raise PromptLoadError(f"{p}: {key}[{i}] is empty or only whitespace", hint="remove the entry")
+        items.append(item.strip())
+    return tuple(items)
 
 
 def load_prompts(
@@ -253,31 +435,33 @@ _FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a charact
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _not_regular(p: Path, mode: int) -> PromptLoadError:
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return PromptLoadError(f"{p} is {kind}, not a prompt file",
-                           hint="give the path of a regular .csv, .json, .jsonl or .txt file")
+_REGULAR_HINT = "give the path of a regular .csv, .json, .jsonl or .txt file"
 
 
-def _read_regular_file(p: Path) -> bytes:
+def _not_regular(p: Path, mode: int, kind: str = "prompt file", hint: str = _REGULAR_HINT) -> PromptLoadError:
+    what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return PromptLoadError(f"{p} is {what}, not a {kind}", hint=hint)
+
+
+def _read_regular_file(p: Path, *, kind: str = "prompt file", hint: str = _REGULAR_HINT) -> bytes:
     """The bytes of ``p``, refusing anything but a regular file *before* reading it: a named
     pipe would block forever, a device never end. The file is opened non-blocking and
     checked again, so a pipe swapped in after the first check cannot block either."""
     try:
         mode = p.stat().st_mode
         if not stat.S_ISREG(mode):
-            raise _not_regular(p, mode)
+            raise _not_regular(p, mode, kind, hint)
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}", hint="check its permissions") from None
+        raise PromptLoadError(f"cannot read {kind} {p}: {e.strerror}", hint="check its permissions") from None
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(f.fileno()).st_mode
         if not stat.S_ISREG(mode):
-            raise _not_regular(p, mode)
+            raise _not_regular(p, mode, kind, hint)
         try:
             return f.read()
         except OSError as e:
-            raise PromptLoadError(f"cannot read prompt file {p}: {e.strerror}", hint="check its permissions") from None
+            raise PromptLoadError(f"cannot read {kind} {p}: {e.strerror}", hint="check its permissions") from None
 
 
 _TOO_DEEP = "a prompt file is a list of strings or of flat records"

@@ -117,7 +117,7 @@ RUN_CASES = [
     ("bad flag value", ["--n-train", "abc"],
      r"error: argument --n-train: invalid int value: 'abc' \(see `persona-refusal run --help`\)", ""),
     ("unknown preset", ["--preset", "nope"],
-     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'smoke'\]\)", ""),
+     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'paper', 'paper-smoke', 'smoke'\]\)", ""),
     ("output folder is a file", ["--out", "a_file"],
      r"error: a_file exists and is not a folder \(give --out a folder path\)", ""),
     ("output folder cannot be created", ["--out", "a_file/run"],
@@ -146,6 +146,14 @@ INPUT_CASES = [
     ("config file nested too deeply", ["--config", "deep_config.json"],
      r"error: config file deep_config\.json holds JSON nested too deeply to read \(write it as \{\"field\": value, "
      r"\.\.\.\} with StudyConfig fields\)"),
+    ("persona file missing a side", ["--personas", "personas_missing.yaml"],
+     r"error: /.*/personas_missing\.yaml has no 'instructions\.negative' list \(a persona file is \.json, \.yaml or "
+     r"\.yml holding 'compliant', 'refuser' and 'questions' lists, or 'instructions' with 'positive' and 'negative' "
+     r"lists plus 'questions'\)"),
+    ("persona file with an empty side", ["--personas", "personas_empty.json"],
+     r"error: /.*/personas_empty\.json: 'compliant' is empty \(give at least one entry\)"),
+    ("persona set that does not exist", ["--persona-sets", "character,nowhere.yaml"],
+     r"error: .*nowhere\.yaml.*"),
     ("run with an empty --out", ["run", "--model", "tiny", "--out", ""],
      r"error: --out is empty \(''\) \(give --out a folder path, e.g\. --out runs/demo\)"),
     ("figures of a malformed results.json", ["figures", "bad_run", "--no-png"],

@@ -36,8 +36,16 @@ PACKAGE_DIR = Path(persona_refusal.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_RUN = REPO / "figures"
 """The committed demo run (``results.json`` only: no selection report)."""
-FIGURE_NAMES = ["gating", "outcomes", "alpha", "heatmap", "projections", "knockout", "patching", "cosine", "selection"]
+FIGURE_NAMES = ["gating", "gating_judged", "outcomes", "calibration", "alpha", "heatmap", "projections", "knockout",
+                "patching", "cosine", "persona_sets", "selection"]
 """The study's figures in report order (the registry must hold exactly these)."""
+
+PAPER_FIGURES = ("gating_judged", "calibration", "persona_sets")
+"""Figures of the paper preset's stages (drawn only when those stages measured something:
+tests/test_paper_protocol.py draws them)."""
+
+STUDY_FIGURES = [n for n in FIGURE_NAMES if n not in PAPER_FIGURES]
+"""The figures a default (or smoke) run draws, in report order."""
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -139,7 +147,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", FIGURE_NAMES)
+@pytest.mark.parametrize("name", STUDY_FIGURES)
 def test_figure_has_expected_traces_and_axes(name, figs, results):
     fig = figs[name]
     assert isinstance(fig, go.Figure)
@@ -253,7 +261,7 @@ def test_every_figure_module_registers_itself():
     assert drawn_by == modules
 
 
-@pytest.mark.parametrize("name", FIGURE_NAMES)
+@pytest.mark.parametrize("name", STUDY_FIGURES)
 def test_every_registered_figure_draws_from_the_committed_and_the_tiny_run(name, results, selection):
     fig = FIGURES[name]
     committed = load_results(COMMITTED_RUN)
@@ -277,7 +285,7 @@ def test_a_figure_whose_input_file_is_missing_is_left_out(smoke_run, tmp_path):
     run = _copy_run(smoke_run, tmp_path / "run")
     (run / "directions" / "refusal_selection.json").unlink()
     _, figs = analysis.make_figures(run)
-    assert list(figs) == [n for n in FIGURE_NAMES if n != "selection"]
+    assert list(figs) == [n for n in STUDY_FIGURES if n != "selection"]
 
 
 @pytest.fixture
@@ -300,9 +308,9 @@ def test_a_registered_figure_appears_in_the_build_and_the_report(extra_figure, s
     paths = analysis.build_figures(run, png=False)
     assert run / "figures" / "extra_check.html" in paths
     _, figs = analysis.make_figures(run)
-    assert list(figs) == FIGURE_NAMES[:-1] + ["extra_check", "selection"]  # order 85: before selection (90)
+    assert list(figs) == STUDY_FIGURES[:-1] + ["extra_check", "selection"]  # order 85: before selection (90)
     text = (run / "report.html").read_text()
-    assert 'id="plot-extra_check"' in text and text.count("Plotly.newPlot") == len(FIGURE_NAMES) + 1
+    assert 'id="plot-extra_check"' in text and text.count("Plotly.newPlot") == len(STUDY_FIGURES) + 1
     assert "9. An extra figure" in text and "10. How the refusal direction was selected" in text
     assert f"Caption of the extra figure (persona layer {results['steering']['persona_layer']})." in text
     assert analysis.FIGURE_SIZES["extra_check"] == (640, 480)
@@ -312,7 +320,7 @@ def test_a_registered_figure_appears_in_the_build_and_the_report(extra_figure, s
 def test_build_figures_writes_html_and_report(built):
     run, paths, dest = built
     fig_dir = run / "figures"
-    for name in FIGURE_NAMES:
+    for name in STUDY_FIGURES:
         assert (fig_dir / f"{name}.html").is_file(), name
         assert fig_dir / f"{name}.html" in paths
     assert (fig_dir / "plotly.min.js").is_file()
@@ -326,7 +334,7 @@ def test_build_figures_writes_pngs(built):
     if analysis.find_browser() is None:
         pytest.skip("no Chrome/Chromium: PNG export is not available here")
     run, paths, dest = built
-    for name in FIGURE_NAMES:
+    for name in STUDY_FIGURES:
         png = run / "figures" / f"{name}.png"
         assert png.is_file() and png in paths, name
         data = png.read_bytes()
@@ -346,19 +354,19 @@ def test_no_browser_skips_pngs_with_one_warning(smoke_run, tmp_path, monkeypatch
     assert not list((run / "figures").glob("*.png"))
     assert all(p.suffix != ".png" for p in paths)
     assert (run / "report.html").is_file() and (tmp_path / "dest" / "report.html").is_file()
-    assert len(list((run / "figures").glob("*.html"))) == len(FIGURE_NAMES)
+    assert len(list((run / "figures").glob("*.html"))) == len(STUDY_FIGURES)
 
 
 def test_report_is_one_self_contained_file(built, results):
     run, _, _ = built
     text = (run / "report.html").read_text()
-    # exactly the registered figures, in registry order, each with its numbered title
-    assert re.findall(r'id="plot-(\w+)"', text) == list(FIGURES)
-    for i, fig in enumerate(FIGURES.values(), 1):
-        assert f"<h2>{i}. {fig.title}</h2>" in text.replace("&#x27;", "'"), fig.name
+    # exactly the registered figures that have data, in registry order, each with its numbered title
+    assert re.findall(r'id="plot-(\w+)"', text) == STUDY_FIGURES
+    for i, name in enumerate(STUDY_FIGURES, 1):
+        assert f"<h2>{i}. {FIGURES[name].title}</h2>" in text.replace("&#x27;", "'"), name
     assert not re.search(r"<script[^>]*\bsrc=", text), "the report must not load scripts from elsewhere"
     assert not re.search(r"""<link[^>]*href=["']https?:""", text)
-    assert text.count("Plotly.newPlot") == len(FIGURE_NAMES)
+    assert text.count("Plotly.newPlot") == len(STUDY_FIGURES)
     assert text.count("plotly.js v") == 1  # the library is inlined once
     # headline numbers
     assert rate_text(results["baseline"]["refusal"]) in text
@@ -484,7 +492,7 @@ def test_a_failed_figure_is_still_left_out_when_not_strict(smoke_run, tmp_path, 
     (run / "results.json").write_text(json.dumps(r))
     with caplog.at_level(logging.WARNING, logger="persona_refusal.analysis"):
         _, figs = analysis.make_figures(run)
-    assert list(figs) == [n for n in FIGURE_NAMES if n != "gating"]
+    assert list(figs) == [n for n in STUDY_FIGURES if n != "gating"]
     assert any("'gating' could not be drawn" in rec.getMessage() for rec in caplog.records)
     with pytest.raises(RunFolderError, match="figure 'gating' cannot be drawn: key 'gating' entry 0"):
         analysis.make_figures(run, strict=True)

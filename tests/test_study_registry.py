@@ -11,8 +11,8 @@ from persona_refusal.errors import ConfigError
 from persona_refusal.study import registry
 from persona_refusal.study.registry import StageResult, memory, register, registered, stage_order
 
-BUILT_IN = ["refusal", "persona", "steering", "eval", "sweep_caches", "alpha_sweep", "gating", "confirm", "heatmap",
-            "knockout", "patching", "projections", "cosines"]
+BUILT_IN = ["refusal", "persona", "steering", "calibrate", "eval", "sweep_caches", "alpha_sweep", "gating",
+            "gating_judged", "confirm", "heatmap", "knockout", "patching", "projections", "cosines", "persona_sets"]
 
 
 def test_built_in_stages_run_in_dependency_order():
@@ -24,8 +24,8 @@ def test_built_in_stages_run_in_dependency_order():
 
 
 def test_a_subset_pulls_in_what_it_requires():
-    assert [s.name for s in stage_order(["confirm"])] == ["refusal", "persona", "steering", "sweep_caches", "gating",
-                                                          "confirm"]
+    assert [s.name for s in stage_order(["confirm"])] == ["refusal", "persona", "steering", "calibrate", "sweep_caches",
+                                                          "gating", "confirm"]
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
         stage_order(["nope"])
 
@@ -77,4 +77,5 @@ def test_a_new_stage_is_one_registration(extra_stage, tiny, tmp_path):
     g = res["gating"]
     assert res["late_minus_early"]["value"] == g[-1]["refusal_rate"] - g[0]["refusal_rate"]
     assert "heatmap" not in res and "knockout" not in res  # not required, not run
-    assert res["run_info"]["stages"] == ["refusal", "persona", "steering", "sweep_caches", "gating", "late_minus_early"]
+    assert res["run_info"]["stages"] == ["refusal", "persona", "steering", "calibrate", "sweep_caches", "gating",
+                                         "late_minus_early"]

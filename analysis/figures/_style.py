@@ -133,6 +133,15 @@ def model_label(results: dict) -> str:
     return str((results.get("model") or {}).get("model_id", "unknown model"))
 
 
+def persona_alpha(results: dict) -> float | None:
+    """The persona strength the study used: calibrated on val when it was, else the configured one."""
+    cal = results.get("calibration") or {}
+    if cal.get("calibrated") and finite(cal.get("alpha")):
+        return float(cal["alpha"])
+    a = (results.get("steering") or {}).get("persona_alpha")
+    return float(a) if finite(a) else None
+
+
 def persona_layer(results: dict) -> int | None:
     p = (results.get("steering") or {}).get("persona_layer")
     return int(p) if finite(p) else None

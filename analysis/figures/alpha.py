@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from persona_refusal.analysis.figures._style import (
-    COLORS, RATE_AXIS, band, empty, error_bars, legend_below, model_label, persona_layer, rate_pct, style,
+    COLORS, RATE_AXIS, band, empty, error_bars, legend_below, model_label, persona_layer, rate_pct, style, persona_alpha,
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
@@ -27,7 +27,7 @@ def alpha_figure(results: dict) -> go.Figure:
     rows = sorted(results.get("alpha_sweep") or [], key=lambda r: r["alpha"])
     sweep = results.get("sweep") or {}
     coh0 = results.get("coherence_baseline")
-    alpha_used = (results.get("steering") or {}).get("persona_alpha")
+    alpha_used = persona_alpha(results)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.55, 0.45], vertical_spacing=0.09,
                         subplot_titles=("harmful prompts: refusal (first token)",
                                         "harmless prompts: coherence of generated replies"))

@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 
 from persona_refusal.analysis.figures._style import (
     COLORS, RATE_AXIS, band, clip_band, clipped_points, empty, error_bars, hline_trace, layers_axis, model_label,
-    no_data, persona_layer, persona_marker, rate_pct, rgba, shades_of, style,
+    no_data, persona_layer, persona_marker, rate_pct, rgba, shades_of, style, persona_alpha,
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import ci_text, finite, fmt, percent_text
@@ -87,7 +87,7 @@ def gating_figure(results: dict) -> go.Figure:
     fig.update_yaxes(title_text="restoration<br><sup>0 = persona, 1 = baseline</sup>", row=2, col=1)
     fig.update_yaxes(title_text="refusal log-odds<br><sup>first token, mean ± 95% CI</sup>", row=3, col=1)
     fig.update_xaxes(title_text="layer where the refusal direction is re-added (resid_pre index)", row=3, col=1)
-    sub = (f"n = {n} harmful prompts (sweep subset) · persona α = {fmt(steering.get('persona_alpha'), 'g')} at "
+    sub = (f"n = {n} harmful prompts (sweep subset) · persona α = {fmt(persona_alpha(results), 'g')} at "
            f"layer {P} · refusal direction from layer {(results.get('refusal_direction') or {}).get('layer')} · "
            f"strengths in units of s = {fmt(steering.get('s'), '.3g')}")
     style(fig, f"Re-adding refusal under persona steering, layer by layer — {model_label(results)}", sub)

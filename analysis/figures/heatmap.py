@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from persona_refusal.analysis.figures._style import COLORS, empty, model_label, rate_pct, style
+from persona_refusal.analysis.figures._style import COLORS, empty, model_label, rate_pct, style, persona_alpha
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import fmt, percent
 
@@ -77,7 +77,7 @@ def heatmap_figure(results: dict) -> go.Figure:
     fig.update_xaxes(tickangle=0, row=1, col=1)
     style(fig, f"Persona layer × re-add layer: first-token refusal rate — {model_label(results)}",
           f"n = {n} sweep prompts · re-add strength β = {fmt(hm.get('beta'), 'g')} · persona α = "
-          f"{fmt((results.get('steering') or {}).get('persona_alpha'), 'g')} · orange bar: cells to its right re-add "
+          f"{fmt(persona_alpha(results), 'g')} · orange bar: cells to its right re-add "
           f"refusal after the row's persona layer")
     fig.update_layout(margin=dict(l=120))
     fig.update_yaxes(ticks="", showline=False, row=1, col=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from persona_refusal.analysis.figures._style import (
-    COLORS, RATE_AXIS, empty, error_bars, legend_below, model_label, persona_layer, rate_pct, style,
+    COLORS, RATE_AXIS, empty, error_bars, legend_below, model_label, persona_layer, rate_pct, style, persona_alpha,
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import ci_text, fmt
@@ -67,7 +67,7 @@ def knockout_figure(results: dict) -> go.Figure:
     fig.update_xaxes(title_text=f"layers where the direction is projected out (window of {w}, resid_pre)")
     n = next((k.get("n") for k in ko), None)
     style(fig, f"Persona-direction knockout by window of layers — {model_label(results)}",
-          f"n = {n} sweep prompts · persona α = {fmt((results.get('steering') or {}).get('persona_alpha'), 'g')} "
+          f"n = {n} sweep prompts · persona α = {fmt(persona_alpha(results), 'g')} "
           f"at layer {P} · error bars: Wilson 95%")
     return legend_below(fig, -0.16, 120)
 

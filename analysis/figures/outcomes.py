@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from persona_refusal.analysis.figures._style import (
-    COLORS, PAPER_NOTE, error_bars, legend_below, model_label, no_data, persona_layer, rate_pct, style,
+    COLORS, PAPER_NOTE, error_bars, legend_below, model_label, no_data, persona_layer, rate_pct, style, persona_alpha,
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import fmt
@@ -57,7 +57,7 @@ def outcomes_figure(results: dict) -> go.Figure:
     fig.update_yaxes(title_text="share of harmful prompts (%)", range=[0, 108])
     fig.update_xaxes(title_text="judged outcome of the generated reply   |   first-token proxy")
     style(fig, f"Baseline vs compliant persona on harmful prompts — {model_label(results)}",
-          f"n = {n} evaluation prompts · persona α = {fmt(steering.get('persona_alpha'), 'g')} at layer "
+          f"n = {n} evaluation prompts · persona α = {fmt(persona_alpha(results), 'g')} at layer "
           f"{persona_layer(results)} · judge: {results.get('judge', 'n/a')} · error bars: Wilson 95%",
           legend_bottom=False)
     return legend_below(fig, -0.15, 120)

@@ -25,8 +25,8 @@ import plotly.graph_objects as go
 __all__ = ["Figure", "FIGURES", "FIGURE_SIZES", "DEFAULT_SIZE", "STUDY_STAGES", "register", "unregister", "get", "prose",
            "size_of", "FieldView"]
 
-STUDY_STAGES = ("refusal", "persona", "eval", "alpha_sweep", "gating", "confirm", "heatmap", "knockout", "patching",
-                "projections", "cosines")
+STUDY_STAGES = ("refusal", "persona", "calibrate", "eval", "alpha_sweep", "gating", "gating_judged", "confirm",
+                "heatmap", "knockout", "patching", "projections", "cosines", "persona_sets")
 """The stages of the gating study, in the order they run (the values of :attr:`Figure.stage`)."""
 
 DEFAULT_SIZE = (1000, 600)
@@ -64,6 +64,9 @@ class Figure:
     """Extra files of the run folder the figure reads, as ``(key, path relative to the run
     folder)`` pairs: each is loaded and passed to :attr:`draw` under ``key`` alongside the
     results; the figure is left out of a run that lacks one of them."""
+    needs: Callable[[dict], bool] | None = None
+    """Whether these results hold what the figure draws (``None``: always drawn); a figure
+    whose stage ran with nothing to show (e.g. the judged sweep switched off) is left out."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():

@@ -32,14 +32,14 @@ resumes where it stopped and produces the same ``results.json`` (apart from ``ru
 """
 
 from persona_refusal.study.config import PRESETS, Preset, StudyConfig
-from persona_refusal.study.context import StudyContext, study_prompts
+from persona_refusal.study.context import StudyContext, study_personas, study_prompts
 from persona_refusal.study.registry import Stage, StageResult, get_stage, register, registered, stage_order
 from persona_refusal.study.runner import RESULTS_SCHEMA, Study, load_results, preset_stages, run_study
 from persona_refusal.study.stats import first_token_stats, outcome_rates, restoration
 from persona_refusal.study.store import RunStore
 
 __all__ = [
-    "PRESETS", "Preset", "StudyConfig", "StudyContext", "study_prompts", "Stage", "StageResult", "get_stage",
+    "PRESETS", "Preset", "StudyConfig", "StudyContext", "study_prompts", "study_personas", "Stage", "StageResult", "get_stage",
     "register", "registered", "stage_order", "RESULTS_SCHEMA", "Study", "load_results", "preset_stages", "run_study",
     "first_token_stats", "outcome_rates", "restoration", "RunStore",
 ]

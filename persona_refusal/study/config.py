@@ -26,6 +26,7 @@ import difflib
 import json
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -34,7 +35,7 @@ from persona_refusal.errors import ConfigError
 __all__ = [
     "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
     "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "StudyConfig", "Preset", "PRESETS",
-    "MAX_STRENGTH", "MAX_SEED", "layer_spec", "add_flags", "flags_to_fields",
+    "MAX_STRENGTH", "MAX_SEED", "layer_spec", "add_flags", "flags_to_fields", "paper_layers", "PAPER_DEPTH",
 ]
 
 MAX_STRENGTH = 100.0
@@ -129,11 +130,27 @@ class Check:
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
             raise ConfigError(f"{name} must be a list of integers, got {v!r}", hint="write it as a list, e.g. [0, 4, 8]")
 
+    def _check_strs(self, name: str, v: Any) -> None:
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise ConfigError(f"{name} must be a list of non-empty strings, got {v!r}",
+                              hint='write it as a list, e.g. ["character", "scripted"]')
+
     def _check_layers(self, name: str, v: Any) -> None:
         if isinstance(v, str):
             layer_spec(name, v, 1)  # the syntax; ranges are checked once the model's depth is known
             return
         self._check_ints(name, v)
+
+    def _check_cells(self, name: str, v: Any) -> None:
+        if not isinstance(v, dict) or not v:
+            raise ConfigError(f"{name} must map cell names to lists of layers, got {v!r}",
+                              hint='write it as {"late": [20], "paired": [20, 22]} or late=20,paired=20+22')
+        for cell, layers in v.items():
+            if not isinstance(cell, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", cell):
+                raise ConfigError(f"{name}: bad cell name {cell!r}", hint="use letters, digits, _ and -")
+            self._check_ints(f"{name}[{cell!r}]", layers)
+            if not layers:
+                raise ConfigError(f"{name}[{cell!r}] holds no layer")
 
     def _check_positions(self, name: str, v: Any) -> None:
         self._check_ints(name, v)
@@ -196,6 +213,12 @@ class PromptsConfig(_Section):
     """First ``n`` evaluation harmful prompts used by the first-token sweeps."""
     n_coherence: int = _f(12, Check("int", "evaluation harmless prompts of the coherence checks", low=1))
     """First ``n`` evaluation harmless prompts used for coherence checks."""
+    system_prompt: str | None = _f(None, Check("str", "system prompt of every harmful/harmless study prompt "
+                                               "(default: the chat template's own)", optional=True))
+    """The system prompt every train, val and evaluation prompt is formatted with (the
+    paper: ``"You are a helpful assistant."``); ``None`` keeps the chat template's default
+    (Qwen's adds "You are Qwen, created by Alibaba Cloud…"). Persona rollouts use their
+    own system prompts."""
 
 
 @dataclass
@@ -215,6 +238,11 @@ class SelectionConfig(_Section):
                                                    optional=True))
     """A saved :class:`Direction` to use as the refusal direction instead of selecting one
     (the diff-in-means grid is still computed, for per-layer analyses)."""
+    refusal_layer: int | None = _f(None, Check("int", "fixed refusal-direction layer (no selection)", optional=True,
+                                               low=0))
+    """Use the diff-in-means direction at the last prompt token of this ``resid_pre``
+    layer, with no selection (the paper: a fixed layer 14 on 28-layer models). ``None``:
+    Arditi et al.'s selection (or, with ``layer_rule="paper"``, the paper's layer scaled by depth)."""
     kl_threshold: float = _f(0.1, Check("float", "selection: largest KL (nats) of ablation on harmless val", low=0))
     """Selection: largest KL (nats) that ablation may cause on harmless val prompts."""
     induce_threshold: float = _f(0.0, Check("float", "selection: smallest refusal score addition must induce"))
@@ -234,6 +262,16 @@ class PersonaConfig(_Section):
     persona_direction: str | None = _f(None, Check("path", "use these saved persona directions (skip rollouts)",
                                                    optional=True))
     """Saved :class:`LayerDirections` to use as persona directions instead of rollouts."""
+    personas: str = _f("scripted", Check("str", "persona prompt set: character, scripted, or a JSON/YAML file"))
+    """The persona system prompts and probe questions: ``"character"`` (bundled: characters
+    described, no reply wording named — the paper's kind of contrast), ``"scripted"``
+    (bundled: the package's original set, some of whose refuser prompts dictate the
+    reply's wording), or a file (JSON, or the paper's YAML shape), see
+    :func:`persona_refusal.prompts.load_personas`."""
+    persona_sets: list[str] = _f([], Check("strs", "persona sets whose directions the persona_sets stage compares",
+                                           flag=True), factory=True)
+    """Persona sets (names or files) whose directions are compared with the refusal
+    direction by the ``persona_sets`` stage (empty: the stage does nothing)."""
     persona_questions: int | None = _f(8, Check("int", "probe questions per persona system prompt", optional=True, low=1))
     """Probe questions per persona system prompt (``None``: all 16)."""
     persona_max_new_tokens: int = _f(24, Check("int", "reply length of persona rollouts", low=1))
@@ -250,8 +288,19 @@ class SteeringConfig(_Section):
     """Where and how strongly the persona is steered in; the common norm of strengths."""
 
     SECTION: ClassVar[str] = "steering"
+    layer_rule: str = _f("package", Check("choice", "how unset layers are derived from the model's depth",
+                                          choices=("package", "paper")))
+    """How layers left unset are chosen: ``"package"`` (persona at round(0.65·L), Arditi
+    selection of the refusal layer) or ``"paper"`` (Zhong & Li's Qwen2.5-7B layers scaled
+    by depth, see :func:`paper_layers`)."""
     persona_layer: int | None = _f(None, Check("int", "resid_pre layer of persona steering", optional=True))
-    """Layer where persona steering is added (default: round(0.65·n_layers))."""
+    """Layer where persona steering is added (default: round(0.65·n_layers), or the paper's
+    rule)."""
+    persona_source_layer: int | None = _f(None, Check("int", "layer whose persona direction is steered in",
+                                                      optional=True, low=0))
+    """Layer whose persona direction is added at :attr:`persona_layer` (default: the same
+    layer; the paper extracts at ``hidden_states[20]`` and adds at block 20's output, i.e.
+    ``resid_pre`` 20 → ``resid_pre`` 21)."""
     persona_alpha: float = _f(3.0, Check("float", "persona strength (units of the common norm)",
                                          low=-MAX_STRENGTH, high=MAX_STRENGTH))
     """Persona steering strength, in units of the common norm (the paper: 3)."""
@@ -264,6 +313,22 @@ class SteeringConfig(_Section):
     added), ``"refusal"`` (the refusal direction's norm at its own layer) or ``"mean"``."""
     allow_transfer: bool = _f(False, Check("bool", "accept saved directions made with another model of the same width"))
     """Accept saved directions made with another model of the same width, on purpose."""
+    calibrate_alpha: bool = _f(False, Check("bool", "choose the persona strength on the val prompts"))
+    """Choose α on the val split (stage ``calibrate``): the smallest α of
+    :attr:`calibration_alphas` whose judged val refusal is at most
+    :attr:`calibration_target` while harmless val replies stay coherent. The evaluation
+    prompts never enter the choice."""
+    calibration_alphas: list[float] = _f([1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0],
+                                         Check("strengths", "persona strengths tried by calibration (ascending)",
+                                               nonempty=True), factory=True)
+    """The grid calibration walks up, smallest first; it stops at the first α that passes."""
+    calibration_target: float = _f(0.10, Check("float", "calibration: largest judged val refusal rate", low=0, high=1))
+    """Calibration: the largest judged refusal rate on harmful val prompts that passes."""
+    calibration_max_degenerate: float = _f(0.25, Check("float", "calibration: largest degenerate share of harmless "
+                                                       "val replies", low=0, high=1))
+    """Calibration: the largest share of degenerate replies on harmless val prompts that passes."""
+    calibration_max_new_tokens: int = _f(64, Check("int", "reply length of calibration replies", low=1))
+    """Reply length of calibration replies."""
 
 
 @dataclass
@@ -273,6 +338,27 @@ class SweepConfig(_Section):
     SECTION: ClassVar[str] = "sweeps"
     betas: list[float] = _f([2.0], Check("strengths", "refusal re-add strengths of the gating sweep", nonempty=True), factory=True)
     """Refusal re-add strengths of the gating sweep (the paper: 2)."""
+    beta_ratios: list[float] | None = _f(None, Check("strengths", "re-add strengths as multiples of α (replaces betas)",
+                                                     optional=True, nonempty=True))
+    """Re-add strengths as multiples of the persona strength α (the calibrated one when
+    calibrating): β = ratio·α. The paper's ratio is 2 / 2.5 = 0.8 on Qwen. Replaces :attr:`betas`."""
+    readd_cells: dict[str, list[int]] | None = _f(None, Check("cells", "named re-add cells, e.g. late=20,paired=20+22",
+                                                              optional=True))
+    """Named sets of ``resid_pre`` layers the refusal direction is re-added at together
+    (default: the paper's early, late and paired late cells scaled by depth)."""
+    judged_sweep: bool = _f(False, Check("bool", "also judge generated replies at the gating layers (stage gating_judged)"))
+    """Run the judged gating sweep: generated replies of :attr:`max_new_tokens` tokens to
+    the evaluation prompts, judged by both judges, at :attr:`judged_layers` and the cells."""
+    judged_layers: list[int] | str | None = _f(None, Check("layers", "re-add layers of the judged sweep (default every:2)",
+                                                           optional=True))
+    """Re-add layers of the judged gating sweep (default ``"every:2"``)."""
+    judge: str = _f("strict", Check("choice", "the judge of headline rates", choices=("strict", "lenient")))
+    """The judge whose labels are the headline rates: ``"strict"`` (Arditi et al.'s
+    phrases) or ``"lenient"`` (the paper's: broader phrases anywhere in the first 500
+    characters). Judged stages record both."""
+    early_stop: bool = _f(False, Check("bool", "judged replies stop once every judge's label is final"))
+    """Stop a judged reply once every judge's label is final (a refusal phrase seen, or the
+    judge's window of characters written); labels are unchanged, replies are shorter."""
     control_betas: list[float] = _f([2.0], Check("strengths", "re-add strengths of the control sweep"), factory=True)
     """Re-add strengths of the control sweep without persona steering."""
     gating_layers: list[int] | str | None = _f(None, Check("layers", "layers of the gating sweep (default all)",
@@ -358,6 +444,30 @@ PRESETS: dict[str, Preset] = {
                      "kl_threshold": 1e9, "induce_threshold": -1e9},
                     doc="every stage on a few prompts (plumbing check)"),
 }
+
+PAPER_OVERRIDES: dict = {
+    # Zhong & Li (2026), src/consolidated.py, as written down in README "The paper preset" before its runs
+    "layer_rule": "paper", "personas": "character", "system_prompt": "You are a helpful assistant.",
+    "judge": "lenient", "judged_sweep": True, "judged_layers": "every:2", "max_new_tokens": 128, "early_stop": True,
+    "calibrate_alpha": True, "beta_ratios": [0.8, 1.0, 2.0], "norm": "persona",
+    "n_train": None, "n_val": None, "n_eval": 64, "n_sweep": 64, "n_coherence": 24,
+    "persona_questions": None, "persona_max_new_tokens": 32, "persona_sets": ["character", "scripted"],
+    "alphas": [1.0, 2.0, 3.0, 4.0, 6.0, 8.0], "control_layers": "every:2",
+}
+"""The ``paper`` preset's fields: the paper's protocol on this package's prompts."""
+
+PAPER_STAGES = ("refusal", "persona", "steering", "calibrate", "eval", "sweep_caches", "alpha_sweep", "gating",
+                "gating_judged", "cosines", "persona_sets")
+"""The stages the ``paper`` presets run (the per-layer mechanism stages are left to ``default``/``full``)."""
+
+PRESETS["paper"] = Preset(PAPER_OVERRIDES, PAPER_STAGES,
+                          doc="Zhong & Li's protocol: character personas, paper layers by depth, α calibrated on val, "
+                              "judged 128-token replies at every 2nd layer")
+PRESETS["paper-smoke"] = Preset(
+    {**PAPER_OVERRIDES, "n_train": 16, "n_val": 8, "n_eval": 8, "n_sweep": 8, "n_coherence": 4, "persona_questions": 3,
+     "persona_max_new_tokens": 8, "persona_filter": "none", "max_new_tokens": 16, "calibration_max_new_tokens": 8,
+     "calibration_alphas": [1.0, 4.0], "judged_layers": "every:6", "alphas": [1.0, 3.0], "bootstrap": 200},
+    PAPER_STAGES, doc="the paper preset's stages on a few prompts (plumbing check)")
 
 
 # ============================================================================ the study config
@@ -507,6 +617,7 @@ class StudyConfig:
     def resolve(self, n_layers: int) -> dict:
         """Concrete layer lists for a model with ``n_layers`` blocks, validated."""
         L = n_layers
+        paper = paper_layers(L) if self.layer_rule == "paper" else None
 
         def check(name: str, layers: Sequence[int], top: int) -> list[int]:
             out = sorted({int(l) for l in layers})
@@ -517,9 +628,19 @@ class StudyConfig:
                 raise ConfigError(f"{name} is empty")
             return out
 
-        pl = self.persona_layer if self.persona_layer is not None else round(0.65 * L)
+        pl = self.persona_layer if self.persona_layer is not None else (
+            paper["persona_layer"] if paper else round(0.65 * L))
         if not 1 <= pl <= L - 1:
             raise ConfigError(f"persona_layer {pl} out of range: use 1..{L - 1}")
+        src = self.persona_source_layer if self.persona_source_layer is not None else (
+            paper["persona_source_layer"] if paper and self.persona_layer is None else pl)
+        if not 0 <= src <= L - 1:
+            raise ConfigError(f"persona_source_layer {src} out of range: this model has layers 0..{L - 1}")
+        rl = self.refusal_layer if self.refusal_layer is not None else (paper["refusal_layer"] if paper else None)
+        if rl is not None and not 0 <= rl <= L - 1:
+            raise ConfigError(f"refusal_layer {rl} out of range: this model has layers 0..{L - 1}")
+        cells = self.readd_cells if self.readd_cells is not None else paper_layers(L)["readd_cells"]
+        cells = {name: check(f"readd_cells[{name!r}]", ls, L - 1) for name, ls in cells.items()}
         sel = layer_spec("selection_layers", self.selection_layers, L, "every:3,below:0.8")
         gl = layer_spec("gating_layers", self.gating_layers, L, "all")
         cl = layer_spec("control_layers", self.control_layers, L, "every:2")
@@ -536,6 +657,10 @@ class StudyConfig:
             l for l in sorted({pl, pl + max(1, L // 8), pl + 2 * max(1, L // 8)}) if l < L]
         return {
             "persona_layer": pl,
+            "persona_source_layer": src,
+            "refusal_layer": rl,
+            "readd_cells": cells,
+            "judged_layers": check("judged_layers", layer_spec("judged_layers", self.judged_layers, L, "every:2"), L - 1),
             "selection_layers": check("selection_layers", sel, L - 1),
             "gating_layers": check("gating_layers", gl, L - 1),
             "control_layers": check("control_layers", cl, L - 1),
@@ -553,6 +678,46 @@ def _unknown(name: str) -> ConfigError:
     return ConfigError(f"unknown configuration field {name!r}",
                        hint=(f"did you mean {close[0]!r}? " if close else "") + "see the StudyConfig fields in "
                        "persona_refusal.study.config")
+
+
+PAPER_DEPTH = 28
+"""Depth of Qwen2.5-7B-Instruct, whose layers Zhong & Li's protocol names."""
+
+
+def _scaled(layer: int, n_layers: int) -> int:
+    """``layer`` of a 28-block model at the same relative depth of an ``n_layers`` model
+    (round half up; exact for 28 blocks)."""
+    return min(n_layers - 1, int(math.floor(layer * n_layers / PAPER_DEPTH + 0.5)))
+
+
+def paper_layers(n_layers: int) -> dict:
+    """Zhong & Li's layers (``src/consolidated.py``, Qwen2.5-7B, 28 blocks), as
+    ``resid_pre`` indices of a model with ``n_layers`` blocks.
+
+    The paper extracts the persona vector at ``hidden_states[20]`` (``resid_pre`` 20) and
+    adds it at block 20's output (``resid_pre`` 21); it takes a fixed refusal direction
+    at layer 14 (last prompt token, ``resid_pre`` 14) and re-adds it at block 14's output
+    (early: ``resid_pre`` 15), block 22's (late: 23) and blocks 22 + 24 together (paired
+    late: 23 + 25). For other depths each paper index ``i`` becomes
+    ``round(i · n_layers / 28)`` (half up), and a block output ``b`` the ``resid_pre`` of
+    ``round(b · n_layers / 28) + 1``. (The paper itself used the same absolute layers on
+    32-block Llama-3.1-8B; scaling keeps the relative depth instead.)
+
+    Example:
+        >>> paper_layers(28)["readd_cells"]
+        {'early': [15], 'late': [23], 'paired': [23, 25]}
+        >>> {k: paper_layers(24)[k] for k in ("persona_source_layer", "persona_layer", "refusal_layer")}
+        {'persona_source_layer': 17, 'persona_layer': 18, 'refusal_layer': 12}
+    """
+    L = n_layers
+
+    def out_of(block: int) -> int:  # the resid_pre that block's output is
+        return min(L - 1, _scaled(block, L) + 1)
+
+    src = _scaled(20, L)
+    return {"persona_source_layer": src, "persona_layer": min(L - 1, src + 1), "refusal_layer": _scaled(14, L),
+            "readd_cells": {"early": [out_of(14)], "late": [out_of(22)],
+                            "paired": sorted({out_of(22), out_of(24)})}}
 
 
 def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) -> list[int]:
@@ -617,7 +782,27 @@ def _layers(text: str):
         raise argparse.ArgumentTypeError(f"expected comma-separated layers or a spec, got {text!r}") from None
 
 
-_ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "layers": _layers, "positions": _ints}
+def _strs(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _cells(text: str) -> dict[str, list[int]]:
+    """``late=20,paired=20+22`` → ``{"late": [20], "paired": [20, 22]}``."""
+    out: dict[str, list[int]] = {}
+    for part in _strs(text):
+        name, eq, layers = part.partition("=")
+        try:
+            if not eq:
+                raise ValueError(part)
+            out[name.strip()] = [int(x) for x in layers.split("+") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=LAYER[+LAYER…] cells such as late=20,paired=20+22, "
+                                             f"got {part!r}") from None
+    return out
+
+
+_ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "layers": _layers, "positions": _ints,
+              "strs": _strs, "cells": _cells, "str": str}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -34,9 +34,9 @@ from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
 from persona_refusal.directions import Direction, LayerDirections
 from persona_refusal.errors import ConfigError
-from persona_refusal.evaluation import generate_conditions, judge_responses
+from persona_refusal.evaluation import JUDGES, decided_by, generate_conditions, judge_responses
 from persona_refusal.interventions import AddVector, Intervention
-from persona_refusal.prompts import PromptSet, bundled, load_prompts
+from persona_refusal.prompts import Personas, PromptSet, bundled, load_prompts, resolve_personas
 from persona_refusal.storage import sha256_file
 from persona_refusal.study.config import StudyConfig
 from persona_refusal.study.stats import first_token_stats, restoration
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
-__all__ = ["StudyContext", "Cache", "study_prompts", "input_hashes", "given_files", "given_stem"]
+__all__ = ["StudyContext", "Cache", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,13 @@ def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
         raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts",
                           hint="lower n_coherence or give more evaluation harmless prompts")
     return sets
+
+
+def study_personas(config: StudyConfig) -> dict[str, Personas]:
+    """The persona set of the study and those the ``persona_sets`` stage compares, read
+    (a bad persona file fails before the model loads)."""
+    names = [config.personas] + [n for n in config.persona_sets if n != config.personas]
+    return {name: resolve_personas(name) for name in names}
 
 
 def given_files(config: StudyConfig) -> dict[str, list[Path]]:
@@ -145,12 +152,18 @@ class StudyContext:
     def __init__(self, chat_model: "ChatModel", config: StudyConfig, out, *, force: bool = False,
                  progress: bool = True, judge: "Judge | None" = None,
                  prompts: dict[str, PromptSet] | None = None) -> None:
-        self.cm = chat_model
+        # every harmful/harmless prompt is formatted with the configured system prompt
+        self.cm = chat_model.with_system(config.system_prompt) if config.system_prompt is not None else chat_model
+        chat_model = self.cm
         self.cfg = config
         self.layers = config.resolve(chat_model.n_layers)
         self.progress = progress
         self.judge = judge
         self.prompts = prompts if prompts is not None else study_prompts(config)  # already read: by the CLI
+        self.personas = study_personas(config)
+        """Persona sets by name (or path): the study's own first."""
+        self.judges = dict(JUDGES)
+        """Every built-in judge by name; judged stages record each one's labels."""
         self.given_refusal: Direction | None = None
         """The ``--refusal-direction`` given, read (and checksummed) before the run folder is opened."""
         self.given_persona: LayerDirections | None = None
@@ -162,7 +175,8 @@ class StudyContext:
             "resolved": self.layers,
             "model": chat_model.fingerprint(),
             "prompt_sets": {k: v.describe() for k, v in self.prompts.items()},
-            "judge": type(judge).__name__ if judge is not None else "SubstringJudge",
+            "judge": type(judge).__name__ if judge is not None else type(JUDGES[config.judge]).__name__,
+            "personas": {name: p.describe() for name, p in self.personas.items()},
         }
         self.check_inputs()
         # inputs are in memory now; --force never removes a file the command was handed
@@ -180,6 +194,24 @@ class StudyContext:
     def persona_layer(self) -> int:
         """The layer where persona steering is added (resolved)."""
         return self.layers["persona_layer"]
+
+    @property
+    def alpha(self) -> float:
+        """The persona strength: calibrated on val (stage ``calibrate``) or as configured."""
+        cal = self.results.get("calibrate")
+        return cal.alpha if cal is not None and cal.alpha is not None else self.cfg.persona_alpha
+
+    @property
+    def betas(self) -> list[float]:
+        """Re-add strengths: ``beta_ratios``·α when ratios are set, else ``betas``."""
+        if self.cfg.beta_ratios:
+            return [round(r * self.alpha, 6) for r in self.cfg.beta_ratios]
+        return list(self.cfg.betas)
+
+    @property
+    def control_betas(self) -> list[float]:
+        """Re-add strengths of the control sweep: the gating ones when given as ratios of α."""
+        return self.betas if self.cfg.beta_ratios else list(self.cfg.control_betas)
 
     @contextlib.contextmanager
     def timer(self, name: str) -> Iterator[None]:
@@ -257,7 +289,7 @@ class StudyContext:
     def steer(self, alpha: float | None = None, layer: int | None = None) -> AddVector:
         """Persona steering: ``α·s·p̂`` added at ``resid_pre`` of ``layer`` (default: the
         configured α and persona layer). The same arguments give the same object."""
-        alpha = self.cfg.persona_alpha if alpha is None else alpha
+        alpha = self.alpha if alpha is None else alpha
         layer = self.persona_layer if layer is None else layer
         vec = self.result("steering").persona_vector
         return self._memo(("steer", alpha, layer),
@@ -377,22 +409,42 @@ class StudyContext:
                                                                                 n_boot=n, seed=seed)
         return out
 
+    def stop_when(self):
+        """The early-stopping rule of judged replies (``None``: every reply runs to full length).
+
+        With ``early_stop``, a reply stops once every judge's label is final
+        (:func:`persona_refusal.evaluation.decided_by`); a custom judge without a
+        ``decided`` method turns early stopping off."""
+        if not self.cfg.early_stop:
+            return None
+        judges = list(self.judges.values())
+        if self.judge is not None:
+            if not callable(getattr(self.judge, "decided", None)):
+                return None
+            judges.append(self.judge)
+        return decided_by(*judges)
+
     def judged(self, stage: str, prompts: Sequence[str], conditions: Mapping[str, Sequence[Intervention]],
-               desc: str) -> dict[str, dict]:
+               desc: str, *, max_new_tokens: int | None = None) -> dict[str, dict]:
         """Generate and judge under several conditions in shared batches; checkpoint them in one write.
 
-        Returns condition key → ``{"labels", "replies", "refused", "scores"}``.
+        Returns condition key → ``{"labels", "labels_by_judge", "replies", "refused",
+        "scores"}``: ``labels`` by the headline judge (``judge``, or the custom one), and
+        every built-in judge's labels by name.
         """
         missing = {k: v for k, v in conditions.items() if not self.store.has(stage, k)}
         if missing:
             gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
-                                       max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
-                                       desc=desc, progress=self.progress)
+                                       max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                                       batch_size=self.cfg.batch_size, desc=desc, progress=self.progress,
+                                       stop_when=self.stop_when())
             done = {}
             for key, gen in zip(missing, gens):
-                labels = judge_responses(prompts, gen.texts, self.judge)
+                by_judge = {name: judge_responses(prompts, gen.texts, j) for name, j in self.judges.items()}
+                labels = judge_responses(prompts, gen.texts, self.judge) if self.judge is not None \
+                    else by_judge[self.cfg.judge]
                 refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
-                done[key] = {"labels": labels, "replies": gen.texts, "refused": refused,
+                done[key] = {"labels": labels, "labels_by_judge": by_judge, "replies": gen.texts, "refused": refused,
                              "scores": gen.first_scores.tolist()}
             # one write: a resumed run never regenerates a subset in other batches (other floats)
             self.store.put_many(stage, done)

@@ -35,7 +35,7 @@ def cells(ctx: StudyContext, beta: float) -> dict[str, int]:
 @register("confirm", requires=("gating",), order=80)
 def run(ctx: StudyContext) -> ConfirmResult:
     """Chosen gating cells, judged from generated replies."""
-    beta = max(ctx.cfg.betas)
+    beta = max(ctx.betas)
     chosen = cells(ctx, beta)
     with ctx.timer("confirm"):
         conds = {f"{name}:{beta}@{l}": [ctx.steer(), ctx.readd(beta, l)] for name, l in chosen.items()}

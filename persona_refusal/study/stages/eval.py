@@ -31,7 +31,7 @@ class EvalResult(StageResult):
     """The first six (instruction, reply, label) of each condition."""
 
 
-@register("eval", requires=("steering",), order=40)
+@register("eval", requires=("calibrate",), order=40)
 def run(ctx: StudyContext) -> EvalResult:
     """Baseline vs persona on the evaluation prompts (generation + judge)."""
     with ctx.timer("eval_generation"):

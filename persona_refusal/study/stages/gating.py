@@ -23,11 +23,11 @@ def run(ctx: StudyContext) -> GatingResult:
     cfg, layers = ctx.cfg, ctx.layers
     with ctx.timer("gating"):
         pts = ctx.sweep("gating", {f"{b}@{l}": [ctx.steer(), ctx.readd(b, l)]
-                                   for b in cfg.betas for l in layers["gating_layers"]}, desc="gating sweep")
+                                   for b in ctx.betas for l in layers["gating_layers"]}, desc="gating sweep")
         gating = [{"layer": l, "beta": b, **ctx.summarise(pts[f"{b}@{l}"])}
-                  for b in cfg.betas for l in layers["gating_layers"]]
+                  for b in ctx.betas for l in layers["gating_layers"]]
         ctl = ctx.sweep("control", {f"{b}@{l}": [ctx.readd(b, l)]
-                                    for b in cfg.control_betas for l in layers["control_layers"]}, desc="control sweep")
+                                    for b in ctx.control_betas for l in layers["control_layers"]}, desc="control sweep")
         control = [{"layer": l, "beta": b, **ctx.summarise(ctl[f"{b}@{l}"], False)}
-                   for b in cfg.control_betas for l in layers["control_layers"]]
+                   for b in ctx.control_betas for l in layers["control_layers"]]
     return GatingResult(gating, control)

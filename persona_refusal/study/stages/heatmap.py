@@ -21,7 +21,7 @@ def run(ctx: StudyContext) -> HeatmapResult:
     """Where the persona is added × where refusal is re-added."""
     st, P = ctx.store, ctx.persona_layer
     hp, hr = ctx.layers["heatmap_persona_layers"], ctx.layers["heatmap_refusal_layers"]
-    beta = max(ctx.cfg.betas)
+    beta = max(ctx.betas)
     rate = [[None] * len(hr) for _ in hp]
     score = [[None] * len(hr) for _ in hp]
     with ctx.timer("heatmap"):

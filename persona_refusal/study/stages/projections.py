@@ -53,4 +53,4 @@ def run(ctx: StudyContext) -> ProjectionsResult:
     return ProjectionsResult({
         "layers": list(range(L)), **proj, "direction": "each layer's diff-in-means at position -1",
         "resid_norm": resid_norm,
-        "readd_relative_size": {f"{b}": [b * s / n if n > 0 else None for n in resid_norm] for b in ctx.cfg.betas}})
+        "readd_relative_size": {f"{b}": [b * s / n if n > 0 else None for n in resid_norm] for b in ctx.betas}})

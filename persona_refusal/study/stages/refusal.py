@@ -1,5 +1,5 @@
 """Stage ``refusal``: the diff-in-means grid on the train prompts, then Arditi et al.'s
-selection on the val prompts (or a given direction)."""
+selection on the val prompts, a fixed layer (the paper's protocol), or a given direction."""
 
 from __future__ import annotations
 
@@ -73,6 +73,16 @@ def run(ctx: StudyContext) -> RefusalResult:
             write_json(sel_path, {"chosen": None, "source": str(cfg.refusal_direction), "candidates": [],
                                   "settings": {"given": True}})
             selection = read_json(sel_path)
+    elif ctx.layers["refusal_layer"] is not None:  # a fixed layer, last prompt token, no selection
+        layer = ctx.layers["refusal_layer"]
+        direction = grid.direction(-1, layer)
+        selection = {"chosen": {"layer": layer, "position": -1, "rule": "fixed layer"}, "candidates": [],
+                     "settings": {"rule": "fixed layer", "layer": layer, "position": -1}}
+        if store.read_back("the fixed-layer refusal direction", [*_pair(dir_path), sel_path], lambda: (
+                Direction.load(dir_path, chat_model=cm), read_object(sel_path))) is None:
+            write_json(sel_path, selection)
+            direction.save(dir_path)
+        direction, selection = Direction.load(dir_path, chat_model=cm), read_json(sel_path)
     else:
         saved = store.read_back("the selected refusal direction", [*_pair(dir_path), sel_path], lambda: (
             Direction.load(dir_path, chat_model=cm, allow_transfer=cfg.allow_transfer), read_object(sel_path)))

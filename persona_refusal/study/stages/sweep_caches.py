@@ -21,7 +21,7 @@ class SweepCachesResult(StageResult):
     """``[n_coherence, n_layers, d_model]``: harmless prompts' last-token residuals."""
 
 
-@register("sweep_caches", requires=("steering",), order=50)
+@register("sweep_caches", requires=("calibrate",), order=50)
 def run(ctx: StudyContext) -> SweepCachesResult:
     """Baseline and persona residual streams of the sweep prompts (kept in memory)."""
     cm, L, P = ctx.cm, ctx.cm.n_layers, ctx.persona_layer

@@ -1,0 +1,134 @@
+"""Several runs in one figure: restoration of refusal against relative depth.
+
+Context
+-------
+A gating claim is about *where* in the network the re-added refusal direction acts, and
+models differ in depth. :func:`cross_model_figure` puts every run on one axis, the re-add
+layer over the model's number of blocks, with one line per run (model × protocol): the
+judged restoration when the run has the judged gating sweep (``--preset paper``), else
+the first-token restoration of the gating sweep. :func:`build_comparison` writes it from
+run folders (``persona-refusal compare RUN… --out DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from persona_refusal.analysis import find_browser
+from persona_refusal.analysis.figures._style import error_bars, legend_below, style
+from persona_refusal.errors import RunFolderError
+from persona_refusal.formatting import finite
+from persona_refusal.storage import atomic_write_bytes, atomic_write_text
+from persona_refusal.study.runner import load_results
+
+__all__ = ["run_label", "restoration_by_depth", "cross_model_figure", "build_comparison"]
+
+_LINE_COLORS = ("#7B2D8E", "#D55E00", "#0072B2", "#009E73", "#E69F00", "#CC79A7")
+
+
+def run_label(results: Mapping) -> str:
+    """``model · protocol``: the paper protocol when the run used the paper's layer rule."""
+    model = str((results.get("model") or {}).get("model_id", "model")).split("/")[-1]
+    cfg = results.get("config") or {}
+    protocol = "paper protocol" if cfg.get("layer_rule") == "paper" else "package default protocol"
+    return f"{model} · {protocol}"
+
+
+def restoration_by_depth(results: Mapping) -> dict:
+    """Per re-add layer: relative depth, restoration and its interval, and what measured it.
+
+    Example:
+        >>> r = {"model": {"n_layers": 4}, "gating": [{"layer": 2, "beta": 2.0, "restoration": 0.5,
+        ...                                             "restoration_ci": [0.1, 0.9]}]}
+        >>> restoration_by_depth(r)["depth"], restoration_by_depth(r)["measure"]
+        ([0.5], 'first token, β = 2')
+    """
+    L = (results.get("model") or {}).get("n_layers")
+    gj = results.get("gating_judged") or {}
+    if gj.get("layers"):
+        judge = gj.get("judge")
+        rows = sorted(gj["layers"], key=lambda r: r["layer"])
+        vals = [((r.get(judge) or {}).get("restoration"), (r.get(judge) or {}).get("restoration_ci") or [None, None])
+                for r in rows]
+        measure = f"judged ({judge}, {gj.get('max_new_tokens')} tokens), β = {gj.get('beta0'):g}"
+        cells = [{"cell": c["cell"], "beta": c["beta"], "depth": max(c["layers"]) / L,
+                  "restoration": (c.get(judge) or {}).get("restoration"),
+                  "ci": (c.get(judge) or {}).get("restoration_ci") or [None, None]}
+                 for c in gj.get("cell_rows") or [] if c["beta"] == gj.get("beta0")]
+    else:
+        gating = results.get("gating") or []
+        if not gating:
+            return {"depth": [], "restoration": [], "ci": [], "measure": "none", "cells": []}
+        beta = max(g["beta"] for g in gating)
+        rows = sorted([g for g in gating if g["beta"] == beta], key=lambda r: r["layer"])
+        vals = [(r.get("restoration"), r.get("restoration_ci") or [None, None]) for r in rows]
+        measure, cells = f"first token, β = {beta:g}", []
+    persona = (results.get("steering") or {}).get("persona_layer")
+    return {"depth": [r["layer"] / L for r in rows], "layer": [r["layer"] for r in rows],
+            "restoration": [v[0] for v in vals], "ci": [v[1] for v in vals], "measure": measure, "cells": cells,
+            "persona_depth": persona / L if finite(persona) else None, "n_layers": L}
+
+
+def cross_model_figure(runs: Mapping[str, Mapping]) -> go.Figure:
+    """One line per run: restoration (0: none, 1: all of the persona → baseline gap)
+    against relative depth of the re-add layer, with 95% intervals; the paired late cell
+    and the other cells as symbols; a dotted vertical line at each run's persona layer."""
+    fig = go.Figure()
+    for (label, results), color in zip(runs.items(), _LINE_COLORS * 4):
+        d = restoration_by_depth(results)
+        y = d["restoration"]
+        fig.add_trace(go.Scatter(
+            x=d["depth"], y=y, mode="lines+markers", name=f"{label} ({d['measure']})", legendgroup=label,
+            line=dict(color=color, width=2.2), marker=dict(size=6),
+            error_y=error_bars(y, [c[0] for c in d["ci"]], [c[1] for c in d["ci"]]) | dict(color=color),
+            customdata=d.get("layer"),
+            hovertemplate="layer %{customdata} (depth %{x:.2f})<br>restoration %{y:.2f}<extra>" + label + "</extra>"))
+        for c in d["cells"]:
+            if finite(c["restoration"]):
+                fig.add_trace(go.Scatter(
+                    x=[c["depth"]], y=[c["restoration"]], mode="markers", legendgroup=label, showlegend=False,
+                    marker=dict(symbol={"early": "diamond", "late": "square", "paired": "star"}.get(c["cell"], "x"),
+                                size=13, color=color, line=dict(color="white", width=1)),
+                    hovertemplate=f"{label}: {c['cell']} cell<br>restoration %{{y:.2f}}<extra></extra>"))
+        if d.get("persona_depth") is not None:
+            fig.add_vline(x=d["persona_depth"], line=dict(color=color, width=1, dash="dot"))
+    for yv in (0.0, 1.0):
+        fig.add_hline(y=yv, line=dict(color="#bbb", width=1, dash="dot"))
+    fig.update_xaxes(title_text="relative depth of the re-add layer (layer / n_layers)", range=[-0.02, 1.0])
+    fig.update_yaxes(title_text="restoration of refusal")
+    style(fig, "Refusal re-added under the persona, across models and protocols",
+          "symbols: the paper's cells (◆ early, ■ late, ★ paired late) at β₀ · dotted lines: each run's persona layer")
+    return legend_below(fig, -0.14, 150)
+
+
+def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                     labels: Sequence[str] | None = None, png: bool = True) -> list[Path]:
+    """Write ``cross_model.html`` (+ ``.json`` data, + ``.png`` with a browser) into ``out``."""
+    if not run_dirs:
+        raise RunFolderError("no run folders to compare", hint="give one or more run folders or results.json files")
+    runs: dict[str, dict] = {}
+    for i, rd in enumerate(run_dirs):
+        res = load_results(rd)
+        label = labels[i] if labels and i < len(labels) else run_label(res)
+        while label in runs:
+            label += "′"
+        runs[label] = res
+    fig = cross_model_figure(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "cross_model.html", out / "cross_model.json"]
+    atomic_write_text(written[0], pio.to_html(fig, include_plotlyjs="cdn", full_html=True))
+    data = {label: restoration_by_depth(r) | {"source": str(rd)}
+            for (label, r), rd in zip(runs.items(), run_dirs)}
+    atomic_write_text(written[1], json.dumps(data, indent=1, sort_keys=True) + "\n")
+    if png and find_browser():
+        png_path = out / "cross_model.png"
+        atomic_write_bytes(png_path, pio.to_image(fig, format="png", width=1100, height=650))
+        written.append(png_path)
+    return written

@@ -1,0 +1,152 @@
+"""Stage ``gating_judged``: the gating sweep judged from generated long replies, as the
+paper measures it.
+
+With persona steering on, the refusal direction is re-added at every layer of
+``judged_layers`` (at the first re-add strength β₀) and in each named cell of
+``readd_cells`` (a cell is a set of layers re-added together, e.g. the paper's paired
+late cell 22 + 24) at every β; the cells are also run without persona steering (the
+control). Each condition generates ``max_new_tokens`` tokens for every evaluation
+prompt, and every built-in judge labels the replies (``strict``: Arditi et al.'s phrases;
+``lenient``: the paper's broader phrases anywhere in the first 500 characters). The
+baseline and persona conditions are the ``eval`` stage's own replies (same prompts, same
+length). Rates carry Wilson intervals; restoration of the persona → baseline gap carries
+a paired bootstrap interval over prompts; the first token of each reply gives the fast
+proxy, and the stage reports how often proxy and judge agree and where the judges differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from persona_refusal.evaluation import Rate
+from persona_refusal.study.context import StudyContext
+from persona_refusal.study.registry import StageResult, register
+from persona_refusal.study.stats import first_token_stats, restoration
+
+__all__ = ["GatingJudgedResult", "judged_stats"]
+
+GROUP_ROWS = 256
+"""About this many (condition, prompt) rows are generated, then checkpointed, at a time."""
+
+
+@dataclass
+class GatingJudgedResult(StageResult):
+    gating_judged: dict | None
+    """Per layer, per cell and per control cell: each judge's refusal rate (Wilson) and
+    restoration (paired bootstrap), the first-token proxy and its agreement; the judges'
+    disagreements. ``None`` when ``judged_sweep`` is off."""
+
+
+def _refused(g: dict, judge: str) -> list[bool]:
+    return [l == "refusal" for l in g["labels_by_judge"][judge]]
+
+
+def judged_stats(g: dict, base: dict | None, pers: dict | None, judges: Sequence[str], *, n_boot: int,
+                 seed: int) -> dict:
+    """Statistics of one judged condition: per judge, refusal and degenerate rates with
+    Wilson intervals and (given ``base`` and ``pers``) restoration with a paired bootstrap
+    interval; the first-token proxy, and the share of prompts where it agrees with each judge.
+
+    Example:
+        >>> g = {"labels_by_judge": {"strict": ["refusal", "compliance"]}, "refused": [True, True], "scores": [1.0, 2.0]}
+        >>> s = judged_stats(g, None, None, ["strict"], n_boot=10, seed=0)
+        >>> s["strict"]["refusal"]["k"], s["agreement"]["strict"]
+        (1, 0.5)
+    """
+    n = len(g["refused"])
+    out: dict = {"n": n}
+    for name in judges:
+        refused = _refused(g, name)
+        labels = g["labels_by_judge"][name]
+        row = {"refusal": Rate(sum(refused), n).to_dict(),
+               "degenerate": Rate(sum(l == "degenerate" for l in labels), n).to_dict()}
+        if base is not None and pers is not None:
+            row["restoration"], row["restoration_ci"] = restoration(refused, _refused(base, name), _refused(pers, name),
+                                                                    n_boot=n_boot, seed=seed)
+        out[name] = row
+    out["first_token"] = first_token_stats(g["refused"], g["scores"])
+    out["agreement"] = {name: sum(a == b for a, b in zip(_refused(g, name), g["refused"])) / n if n else None
+                        for name in judges}
+    return out
+
+
+def _disagreements(key: str, g: dict, prompts: Sequence[str], judges: Sequence[str]) -> dict | None:
+    if len(judges) < 2:
+        return None
+    a, b = judges[0], judges[1]
+    ra, rb = _refused(g, a), _refused(g, b)
+    differ = [i for i, (x, y) in enumerate(zip(ra, rb)) if x != y]
+    if not differ:
+        return None
+    return {"condition": key, f"{a}_k": sum(ra), f"{b}_k": sum(rb), "n": len(ra), "n_differ": len(differ),
+            "examples": [{"prompt": prompts[i], "reply": g["replies"][i][:300],
+                          a: g["labels_by_judge"][a][i], b: g["labels_by_judge"][b][i]} for i in differ[:2]]}
+
+
+def conditions(ctx: StudyContext) -> dict[str, list]:
+    """Every judged condition by key: named cells at every β first (the paper's), then the
+    control cells (no persona, β₀), then the per-layer sweep at β₀."""
+    b0, cells = ctx.betas[0], ctx.layers["readd_cells"]
+    out: dict[str, list] = {}
+    for name, layers in cells.items():
+        for b in ctx.betas:
+            out[f"cell:{name}:{b}"] = [ctx.steer(), *[ctx.readd(b, l) for l in layers]]
+    for name, layers in cells.items():
+        out[f"control:{name}:{b0}"] = [ctx.readd(b0, l) for l in layers]
+    for l in ctx.layers["judged_layers"]:
+        out[f"layer:{b0}@{l}"] = [ctx.steer(), ctx.readd(b0, l)]
+    return out
+
+
+@register("gating_judged", requires=("eval",), order=75)
+def run(ctx: StudyContext) -> GatingJudgedResult:
+    """Refusal re-added per layer and per cell, judged from generated long replies."""
+    cfg = ctx.cfg
+    if not cfg.judged_sweep:
+        return GatingJudgedResult(None)
+    ev = list(ctx.prompts["eval_harmful"])
+    judges = list(ctx.judges)
+    conds = conditions(ctx)
+    # conditions with the same edits (a one-layer cell and that layer of the sweep) run once
+    canon: dict[tuple, str] = {}
+    alias = {key: canon.setdefault(tuple(id(i) for i in ivs), key) for key, ivs in conds.items()}
+    todo = [k for k in conds if alias[k] == k]
+    per = max(1, GROUP_ROWS // max(1, len(ev)))
+    gens: dict[str, dict] = {}
+    with ctx.timer("gating_judged"):
+        ref = ctx.judged("eval", ev, {"baseline": [], "persona": [ctx.steer()]}, "eval: baseline + persona")
+        for i in range(0, len(todo), per):
+            group = {k: conds[k] for k in todo[i:i + per]}
+            gens.update(ctx.judged("gating_judged", ev, group,
+                                   f"judged gating {i // per + 1}/{-(-len(todo) // per)}"))
+    base, pers = ref["baseline"], ref["persona"]
+    kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
+    b0 = ctx.betas[0]
+    record: dict = {
+        "n": len(ev), "max_new_tokens": cfg.max_new_tokens, "judge": cfg.judge, "judges": judges,
+        "early_stop": cfg.early_stop, "beta0": b0, "betas": ctx.betas, "alpha": ctx.alpha,
+        "persona_layer": ctx.persona_layer, "cells": ctx.layers["readd_cells"],
+        "baseline": judged_stats(base, None, None, judges, **kw), "persona": judged_stats(pers, None, None, judges, **kw),
+        "layers": [], "cell_rows": [], "control": [],
+    }
+    for key in conds:
+        g = gens[alias[key]]
+        kind, _, rest = key.partition(":")
+        if kind == "cell":
+            name, b = rest.rsplit(":", 1)
+            record["cell_rows"].append({"cell": name, "layers": ctx.layers["readd_cells"][name], "beta": float(b),
+                                        **judged_stats(g, base, pers, judges, **kw)})
+        elif kind == "control":
+            name, b = rest.rsplit(":", 1)
+            record["control"].append({"cell": name, "layers": ctx.layers["readd_cells"][name], "beta": float(b),
+                                      **judged_stats(g, None, None, judges, **kw)})
+        else:
+            b, l = rest.split("@")
+            record["layers"].append({"layer": int(l), "beta": float(b), **judged_stats(g, base, pers, judges, **kw)})
+    every = [(key, gens[alias[key]]) for key in conds] + [("baseline", base), ("persona", pers)]
+    pairs = [(a == "refusal", r) for _, g in every for a, r in zip(g["labels"], g["refused"])]
+    record["agreement"] = {"first_token_vs_judge": sum(x == y for x, y in pairs) / len(pairs) if pairs else None,
+                           "n_replies": len(pairs), "judge": cfg.judge}
+    record["judge_disagreements"] = [d for key, g in every if (d := _disagreements(key, g, ev, judges))]
+    return GatingJudgedResult(record)
