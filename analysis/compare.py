@@ -27,7 +27,16 @@ from persona_refusal.formatting import finite
 from persona_refusal.storage import atomic_write_bytes, atomic_write_text
 from persona_refusal.study.runner import load_results
 
-__all__ = ["run_label", "restoration_by_depth", "cross_model_figure", "build_comparison"]
+__all__ = ["run_label", "restoration_by_depth", "cross_model_figure", "paper_table", "build_comparison"]
+
+PAPER_ROWS = {
+    "baseline": "97% (Llama-3.1-8B)",
+    "persona": "2%",
+    "early": "not restored",
+    "late": "partly restored",
+    "paired": "partly restored (more than late)",
+}
+"""Zhong & Li (2026)'s findings, the column every run is read against."""
 
 _LINE_COLORS = ("#7B2D8E", "#D55E00", "#0072B2", "#009E73", "#E69F00", "#CC79A7")
 
@@ -107,6 +116,59 @@ def cross_model_figure(runs: Mapping[str, Mapping]) -> go.Figure:
     return legend_below(fig, -0.14, 150)
 
 
+def _rate(rec: Mapping | None) -> str:
+    if not rec or rec.get("n") in (None, 0):
+        return "—"
+    lo, hi = rec["ci"]
+    return f"{100 * rec['rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] ({rec['k']}/{rec['n']})"
+
+
+def _rest(row: Mapping, judge: str) -> str:
+    r = row.get(judge) or {}
+    p, ci = r.get("restoration"), r.get("restoration_ci") or [None, None]
+    if not finite(p):
+        return ""
+    return f"; restoration {p:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if finite(ci[0]) and finite(ci[1]) else "")
+
+
+def paper_table(runs: Mapping[str, Mapping]) -> str:
+    """A Markdown table: each run's judged refusal (headline judge, then the other) in the
+    paper's conditions at β₀, next to the paper's findings. Runs without the judged sweep
+    report their judged baseline / persona rates and leave the cells empty."""
+    labels = list(runs)
+    head = "| | " + " | ".join(labels) + " | Zhong & Li 2026 |\n|---|" + "---|" * (len(labels) + 1) + "\n"
+    rows = {k: [] for k in PAPER_ROWS}
+    for label in labels:
+        r = runs[label]
+        gj = r.get("gating_judged") or {}
+        if not gj:
+            rows["baseline"].append(_rate((r.get("baseline") or {}).get("refusal")) + " (strict)")
+            rows["persona"].append(_rate((r.get("persona") or {}).get("refusal")) + " (strict)")
+            for k in ("early", "late", "paired"):
+                rows[k].append("not judged")
+            continue
+        main = gj["judge"]
+        other = [j for j in gj.get("judges", []) if j != main]
+
+        def both(row: Mapping) -> str:
+            text = f"{_rate((row.get(main) or {}).get('refusal'))} ({main})"
+            for j in other:
+                text += f"; {_rate((row.get(j) or {}).get('refusal'))} ({j})"
+            return text
+
+        rows["baseline"].append(both(gj["baseline"]))
+        rows["persona"].append(both(gj["persona"]))
+        cells = {c["cell"]: c for c in gj.get("cell_rows") or [] if c["beta"] == gj.get("beta0")}
+        for k in ("early", "late", "paired"):
+            c = cells.get(k)
+            rows[k].append(f"{both(c)}{_rest(c, main)}" if c else "—")
+    names = {"baseline": "harmful prompts refused, no steering", "persona": "… with compliant-persona steering",
+             "early": "… + refusal re-added early (β₀)", "late": "… + refusal re-added late (β₀)",
+             "paired": "… + refusal re-added paired late (β₀)"}
+    body = "".join(f"| {names[k]} | " + " | ".join(rows[k]) + f" | {PAPER_ROWS[k]} |\n" for k in PAPER_ROWS)
+    return head + body
+
+
 def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      labels: Sequence[str] | None = None, png: bool = True) -> list[Path]:
     """Write ``cross_model.html`` (+ ``.json`` data, + ``.png`` with a browser) into ``out``."""
@@ -122,11 +184,12 @@ def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLi
     fig = cross_model_figure(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "cross_model.html", out / "cross_model.json"]
+    written = [out / "cross_model.html", out / "cross_model.json", out / "cross_model.md"]
     atomic_write_text(written[0], pio.to_html(fig, include_plotlyjs="cdn", full_html=True))
     data = {label: restoration_by_depth(r) | {"source": str(rd)}
             for (label, r), rd in zip(runs.items(), run_dirs)}
     atomic_write_text(written[1], json.dumps(data, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(written[2], paper_table(runs))
     if png and find_browser():
         png_path = out / "cross_model.png"
         atomic_write_bytes(png_path, pio.to_image(fig, format="png", width=1100, height=650))

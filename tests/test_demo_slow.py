@@ -112,3 +112,25 @@ def test_gating_study_runs_on_the_demo_model(demo, tmp_path):
     for g in res["gating"]:
         assert 0.0 <= g["refusal_rate"] <= 1.0 and g["ci"][0] <= g["refusal_rate"] <= g["ci"][1]
     assert res["model"]["checksum"] == demo.checksum
+
+
+def test_paper_preset_smoke_grid_runs_on_the_demo_model(demo, tmp_path):
+    """The paper preset's stages on the demo model, smoke-sized: paper layers scaled to 24
+    blocks, fixed refusal layer, calibration on val, judged cells with both judges."""
+    from persona_refusal.study import PRESETS, StudyConfig, run_study
+    from persona_refusal.study.config import paper_layers
+
+    cfg = StudyConfig.preset("paper-smoke", model="demo", judged_layers="every:12")
+    res = run_study(cfg, tmp_path / "run", chat_model=demo, progress=False, stages=list(PRESETS["paper-smoke"].stages))
+    lay = paper_layers(demo.n_layers)
+    assert res["refusal_direction"]["layer"] == lay["refusal_layer"] == 12
+    assert (res["steering"]["persona_source_layer"], res["steering"]["persona_layer"]) == (17, 18)
+    assert res["calibration"]["calibrated"] and res["calibration"]["rule"]["split"] == "val"
+    gj = res["gating_judged"]
+    assert {c["cell"] for c in gj["cell_rows"]} == {"early", "late", "paired"}
+    assert [c["layers"] for c in gj["cell_rows"] if c["cell"] == "paired"][0] == [20, 22]
+    for row in gj["cell_rows"] + gj["layers"]:
+        for judge in ("strict", "lenient"):
+            r = row[judge]["refusal"]
+            assert r["ci"][0] <= r["rate"] <= r["ci"][1]
+    assert set(res["persona_sets"]["sets"]) == {"character", "scripted"}
