@@ -242,6 +242,7 @@ def test_paper_figures_draw_from_the_paper_run(paper_run, tmp_path):
     _, figs = analysis.make_figures(study.out)
     assert {"gating_judged", "calibration", "persona_sets"} <= set(figs)
     assert not {"heatmap", "knockout", "patching"} & set(figs)  # stages the paper preset does not run are left out
+    assert "selection" not in figs  # a fixed refusal layer: there was no selection to draw
     analysis.build_figures(study.out, png=False)
     text = (study.out / "report.html").read_text()
     assert "Judged gating sweep" in text and "paired" in text

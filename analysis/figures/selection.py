@@ -125,4 +125,5 @@ CAPTION = """
 """The report's caption (``str.format`` fields: see :attr:`.registry.Figure.caption`)."""
 
 register(Figure(name="selection", title="How the refusal direction was selected", size=(1000, 560), draw=_draw,
-                stage="refusal", order=90, inputs=(("refusal_selection", SELECTION_FILE),), caption=prose(CAPTION)))
+                stage="refusal", order=90, inputs=(("refusal_selection", SELECTION_FILE),), caption=prose(CAPTION),
+                needs=lambda r: ((r.get("refusal_direction") or {}).get("selection") or {}).get("rule") != "fixed layer"))
