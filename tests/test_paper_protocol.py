@@ -262,3 +262,21 @@ def test_compare_draws_one_line_per_run(paper_run, tmp_path):
     assert "paired late" in table and "(lenient)" in table and "not judged" in table
     data = __import__("json").loads(written[1].read_text())
     assert len(data) == 2 and any("first token" in v["measure"] for v in data.values())
+
+
+def test_the_committed_paper_run_draws_every_paper_figure():
+    """figures/demo/paper/results.json (the committed demo run of the paper preset) reads back
+    and draws, so the figures' code keeps up with the committed results."""
+    import json
+    from pathlib import Path
+
+    from persona_refusal.analysis.compare import paper_table
+    from persona_refusal.analysis.figures import FIGURES
+
+    path = Path(__file__).parents[1] / "figures" / "demo" / "paper" / "results.json"
+    results = json.loads(path.read_text())
+    assert results["config"]["layer_rule"] == "paper" and results["calibration"]["calibrated"]
+    for name in ("gating_judged", "calibration", "persona_sets", "gating", "outcomes", "alpha", "cosine"):
+        fig = FIGURES[name].draw(results)
+        assert len(fig.data) > 0, name
+    assert "paired late" in paper_table({"demo · paper": results})
