@@ -144,8 +144,11 @@ def paper_table(runs: Mapping[str, Mapping]) -> str:
         if not gj:
             rows["baseline"].append(_rate((r.get("baseline") or {}).get("refusal")) + " (strict)")
             rows["persona"].append(_rate((r.get("persona") or {}).get("refusal")) + " (strict)")
+            confirm = {c["cell"]: c for c in r.get("gating_confirm") or []}
             for k in ("early", "late", "paired"):
-                rows[k].append("not judged")
+                c = confirm.get(k)
+                rows[k].append(f"{_rate(c.get('refusal'))} (strict; layer {c['layer']}, β = {c['beta']:g}, "
+                               f"sweep subset)" if c else "not measured")
             continue
         main = gj["judge"]
         other = [j for j in gj.get("judges", []) if j != main]

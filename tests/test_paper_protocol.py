@@ -259,7 +259,7 @@ def test_compare_draws_one_line_per_run(paper_run, tmp_path):
     written = build_comparison([study.out, committed], tmp_path / "cmp", png=False)
     assert [p.name for p in written] == ["cross_model.html", "cross_model.json", "cross_model.md"]
     table = written[2].read_text()
-    assert "paired late" in table and "(lenient)" in table and "not judged" in table
+    assert "paired late" in table and "(lenient)" in table and "sweep subset" in table and "not measured" in table
     data = __import__("json").loads(written[1].read_text())
     assert len(data) == 2 and any("first token" in v["measure"] for v in data.values())
 
