@@ -28,7 +28,10 @@ cache folder, so a second load takes seconds.
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -327,6 +330,9 @@ def load_chat_model(
     torch_dtype = _to_dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} is not available: torch {torch.__version__} finds no CUDA GPU "
+                          "on this machine", hint="use device='cpu', or leave device out (CUDA when there is one)")
     name = str(name_or_path)
     with _quiet_transformer_lens():
         if name == "tiny":
@@ -458,11 +464,23 @@ def _hf_load(folder: Path, failure: str, both: dict, model_only: dict, hint: str
     return hf, tokenizer
 
 
-def _convert_hf(hf_model, tokenizer, *, dtype, n_ctx):
-    """Convert a transformers causal LM into a processed ``HookedTransformer``."""
-    import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
+def _convert_hf(build) -> tuple:
+    """Convert the transformers causal LM that ``build()`` returns: ``(cfg, state, tokenizer)``,
+    the processed ``HookedTransformer`` config and float32 state dict (LayerNorm folded,
+    writing weights and unembedding centred, value biases folded).
 
+    Memory: the converted state dict starts as views of the transformers weights, and each
+    processing step replaces a tensor by its processed version, so the transformers model
+    (dropped here, its only reference) is freed piece by piece: the conversion holds about
+    one copy of the weights plus one layer's temporaries. No ``HookedTransformer`` is built
+    here (TransformerLens' own path builds one with random weights, then copies into it).
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens.weight_processing import ProcessWeights
+
+    hf_model, tokenizer = build()
+    # Without this every processed tensor keeps an autograd graph back to the original weights.
+    hf_model.requires_grad_(False)
     hf_cfg = hf_model.config.to_dict()
     hf_cfg.pop("quantization_config", None)
     if not hf_cfg.get("architectures"):
@@ -471,20 +489,116 @@ def _convert_hf(hf_model, tokenizer, *, dtype, n_ctx):
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_cfg, f)
         try:
-            cfg = loading.get_pretrained_model_config(tmp, dtype=dtype, fold_ln=True, device="cpu", n_ctx=n_ctx)
+            cfg = loading.get_pretrained_model_config(tmp, dtype=torch.float32, fold_ln=True, device="cpu", n_ctx=None)
         except Exception as e:
             raise ModelLoadError(
                 f"TransformerLens cannot convert architecture {hf_cfg['architectures'][0]}: {e}"
             ) from e
-        state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=dtype)
+        state = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=torch.float32)
+    del hf_model  # the state dict's views keep the weights; processing releases them one by one
+    _release_memory()
     cfg.tokenizer_name = None
     cfg.model_name = hf_cfg.get("_name_or_path") or cfg.model_name
-    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    model.load_and_process_state_dict(
-        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
-    )
-    model.tokenizer = tokenizer
-    return model
+    _fill_missing(cfg, state)
+    state = _process_weights(state, cfg)
+    # What HookedTransformer.load_and_process_state_dict does to the config when it folds norms.
+    cfg.normalization_type = {"LN": "LNPre", "RMS": "RMSPre"}.get(cfg.normalization_type, cfg.normalization_type)
+    # Folded norms have no weights left: keep exactly the processed model's tensors.
+    keep = _param_shapes(cfg)
+    state = {k: v.detach() for k, v in state.items() if k in keep}
+    return cfg, state, tokenizer
+
+
+def _param_shapes(cfg) -> dict:
+    """Name → shape of every parameter of a ``HookedTransformer`` for ``cfg``
+    (built on the meta device: nothing allocated)."""
+    from transformer_lens import HookedTransformer
+
+    with torch.device("meta"):
+        return {k: v.shape for k, v in HookedTransformer(cfg, tokenizer=None, move_to_device=False).named_parameters()}
+
+
+_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+"""The weight processing of every converted model (TransformerLens' ``from_pretrained`` defaults)."""
+
+
+_BLOCKWISE = frozenset({"Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"})
+"""Architectures whose block-by-block processing is tested equal to TransformerLens' own
+(tests/test_model_conversion.py): the bundled models' (Qwen2), Llama and Mistral."""
+
+
+def _process_weights(state: dict, cfg) -> dict:
+    """TransformerLens' ``ProcessWeights.process_weights`` (with :data:`_PROCESSING`), one
+    block at a time: the same result, bit for bit (tested), in a fraction of the memory.
+
+    Each of TransformerLens' processing steps first copies the whole state dict, and the
+    caller's copy stays alive during the call, so processing a whole model at once holds
+    three copies of its weights. Every step works either within one block, or on the
+    embeddings (centring ``W_E``/``W_pos``), or on the unembedding (folding ``ln_final``,
+    centring ``W_U``), so each block is processed on its own (renamed ``blocks.0``, with a
+    one-block config), then the embeddings and the unembedding, each with a zero-block
+    config. The tensors of ``state`` are moved out of it as they are processed (``state``
+    ends empty). Architectures in :data:`_BLOCKWISE` (tested equal) go block by block;
+    others are processed whole, as TransformerLens does.
+    """
+    from transformer_lens.weight_processing import ProcessWeights
+
+    def run(part: dict, n_layers: int, **flags) -> dict:
+        one = copy.copy(cfg)
+        one.n_layers = n_layers
+        return ProcessWeights.process_weights(part, one, **{**_PROCESSING, **flags})
+
+    if cfg.original_architecture not in _BLOCKWISE:  # the whole model at once, as TransformerLens does
+        whole = dict(state)
+        state.clear()
+        return ProcessWeights.process_weights(whole, cfg, **_PROCESSING)
+
+    def take(keep) -> dict:
+        return {k: state.pop(k) for k in [k for k in state if keep(k)]}
+
+    out: dict = {}
+    unembed = take(lambda k: k.startswith(("unembed.", "ln_final.")))
+    embed = take(lambda k: not k.startswith("blocks."))
+    for layer in range(cfg.n_layers):
+        prefix = f"blocks.{layer}."
+        part = {"blocks.0." + k[len(prefix):]: v for k, v in take(lambda k: k.startswith(prefix)).items()}
+        done = run(part, 1, center_unembed=False)
+        del part
+        out.update({prefix + k[len("blocks.0."):]: v for k, v in done.items()})
+        del done
+        _release_memory()  # else the freed originals linger in the heap and the peak grows per block
+    if state:
+        raise ModelLoadError(f"unexpected converted weights {sorted(state)[:3]}")
+    out.update(run(embed, 0, center_unembed=False))
+    del embed
+    _release_memory()
+    out.update(run(unembed, 0, center_writing_weights=False))
+    return out
+
+
+def _fill_missing(cfg, state: dict) -> None:
+    """Fill parameters a converter leaves out with TransformerLens' defaults (biases 0,
+    norm weights 1), as ``fill_missing_keys`` does, without building a model to read them
+    from; a missing weight matrix is an error."""
+    shapes = _param_shapes(cfg)
+    for key in sorted(set(shapes) - set(state)):
+        leaf = key.rsplit(".", 1)[-1]
+        if "hf_model" in key:
+            continue
+        if leaf.startswith(("W_", "_W_")):
+            raise ModelLoadError(f"TransformerLens' converter left out the weight matrix {key}")
+        norm_weight = leaf == "w" and ("ln" in key or "norm" in key)
+        state[key] = (torch.ones if norm_weight else torch.zeros)(shapes[key], dtype=torch.float32)
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc ``malloc_trim``).
+
+    Freed tensors below glibc's (adaptive) mmap threshold stay in the process heap, so
+    after a conversion the resident size would otherwise stay near its peak."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _cfg_to_json(cfg) -> dict:
@@ -514,8 +628,6 @@ def _cfg_from_json(d: dict, *, device, dtype, n_ctx):
 
 def _load_local_cached(*, key, model_id, checksum, source, build, device, dtype, n_ctx, cache) -> ChatModel:
     """Load converted weights from the cache folder, converting and caching on a miss."""
-    from transformers import AutoTokenizer
-
     folder = assets.cache_dir() / "models" / f"{key}-v{_CACHE_FORMAT}"
     if cache and (folder / "meta.json").is_file():
         try:
@@ -523,34 +635,35 @@ def _load_local_cached(*, key, model_id, checksum, source, build, device, dtype,
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             log.warning("converted-weights cache %s is unreadable (%s); converting again", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
-    hf, tokenizer = build()
-    model = _convert_hf(hf, tokenizer, dtype=torch.float32, n_ctx=None)
-    del hf
+    cfg, state, tokenizer = _convert_hf(build)
     meta = {
         "format": _CACHE_FORMAT,
         "model_id": model_id,
         "checksum": checksum,
         "source": source,
-        "processing": {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True},
+        "processing": dict(_PROCESSING),
     }
     if cache:
-        _save_converted(folder, model, tokenizer, meta)
-        # Load back from the cache so that a fresh and a cached load are the same object.
-        del model
+        _save_converted(folder, cfg, state, tokenizer, meta)
+        # Load back from the cache, so that a fresh and a cached load are the same object.
+        del state
+        _release_memory()
         return _load_converted(folder, device=device, dtype=dtype, n_ctx=n_ctx)
-    model.cfg.n_ctx = min(model.cfg.n_ctx, n_ctx) if n_ctx else model.cfg.n_ctx
-    optimize_layout(model)
-    model = model.to(device=device, dtype=dtype) if (dtype != torch.float32 or device != "cpu") else model
+    if n_ctx:
+        cfg.n_ctx = min(cfg.n_ctx, int(n_ctx))
+    model = _assemble(cfg, state, tokenizer, device=device, dtype=dtype)
+    del state
+    _release_memory()
     return ChatModel(model, tokenizer, model_id=model_id, checksum=checksum, source=source)
 
 
-def _save_converted(folder: Path, model, tokenizer, meta: dict) -> None:
+def _save_converted(folder: Path, cfg, state: dict, tokenizer, meta: dict) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        write_tensors(tmp / "weights.safetensors", model.state_dict())
+        write_tensors(tmp / "weights.safetensors", state)  # streamed: no second copy in memory
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        write_json(tmp / "config.json", _cfg_to_json(model.cfg))
+        write_json(tmp / "config.json", _cfg_to_json(cfg))
         write_json(tmp / "meta.json", meta)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -560,7 +673,6 @@ def _save_converted(folder: Path, model, tokenizer, meta: dict) -> None:
 
 
 def _load_converted(folder: Path, *, device, dtype, n_ctx) -> ChatModel:
-    from transformer_lens import HookedTransformer
     from transformers import AutoTokenizer
 
     meta = read_json(folder / "meta.json")
@@ -568,23 +680,34 @@ def _load_converted(folder: Path, *, device, dtype, n_ctx) -> ChatModel:
         raise ModelLoadError("cache format changed")
     cfg = _cfg_from_json(read_json(folder / "config.json"), device="cpu", dtype=torch.float32, n_ctx=n_ctx)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), trust_remote_code=False)
-    state = read_tensors(folder / "weights.safetensors")
+    model = _assemble(cfg, read_tensors(folder / "weights.safetensors"), tokenizer, device=device, dtype=dtype)
+    return ChatModel(model, tokenizer, model_id=meta["model_id"], checksum=meta["checksum"], source=meta["source"])
+
+
+def _assemble(cfg, state: dict, tokenizer, *, device, dtype):
+    """A ``HookedTransformer`` that takes over the processed float32 tensors of ``state``
+    (no copy, no random initialisation; ``state`` is emptied), laid out for speed, then
+    moved to ``device`` and cast to ``dtype``."""
+    from transformer_lens import HookedTransformer
+
     with torch.device("meta"):
         model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    # Parameters come from the file; buffers (rotary tables, masks) are recomputed.
+    # Parameters come from the state dict; buffers (rotary tables, masks) are recomputed.
     model.to_empty(device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     params = {n for n, _ in model.named_parameters()}
     if unexpected or (set(missing) & params):
-        raise ModelLoadError(f"cached weights do not fit the model (missing {sorted(set(missing) & params)[:3]})")
+        raise ModelLoadError(f"converted weights do not fit the model (missing {sorted(set(missing) & params)[:3]})")
+    state.clear()  # the model holds the tensors now; the layout below replaces them one by one
     _reset_buffers(model)
     optimize_layout(model)
+    _release_memory()
     if dtype != torch.float32 or str(device) != "cpu":
         model = model.to(device=device, dtype=dtype)
         model.cfg.dtype = dtype
         model.cfg.device = str(device)
     model.tokenizer = tokenizer
-    return ChatModel(model, tokenizer, model_id=meta["model_id"], checksum=meta["checksum"], source=meta["source"])
+    return model
 
 
 def _reset_buffers(model) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import torch
-from safetensors.torch import load_file, save
 
 __all__ = [
     "atomic_open",
@@ -30,6 +29,7 @@ __all__ = [
     "read_json_checked",
     "write_tensors",
     "read_tensors",
+    "SafetensorError",
     "sha256_file",
     "sha256_bytes",
     "sha256_json",
@@ -175,12 +175,24 @@ def read_json_checked(path: str | os.PathLike, error: type, *, missing: str, hin
         raise error(f"{p} is not valid JSON ({e})") from None
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
 def write_tensors(
     path: str | os.PathLike,
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Save tensors as safetensors, atomically.
+    """Save tensors as safetensors, atomically, one tensor at a time.
+
+    The file is the standard safetensors format (read back by :func:`read_tensors` or any
+    safetensors reader). It is streamed: at most one tensor is copied at a time (to make
+    it contiguous on the CPU), so saving a model needs no second copy of its weights in
+    memory (``safetensors.torch.save`` builds the whole file as one ``bytes`` object).
 
     Example:
         >>> import pathlib, tempfile
@@ -188,12 +200,48 @@ def write_tensors(
         >>> read_tensors(path)["v"]
         tensor([1., 1., 1.])
     """
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    return atomic_write_bytes(path, data)
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    # Largest element size first, as safetensors does, so every tensor stays aligned.
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"cannot save tensor {name!r} of dtype {t.dtype}")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with atomic_open(path) as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for name in order:
+            t = tensors[name].detach()
+            flat = t.to("cpu").contiguous().reshape(-1)
+            if flat.numel():
+                f.write(memoryview(flat.view(torch.uint8).numpy()))
+            del flat
+    return Path(path)
+
+
+class SafetensorError(ValueError):
+    """A file that is not a well-formed safetensors file (:func:`read_tensors`)."""
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle).
+    """Load a safetensors file (never pickle) into ordinary memory, one tensor at a time.
+
+    The bytes are read straight into each tensor's own buffer: the file is not memory
+    mapped, so the loaded tensors hold no page-cache pages of it, and nothing but the
+    tensors stays in memory (a model's weights take their size once).
+
+    Raises:
+        SafetensorError: the file is truncated, its header is malformed, or its tensors'
+            offsets do not fit the file.
 
     Example:
         >>> import pathlib, tempfile
@@ -201,7 +249,38 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         >>> sorted(read_tensors(path))
         ['v']
     """
-    return load_file(str(path))
+    dtypes = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    size = os.path.getsize(path)
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= size - 8 or n > 100_000_000:
+            raise SafetensorError(f"{path}: bad header length")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise SafetensorError(f"{path}: the header is not JSON") from None
+        if not isinstance(header, dict):
+            raise SafetensorError(f"{path}: the header is not a JSON object")
+        base = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype, shape = dtypes[info["dtype"]], [int(d) for d in info["shape"]]
+                start, end = (int(x) for x in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise SafetensorError(f"{path}: bad header entry for {name!r}") from None
+            t = torch.empty(shape, dtype=dtype)
+            if end - start != t.numel() * t.element_size() or start < 0 or base + end > size:
+                raise SafetensorError(f"{path}: tensor {name!r} does not fit the file")
+            if t.numel():
+                f.seek(base + start)
+                if f.readinto(memoryview(t.reshape(-1).view(torch.uint8).numpy())) != end - start:
+                    raise SafetensorError(f"{path}: the file ends inside tensor {name!r}")
+            out[name] = t
+    return out
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 22) -> str:
