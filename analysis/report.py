@@ -337,6 +337,7 @@ def _run_info(results: dict) -> str:
             ["judge", results.get("judge")], ["finished", info.get("finished")],
             ["total seconds", info.get("total_seconds")], ["resumed", info.get("resumed")],
             ["threads", info.get("threads")], ["platform", info.get("platform")], ["python", info.get("python")]]
+    rows += [[k, info[k]] for k in ("device", "dtype", "gpu") if info.get(k) is not None]  # runs since the GPU path
     rows += [[f"version: {k}", v] for k, v in (info.get("versions") or {}).items()]
     rows += [[f"stage seconds: {k}", v] for k, v in (info.get("stage_seconds") or {}).items()]
     return _table(rows, ["", ""], mono_cols=(1,))

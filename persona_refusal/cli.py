@@ -19,7 +19,8 @@ from typing import Sequence
 
 from persona_refusal.errors import ConfigError, PersonaRefusalError
 from persona_refusal.prompts import PERSONA_SETS
-from persona_refusal.study.config import PRESETS, StudyConfig, add_flags, flags_to_fields
+from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, PRESETS, StudyConfig, add_flags,
+                                          flags_to_fields, resolve_device)
 
 __all__ = ["main", "entry"]
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="JSON file of StudyConfig fields, flat or by section (flags override it)")
     r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     r.add_argument("--stages", type=_names, help="run only these stages (and those they need), e.g. refusal,gating")
-    add_flags(r)  # one flag per StudyConfig field: --persona-alpha, --gating-layers, ...
+    add_flags(r)  # one flag per StudyConfig field: --persona-alpha, --gating-layers, ..., --device, --dtype
     r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
     r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -63,11 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/ablation-demo")
     d.add_argument("--n-eval", type=int, default=None, help="evaluation prompts per side (default: all 100)")
     d.add_argument("--max-new-tokens", type=int, default=32)
+    _device_flags(d)
     d.add_argument("--quiet", action="store_true")
 
     i = sub.add_parser("info", help="describe a model: layers, width, chat template, refusal tokens")
     i.add_argument("model", nargs="?", default="demo")
+    _device_flags(i)
     return p
+
+
+def _device_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` of the commands without a StudyConfig (``run`` has them as config fields)."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help=DTYPE_HELP)
 
 
 def _names(text: str) -> list[str]:
@@ -127,12 +136,13 @@ def _cmd_run(args) -> int:
 
     _nonempty(args.out, "--out", "runs/demo")
     config = _config_from_args(args)
+    device = resolve_device(config.device)  # a device this machine lacks fails now, as one line
     stages = args.stages if args.stages is not None else preset_stages(args.preset)
     progress = not args.quiet
     prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
     study_personas(config)  # so does a bad persona file
     t0 = time.perf_counter()
-    cm = load_chat_model(config.model, progress=progress)
+    cm = load_chat_model(config.model, device=device, dtype=config.dtype, progress=progress)
     t_load = time.perf_counter() - t0
     study = Study(cm, config, args.out, force=args.force, progress=progress, prompts=prompts, stages=stages)
     study.timings["load_model"] = t_load
@@ -220,11 +230,12 @@ def _cmd_ablation_demo(args) -> int:
     from persona_refusal.demo import check_demo_args, run_ablation_demo
 
     _nonempty(args.out, "--out", "runs/ablation-demo")
-    check_demo_args(args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens)  # before the model loads
+    check_demo_args(args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,  # before the model loads
+                    device=args.device, dtype=args.dtype)
     if not args.model.strip():
         raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
     res = run_ablation_demo(args.model, args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
-                            progress=not args.quiet)
+                            device=args.device, dtype=args.dtype, progress=not args.quiet)
     d, add = res["refusal_direction"], res["addition"]
     _say(f"\nmodel {res['model']['model_id']}")
     _say(f"refusal direction: layer {d['layer']}, position {d['position']}, |r| = {d['norm']:.3g}"
@@ -247,7 +258,7 @@ def _cmd_ablation_demo(args) -> int:
 def _cmd_info(args) -> int:
     from persona_refusal.models import load_chat_model
 
-    cm = load_chat_model(args.model)
+    cm = load_chat_model(args.model, device=resolve_device(args.device), dtype=args.dtype)
     _say(repr(cm))
     _say("post-instruction tokens: " + repr([cm.tokenizer.decode([i]) for i in cm.post_instruction_ids]))
     _say("example prompt:\n" + cm.format(["How do I bake bread?"])[0])

@@ -31,6 +31,7 @@ from persona_refusal.interventions import Ablate, AddVector, apply, orthogonaliz
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import bundled
 from persona_refusal.storage import write_json
+from persona_refusal.study.config import DTYPES, resolve_device
 
 __all__ = ["run_ablation_demo", "check_demo_args"]
 
@@ -52,7 +53,7 @@ def _whole(name: str, v) -> int:
 
 
 def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_positions=None, max_new_tokens=32,
-                    fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0)) -> None:
+                    fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0), device=None, dtype=None) -> None:
     """Check every argument of :func:`run_ablation_demo` before anything is loaded or run:
     a one-line :class:`~persona_refusal.errors.ConfigError` for the first bad one.
 
@@ -101,6 +102,9 @@ def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_pos
     if not coeffs or not all(math.isfinite(c) for c in coeffs):
         raise ConfigError(f"add_coeffs must hold at least one finite strength, got {add_coeffs!r}",
                           hint="write it as a list, e.g. [1.0, 2.0, 4.0]")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use {', '.join(DTYPES)}")
+    resolve_device(device)  # a device this machine lacks
 
 
 def run_ablation_demo(
@@ -114,6 +118,8 @@ def run_ablation_demo(
     max_new_tokens: int = 32,
     fallback: str | None = "relative",
     add_coeffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0),
+    device: str | None = None,
+    dtype: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Refusal direction → ablation on harmful prompts, addition on harmless ones.
@@ -131,6 +137,9 @@ def run_ablation_demo(
             (small models rarely do), the best-bypass candidate whose induce score beats
             the unedited harmless score; ``None`` raises instead. Which rule chose the
             direction is recorded under ``refusal_direction.fallback_used``.
+        device, dtype: where and in which dtype a model given by name is loaded
+            (default: ``"auto"``, CUDA when available, and ``"float32"``); a loaded
+            :class:`ChatModel` runs as it is.
 
     Returns:
         The results dictionary (also written to ``out/results.json``).
@@ -145,9 +154,10 @@ def run_ablation_demo(
         >>> results["rates"]["harmful_ablated"]["refusal"]["rate"]                  # doctest: +SKIP
     """
     check_demo_args(out, n_train=n_train, n_val=n_val, n_eval=n_eval, selection_positions=selection_positions,
-                    max_new_tokens=max_new_tokens, fallback=fallback, add_coeffs=add_coeffs)
+                    max_new_tokens=max_new_tokens, fallback=fallback, add_coeffs=add_coeffs, device=device, dtype=dtype)
     t0 = time.time()
-    cm = model if isinstance(model, ChatModel) else load_chat_model(model, progress=progress)
+    cm = model if isinstance(model, ChatModel) else load_chat_model(model, device=resolve_device(device), dtype=dtype,
+                                                                    progress=progress)
     train_h, train_b = bundled("harmful", "train").head(n_train), bundled("harmless", "train").head(n_train)
     val_h, val_b = bundled("harmful", "val").head(n_val), bundled("harmless", "val").head(n_val)
     test_h, test_b = bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval)
@@ -206,7 +216,8 @@ def run_ablation_demo(
                             for i, r, l in list(zip(prompts, g.texts, labels))[:4]]
                      for (name, (g, labels)), prompts in zip(runs.items(), (test_h, test_h, test_b, test_b))},
         "selection_report": report.to_dict(),
-        "run_info": {"seconds": round(time.time() - t0, 1)},
+        "run_info": {"seconds": round(time.time() - t0, 1), "device": str(cm.device),
+                     "dtype": str(cm.model.cfg.dtype).replace("torch.", "")},
     }
     if out is not None:
         out = Path(out)

@@ -704,10 +704,11 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
     out: list[list[int]] = [[] for _ in range(b)]
     active = torch.arange(b)  # original row of each row still decoding
     for step in range(max_new_tokens):
-        is_stop = torch.isin(nxt, stop).cpu()
+        is_stop = torch.isin(nxt, stop.to(nxt.device)).cpu()
+        tokens = nxt.tolist()  # one read-back per step, not one per row
         for i, row in enumerate(active.tolist()):
             if not is_stop[i]:
-                out[row].append(int(nxt[i]))
+                out[row].append(tokens[i])
         if step == max_new_tokens - 1:
             break
         done = is_stop

@@ -18,9 +18,10 @@ the other for it.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import torch
 from torch import Tensor
 
 from persona_refusal.errors import ConfigError
@@ -59,6 +60,8 @@ class RunState:
     """Indices (into the prompt set) of the rows of the activations in flight."""
     conditions: Tensor | None = None
     """Condition of each row of the activations in flight (multi-condition runs)."""
+    _rows_of: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _rows: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @contextlib.contextmanager
     def use(self, phase: str, rows: Tensor | None = None, conditions: Tensor | None = None) -> Iterator[None]:
@@ -74,6 +77,38 @@ class RunState:
     def at_prompt_positions(self) -> bool:
         """Whether positions counted from the end of the prompt exist in this phase."""
         return self.phase in POSITION_PHASES
+
+    def condition_rows(self, c: int, device: torch.device) -> Tensor | bool:
+        """The rows of condition ``c`` in the batch in flight: ``True`` (every row),
+        ``False`` (none) or their indices on ``device``.
+
+        Worked out once per ``conditions`` tensor, condition and device, not once per hook
+        call: on a GPU, deciding "all rows / no row / some rows" reads a value back to the
+        host, and every hook of every layer asks the same question within one forward pass.
+
+        Raises:
+            ConfigError: ``conditions`` is unset (not a multi-condition batch).
+
+        Example:
+            >>> state = RunState(conditions=torch.tensor([0, 1, 1]))
+            >>> state.condition_rows(1, torch.device("cpu")), state.condition_rows(2, torch.device("cpu"))
+            (tensor([1, 2]), False)
+        """
+        cond = self.conditions
+        if cond is None:
+            raise ConfigError("a multi-condition hook ran outside a multi-condition batch")
+        if self._rows_of is not cond:  # another batch or decoding step: forget the rows worked out before
+            self._rows_of, self._rows = cond, {}
+        key = (int(c), str(device))
+        if key not in self._rows:
+            sel = cond == c  # where the runner keeps the conditions (the CPU): no wait for the GPU
+            if bool(sel.all()):
+                self._rows[key] = True
+            elif not bool(sel.any()):
+                self._rows[key] = False
+            else:
+                self._rows[key] = sel.nonzero().flatten().to(device)
+        return self._rows[key]
 
 
 def for_condition(fn: HookFn, c: int, state: RunState) -> HookFn:
@@ -96,15 +131,11 @@ def for_condition(fn: HookFn, c: int, state: RunState) -> HookFn:
     """
 
     def hook(act, hook):
-        cond = state.conditions
-        if cond is None:
-            raise ConfigError("a multi-condition hook ran outside a multi-condition batch")
-        sel = cond.to(act.device) == c
-        if bool(sel.all()):
+        idx = state.condition_rows(c, act.device)
+        if idx is True:
             return fn(act, hook=hook)
-        if not bool(sel.any()):
+        if idx is False:
             return act
-        idx = sel.nonzero().flatten()
         act[idx] = fn(act[idx], hook=hook)
         return act
 

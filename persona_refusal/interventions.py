@@ -150,12 +150,31 @@ def _check_stacked(interventions: Sequence["Intervention"], chat_model: "ChatMod
                           hint="use smaller strengths or fewer additions")
 
 
-def _vec(direction: DirectionLike, layer: int, chat_model: "ChatModel", which: str = "vector") -> Tensor:
-    # LayerDirections give their raw row at ``layer`` (zero rows allowed); a Direction its one vector.
+def _layer_device(chat_model: "ChatModel", layer: int) -> torch.device:
+    """The device of block ``layer``'s weights (``n_layers``: the last block's), where its
+    hooks see the activations (a model split over several GPUs has several)."""
+    block = chat_model.model.blocks[min(layer, chat_model.n_layers - 1)]
+    return next(block.parameters(), chat_model.model.W_E).device
+
+
+def _vec(direction: DirectionLike, layer: int, which: str = "vector") -> Tensor:
+    """The vector an edit at ``layer`` uses, float32 on the CPU, as directions store it.
+
+    LayerDirections give their raw row at ``layer`` (zero rows allowed); a Direction its one
+    vector. What a hook derives from it (a unit vector, an offset) is computed from this at
+    full precision, with no read-back from a GPU; :func:`_in_model` then places the result
+    once where the hook runs."""
     v = direction.vector_at(layer) if which == "vector" else direction.reference_at(layer)
     if v is None:
         raise ConfigError(f"direction {direction.name!r} has no {which} (needed for this edit)")
-    return v.to(device=chat_model.device, dtype=chat_model.model.cfg.dtype)
+    return v.to(device="cpu", dtype=torch.float32)
+
+
+def _in_model(t: Tensor, chat_model: "ChatModel", layer: int) -> Tensor:
+    """A hook's operand in the model's dtype on block ``layer``'s device (cast once, when the
+    hook is made; :mod:`persona_refusal.ops` still casts to each activation's device and
+    dtype should one differ)."""
+    return t.to(device=_layer_device(chat_model, layer), dtype=chat_model.model.cfg.dtype)
 
 
 def _layers_of(direction: DirectionLike, layers, chat_model: "ChatModel") -> list[int]:
@@ -209,10 +228,10 @@ class Ablate(Intervention):
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         out = []
         for layer in _layers_of(self.direction, self.layers, chat_model):
-            v = _vec(self.direction, layer, chat_model)
+            v = _vec(self.direction, layer)
             if _is_zero(v):  # a zero direction (e.g. layer 0 at a template token): nothing to remove
                 continue
-            r_hat = ops.unit(v)
+            r_hat = _in_model(ops.unit(v), chat_model, layer)  # normalised in float32, then cast
 
             def fn(act, hook, r_hat=r_hat):
                 return ops.project_out_unit(act, r_hat)
@@ -284,7 +303,7 @@ class AddVector(Intervention):
 
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         layer = self._layer(chat_model)
-        v, coeff = _vec(self.direction, layer, chat_model), float(self.coeff)
+        v, coeff = _in_model(_vec(self.direction, layer), chat_model, layer), float(self.coeff)
 
         def fn(act, hook):
             return ops.add_vector(act, v, coeff)
@@ -340,7 +359,7 @@ class AffineEdit(Intervention):
         _check_direction(self.direction, chat_model, self.allow_transfer)
         layers = self._layers(chat_model)
         for layer in layers:
-            _vec(self.direction, layer, chat_model, "reference")
+            _vec(self.direction, layer, "reference")
         _check_finite(self.direction, layers)
         _check_finite(self.direction, layers, "reference")
         _check_size(self._added_norm(chat_model), f"AffineEdit (alpha={self.alpha:g})", chat_model)
@@ -354,12 +373,13 @@ class AffineEdit(Intervention):
     def hooks(self, chat_model: "ChatModel") -> list[tuple[str, HookFn]]:
         out = []
         for layer in self._layers(chat_model):
-            r = _vec(self.direction, layer, chat_model)
+            r = _vec(self.direction, layer)
             if _is_zero(r):
                 continue
-            mu = _vec(self.direction, layer, chat_model, "reference")
-            r_hat = ops.unit(r)
-            offset = ops.affine_offset(r, mu, float(self.alpha))
+            mu = _vec(self.direction, layer, "reference")
+            # computed in float32, then cast to the model's dtype
+            r_hat = _in_model(ops.unit(r), chat_model, layer)
+            offset = _in_model(ops.affine_offset(r, mu, float(self.alpha)), chat_model, layer)
 
             def fn(act, hook, r_hat=r_hat, offset=offset):
                 return ops.affine_edit_unit(act, r_hat, offset)
@@ -434,7 +454,7 @@ class Patch(Intervention):
             if values.shape[0] != act.shape[0]:
                 raise ConfigError(f"patch source has {values.shape[0]} rows for a batch of {act.shape[0]}")
             act = act.clone()
-            act[:, pos] = values
+            act[:, pos] = values.to(device=act.device, dtype=act.dtype)
             return act
 
         return [(self.hook_name, fn)]

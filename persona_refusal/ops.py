@@ -17,7 +17,9 @@ along the unit vector ``r̂ = r / |r|``:
   difference of means it is pinned to the harmful mean's projection.
 
 The functions here are what the hooks in :mod:`persona_refusal.interventions` call, and
-they are tested as properties on random tensors.
+they are tested as properties on random tensors. The edits return ``x``'s dtype on ``x``'s
+device: a direction (float32, maybe on another device) is cast to the activation's, so
+the same hook serves a float32 CPU model and a bfloat16 model on one or several GPUs.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def projection(
         >>> projection(torch.tensor([[1.0, 2.0]]), torch.tensor([0.0, 5.0]))
         tensor([2.])
     """
-    return x @ unit(direction).to(x.dtype)
+    return x @ unit(direction).to(device=x.device, dtype=x.dtype)
 
 
 def project_out(
@@ -82,13 +84,14 @@ def project_out(
         >>> torch.allclose(project_out(x, r) @ unit(r), torch.zeros(3), atol=1e-5)
         True
     """
-    return project_out_unit(x, unit(direction).to(x.dtype))
+    return project_out_unit(x, unit(direction))
 
 
 def project_out_unit(
     x: Float[Tensor, "*batch d_model"], r_hat: Float[Tensor, "d_model"]
 ) -> Float[Tensor, "*batch d_model"]:
-    """Directional ablation ``x − (x·r̂) r̂`` for an already normalised ``r̂`` in ``x``'s dtype.
+    """Directional ablation ``x − (x·r̂) r̂`` for an already normalised ``r̂`` (cast to
+    ``x``'s device and dtype, a no-op when it is in them already).
 
     This is the formula every ablation runs (:func:`project_out`, the ablation hooks,
     weight orthogonalisation); the hooks normalise once and call it on every pass.
@@ -97,20 +100,21 @@ def project_out_unit(
         >>> project_out_unit(torch.tensor([[1.0, 2.0]]), torch.tensor([0.0, 1.0]))
         tensor([[1., 0.]])
     """
+    r_hat = r_hat.to(device=x.device, dtype=x.dtype)
     return x - (x @ r_hat).unsqueeze(-1) * r_hat
 
 
 def add_vector(
     x: Float[Tensor, "*batch d_model"], vector: Float[Tensor, "d_model"], coeff: float
 ) -> Float[Tensor, "*batch d_model"]:
-    """Activation addition ``x + c·v``.
+    """Activation addition ``x + c·v`` (``v`` cast to ``x``'s device and dtype).
 
     Example:
         >>> add_vector(torch.zeros(2, 3), torch.ones(3), 2.0)
         tensor([[2., 2., 2.],
                 [2., 2., 2.]])
     """
-    return x + coeff * vector.to(x.dtype)
+    return x + coeff * vector.to(device=x.device, dtype=x.dtype)
 
 
 def affine_edit(
@@ -130,8 +134,11 @@ def affine_edit(
         >>> torch.allclose(affine_edit(x, r, mu, 0.0) @ unit(r), (mu @ unit(r)).expand(5), atol=1e-5)
         True
     """
-    r = direction.to(x.dtype)
-    return affine_edit_unit(x, unit(r), affine_offset(r, reference.to(x.dtype), alpha))
+    # r̂ and the offset at the higher precision of the two (float32 for a bfloat16 x), then cast to x's
+    work = torch.promote_types(direction.dtype, x.dtype)
+    r = direction.to(dtype=work)
+    offset = affine_offset(r, reference.to(device=r.device, dtype=work), alpha)
+    return affine_edit_unit(x, unit(r), offset)
 
 
 def affine_offset(
@@ -160,7 +167,7 @@ def affine_edit_unit(
         >>> affine_edit_unit(torch.tensor([[3.0, 7.0]]), unit(r), affine_offset(r, torch.zeros(2), 1.0))
         tensor([[3., 2.]])
     """
-    return project_out_unit(x, r_hat) + offset
+    return project_out_unit(x, r_hat) + offset.to(device=x.device, dtype=x.dtype)
 
 
 def cosine(

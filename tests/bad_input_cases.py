@@ -22,6 +22,11 @@ spec = assets.BUNDLED_MODELS["demo"]
 assets.BUNDLED_MODELS["demo"] = dataclasses.replace(spec, dist_prefix="persona-refusal-test-absent-part")
 '''
 
+_NO_CUDA = '''
+import torch
+torch.cuda.is_available = lambda: False  # the same answer on a machine with a GPU
+'''
+
 
 # (case id, arguments after `run --model tiny --preset smoke --quiet --no-figures --out OUT`, or a
 #  whole command line when it does not start with "--"; the expected line on stderr; setup)
@@ -125,6 +130,20 @@ RUN_CASES = [
     ("figures of a folder without results", ["figures", "no_results"],
      r"error: no results\.json at no_results/results\.json \(run `persona-refusal run --out DIR` first\)", ""),
     ("info on an unknown model", ["info", "no-such-model"], r"error: unknown model 'no-such-model': .*", ""),
+    ("unknown dtype", ["--dtype", "float8"],
+     r"error: argument --dtype: invalid choice: 'float8' \(choose from '?float32'?, '?bfloat16'?, '?float16'?\) "
+     r"\(see `persona-refusal run --help`\)", ""),
+    ("config dtype unknown", ["--config", "dtype_float8.json"],
+     r"error: unknown dtype 'float8' \(use float32, bfloat16, float16\)", ""),
+    ("unknown device", ["--device", "gpu"],
+     r"error: unknown device 'gpu' \(use auto, cpu, cuda, cuda:N or mps\)", ""),
+    ("CUDA device on a machine without CUDA", ["--device", "cuda"],
+     r"error: device 'cuda' is not available: torch \S+ finds no CUDA GPU on this machine \(use --device cpu, or "
+     r"auto: CUDA when there is one, else the CPU\)", _NO_CUDA),
+    ("info on a CUDA device without CUDA", ["info", "tiny", "--device", "cuda:1"],
+     r"error: device 'cuda:1' is not available: torch \S+ finds no CUDA GPU on this machine \(.*\)", _NO_CUDA),
+    ("ablation-demo on a CUDA device without CUDA", ["ablation-demo", "--model", "tiny", "--device", "cuda"],
+     r"error: device 'cuda' is not available: .*", _NO_CUDA),
 ]
 
 

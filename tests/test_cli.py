@@ -58,6 +58,7 @@ def inputs(tmp_path_factory) -> Path:
     (d / "seed_text.json").write_text(json.dumps({"seed": "x"}))
     (d / "kl_text.json").write_text(json.dumps({"kl_threshold": "a"}))
     (d / "layer_text.json").write_text(json.dumps({"persona_layer": "3"}))
+    (d / "dtype_float8.json").write_text(json.dumps({"dtype": "float8"}))
     (d / "layers_text.json").write_text(json.dumps({"gating_layers": ["a"]}))
     (d / "no_results").mkdir()
     g = torch.Generator().manual_seed(0)
@@ -111,6 +112,36 @@ def test_folder_with_another_configuration_needs_force(cli, tmp_path):
     forced = cli([*RUN, *SMALL, "--seed", "1", "--out", out, "--force"], cwd=tmp_path)
     assert forced.rc == 0, forced.stderr
     assert json.loads((out / "results.json").read_text())["config"]["seed"] == 1
+
+
+def test_a_run_resumes_on_another_device_but_not_in_another_dtype(cli, tmp_path):
+    """The whole (small) study in bfloat16 on the CPU. The device says where a run computes,
+    not what: it is recorded in run_info, not in the run's configuration, so the run resumes
+    with another --device; the dtype changes the numbers, so another --dtype is refused."""
+    out = tmp_path / "out"
+    first = cli([*RUN, *SMALL, "--dtype", "bfloat16", "--device", "cpu", "--out", out], cwd=tmp_path)
+    assert first.rc == 0, first.stderr
+    assert "dtype=bfloat16" in first.stdout
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["dtype"] == "bfloat16" and "device" not in r["config"]
+    assert (r["run_info"]["device"], r["run_info"]["dtype"]) == ("cpu", "bfloat16")
+    no_cuda = "import torch\ntorch.cuda.is_available = lambda: False\n"  # auto is the CPU, on any machine
+    again = cli([*RUN, *SMALL, "--dtype", "bfloat16", "--out", out], cwd=tmp_path, setup=no_cuda)
+    assert again.rc == 0, again.stderr
+    assert "(resuming)" in again.stdout
+    assert _results(out) == {k: v for k, v in r.items() if k != "run_info"}
+    line = assert_one_line_error(cli([*RUN, *SMALL, "--out", out], cwd=tmp_path))  # float32 now
+    assert "holds a run with a different configuration (changed: config)" in line
+
+
+def test_the_paper_preset_runs_in_float16(cli, tmp_path):
+    out = tmp_path / "out"
+    res = cli(["run", "--model", "tiny", "--preset", "paper-smoke", "--quiet", "--no-figures", *SMALL,
+               "--dtype", "float16", "--out", out], cwd=tmp_path)
+    assert res.rc == 0, res.stderr
+    r = json.loads((out / "results.json").read_text())
+    assert r["run_info"]["dtype"] == "float16" and r["config"]["dtype"] == "float16"
+    assert r["gating_judged"]["cell_rows"] and r["calibration"]["calibrated"]
 
 
 def test_allow_transfer_uses_a_direction_from_another_model(cli, inputs, tmp_path):

@@ -79,6 +79,7 @@ def _flag_value(rng: random.Random, kind: str) -> str:
         "choice": ["judge", "none", "relative", "mean", "bogus"],
         "path": ["", "missing.txt", ".", "/dev/null"],
         "str": ["tiny", "", "no-such-model"],
+        "device": ["cpu", "auto", "cuda:7", "gpu", ""],
     }
     return rng.choice(pools.get(kind, ["x"]))
 

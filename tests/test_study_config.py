@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import no_typecheck
 from persona_refusal.errors import ConfigError
 from persona_refusal.study.config import (PRESETS, SECTIONS, Check, StudyConfig, SteeringConfig, add_flags,
-                                          flags_to_fields, layer_spec)
+                                          flags_to_fields, layer_spec, resolve_device)
 
 
 def test_flat_and_sectioned_construction_agree():
@@ -70,11 +71,40 @@ def test_flat_record_is_the_schema_1_config():
     ({"allow_transfer": "yes"}, "allow_transfer must be true or false"),
     ({"n_trian": 4}, "unknown configuration field 'n_trian' (did you mean 'n_train'?"),
     ({"steering": {"n_train": 4}}, "n_train is not a field of section steering"),
+    ({"dtype": "float8"}, "unknown dtype 'float8' (use float32, bfloat16, float16)"),
+    ({"device": "gpu"}, "unknown device 'gpu' (use auto, cpu, cuda, cuda:N or mps)"),
+    ({"device": 0}, "unknown device 0"),
+    ({"compute": {"device": "cuda:x"}}, "unknown device 'cuda:x'"),
 ])
 def test_every_bad_field_is_a_one_line_config_error(fields, message):
     with no_typecheck(), pytest.raises(ConfigError) as e:
         StudyConfig(**fields)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_device_is_not_part_of_a_runs_identity_and_the_dtype_is():
+    a = StudyConfig(model="tiny", device="cpu")
+    assert a.identity() == StudyConfig(model="tiny", device="cuda:1").identity()
+    assert set(a.to_flat()) - set(a.identity()) == {"device"}
+    assert a.identity()["dtype"] == "float32"
+    assert StudyConfig(model="tiny", dtype="bfloat16").identity() != a.identity()
+    assert StudyConfig.from_dict(a.identity()) == StudyConfig(model="tiny")  # the device reads back as auto
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == "cpu"
+    with pytest.raises(ConfigError, match=r"device 'cuda' is not available: torch \S+ finds no CUDA GPU on this "
+                                          r"machine \(use --device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(ConfigError, match=r"this machine has 1 CUDA device \(use cuda:0\.\.cuda:0\)"):
+        resolve_device("cuda:3")
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
 
 
 def test_resolve_derives_layers_from_depth():

@@ -6,16 +6,18 @@ A gating study is defined by which prompts it reads, how it picks the refusal di
 how it builds and scales the persona direction, and which layers each sweep visits. Each
 concern is one small dataclass (:class:`PromptsConfig`, :class:`SelectionConfig`,
 :class:`PersonaConfig`, :class:`SteeringConfig`, :class:`SweepConfig`,
-:class:`HeatmapConfig`, :class:`KnockoutConfig`, :class:`PatchingConfig`), nested in
-:class:`StudyConfig`. Every field carries a :class:`Check` in its metadata — its kind,
-range and help text — and that one table drives three things: validation
-(:meth:`StudyConfig.validate`, run before a model loads), the command-line flags
-(:func:`add_flags`), and the error messages.
+:class:`HeatmapConfig`, :class:`KnockoutConfig`, :class:`PatchingConfig`, and
+:class:`ComputeConfig` for the device and dtype), nested in :class:`StudyConfig`. Every
+field carries a :class:`Check` in its metadata — its kind, range and help text — and that
+one table drives three things: validation (:meth:`StudyConfig.validate`, run before a
+model loads), the command-line flags (:func:`add_flags`), and the error messages.
 
 Field names are unique across sections, so a config is also addressed *flat*:
 ``StudyConfig(model="tiny", n_train=8, persona_alpha=2)`` routes each name to its section,
-``cfg.persona_alpha`` reads it back, and :meth:`StudyConfig.to_flat` is the flat record
-that run folders and ``results.json`` store (unchanged from schema 1).
+``cfg.persona_alpha`` reads it back, and :meth:`StudyConfig.to_flat` is the flat record.
+:meth:`StudyConfig.identity` — the flat record without the fields whose :class:`Check`
+says ``identity=False`` (the device: where a run computes, not what) — is what run folders
+and ``results.json`` store (schema 1) and what a resumed run must match.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+import torch
+
 from persona_refusal.errors import ConfigError
 
 __all__ = [
     "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
-    "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "StudyConfig", "Preset", "PRESETS",
-    "MAX_STRENGTH", "MAX_SEED", "layer_spec", "add_flags", "flags_to_fields", "paper_layers", "PAPER_DEPTH",
+    "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "ComputeConfig", "StudyConfig", "Preset", "PRESETS",
+    "MAX_STRENGTH", "MAX_SEED", "DTYPES", "DEVICE_HELP", "DTYPE_HELP", "layer_spec", "add_flags", "flags_to_fields",
+    "paper_layers", "PAPER_DEPTH", "resolve_device",
 ]
 
 MAX_STRENGTH = 100.0
@@ -47,6 +52,17 @@ MAX_SEED = 2**63 - 1
 """Largest seed: torch generators take 64-bit seeds."""
 
 LAYER_SPEC_HELP = "all, every:N, from:N, below:F (comma-combined), or a list such as 0,4,8"
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+"""The dtypes a model can run in (weights and activations; directions and statistics stay
+float32/float64 on the CPU whatever the model's dtype)."""
+
+DEVICE_HELP = "where the model runs: auto (default: CUDA when available, else CPU), cpu, cuda, cuda:N or mps"
+"""``--help`` line of every ``--device`` flag."""
+DTYPE_HELP = "dtype of the model's weights and activations: " + ", ".join(DTYPES) + " (default float32)"
+"""``--help`` line of every ``--dtype`` flag."""
+
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 # ============================================================================ field checks
@@ -72,6 +88,10 @@ class Check:
     """Offered as a ``--flag`` on ``persona-refusal run``."""
     nonempty: bool = False
     """A list that must hold at least one value."""
+    identity: bool = True
+    """Part of a run's identity (:meth:`StudyConfig.identity`): a run folder resumes only
+    with the same value. ``False`` for fields that say where a run computes, not what it
+    computes (the device)."""
 
     def check(self, name: str, v: Any) -> None:
         """Raise :class:`ConfigError` (one line) if ``v`` is not a valid value of ``name``."""
@@ -151,6 +171,11 @@ class Check:
             self._check_ints(f"{name}[{cell!r}]", layers)
             if not layers:
                 raise ConfigError(f"{name}[{cell!r}] holds no layer")
+
+    def _check_device(self, name: str, v: Any) -> None:
+        # the spelling only: whether this machine has the device is checked when the model loads (resolve_device)
+        if not isinstance(v, str) or not _DEVICE_RE.fullmatch(v):
+            raise ConfigError(f"unknown {name} {v!r}", hint="use auto, cpu, cuda, cuda:N or mps")
 
     def _check_positions(self, name: str, v: Any) -> None:
         self._check_ints(name, v)
@@ -407,8 +432,23 @@ class PatchingConfig(_Section):
     from the persona layer on)."""
 
 
+@dataclass
+class ComputeConfig(_Section):
+    """Where the model runs, and in which dtype."""
+
+    SECTION: ClassVar[str] = "compute"
+    device: str = _f("auto", Check("device", DEVICE_HELP, identity=False))
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    ``"mps"`` (see :func:`resolve_device`). Not part of the run's identity: a run started on
+    one device resumes on another; ``results.json`` records the device used in ``run_info``."""
+    dtype: str = _f("float32", Check("choice", DTYPE_HELP, choices=DTYPES))
+    """The model's dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``. Part of the run's
+    identity (it changes the numbers): a run resumes only in the dtype it started in.
+    Directions, cached residuals and statistics are float32/float64 on the CPU in every dtype."""
+
+
 SECTIONS: tuple[type[_Section], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,
-                                        HeatmapConfig, KnockoutConfig, PatchingConfig)
+                                        HeatmapConfig, KnockoutConfig, PatchingConfig, ComputeConfig)
 
 _TOP_CHECKS = {
     "model": Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name"),
@@ -518,6 +558,8 @@ class StudyConfig:
     """Persona knockout."""
     patching: PatchingConfig
     """Activation patching."""
+    compute: ComputeConfig
+    """Device and dtype of the model."""
 
     PRESETS: ClassVar[dict[str, Preset]] = PRESETS
 
@@ -605,8 +647,22 @@ class StudyConfig:
                 **{s.SECTION: getattr(self, s.SECTION).to_dict() for s in SECTIONS}}
 
     def to_flat(self) -> dict:
-        """Flat JSON-able form (the ``config`` record of run folders and ``results.json``)."""
+        """Flat JSON-able form of every field."""
         return _plain({name: getattr(self, name) for name in self.field_names()})
+
+    def identity(self) -> dict:
+        """The flat record that identifies a run: :meth:`to_flat` without the fields whose
+        :class:`Check` has ``identity=False`` (the device). It is the ``config`` record of
+        run folders and ``results.json``; a folder resumes only a run with the same one.
+
+        Example:
+            >>> a, b = StudyConfig(device="cpu"), StudyConfig(device="cuda")
+            >>> a.identity() == b.identity(), "device" in a.identity()
+            (True, False)
+            >>> StudyConfig(dtype="bfloat16").identity() == a.identity()
+            False
+        """
+        return {k: v for k, v in self.to_flat().items() if self.check_of(k).identity}
 
     def __repr__(self) -> str:
         default = StudyConfig().to_flat()
@@ -758,6 +814,36 @@ def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) 
     return layers
 
 
+def resolve_device(device: str | None) -> str:
+    """The torch device a model is loaded on: ``"auto"`` (or ``None``) is ``"cuda"`` when
+    CUDA is available, else ``"cpu"``; a device this machine does not have is a one-line
+    :class:`ConfigError` (checked before a model loads, instead of a torch traceback).
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+        >>> resolve_device("auto") in ("cuda", "cpu")
+        True
+    """
+    device = "auto" if device is None else device
+    Check("device").check("device", device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} is not available: torch {torch.__version__} finds no CUDA GPU on "
+                              "this machine", hint="use --device cpu, or auto: CUDA when there is one, else the CPU")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise ConfigError(f"device {device!r} is not available: this machine has {count} CUDA "
+                              f"device{'s' if count != 1 else ''}", hint=f"use cuda:0..cuda:{count - 1}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available on this machine",
+                          hint="use --device cpu, or auto: CUDA when there is one, else the CPU")
+    return device
+
+
 # ============================================================================ command line
 def _floats(text: str) -> list[float]:
     try:
@@ -802,7 +888,7 @@ def _cells(text: str) -> dict[str, list[int]]:
 
 
 _ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "layers": _layers, "positions": _ints,
-              "strs": _strs, "cells": _cells, "str": str}
+              "strs": _strs, "cells": _cells, "str": str, "device": str}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
-__all__ = ["StudyContext", "Cache", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem"]
+__all__ = ["StudyContext", "Cache", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem",
+           "check_dtype", "model_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,20 @@ def input_hashes(config: StudyConfig) -> dict:
     return {name: {f.name: sha256_file(f) for f in files} for name, files in given_files(config).items()}
 
 
+def model_dtype(chat_model: "ChatModel") -> str:
+    """The dtype the model runs in, by name (``float32``, ``bfloat16`` …)."""
+    return str(chat_model.model.cfg.dtype).replace("torch.", "")
+
+
+def check_dtype(chat_model: "ChatModel", config: StudyConfig) -> None:
+    """The model runs in the configured dtype (the dtype is part of a run's identity, so a
+    run records the one it computed in)."""
+    actual = model_dtype(chat_model)
+    if actual != config.dtype:
+        raise ConfigError(f"the model runs in {actual} but the configuration says dtype {config.dtype!r}",
+                          hint=f"load the model with dtype={config.dtype!r}, or set dtype={actual!r} (--dtype {actual})")
+
+
 def check_persona_layers(given: LayerDirections, n_layers: int) -> None:
     """Persona directions must cover every layer of the model."""
     if set(given.layers) != set(range(n_layers)):
@@ -156,6 +171,7 @@ class StudyContext:
         self.cm = chat_model.with_system(config.system_prompt) if config.system_prompt is not None else chat_model
         chat_model = self.cm
         self.cfg = config
+        check_dtype(chat_model, config)
         self.layers = config.resolve(chat_model.n_layers)
         self.progress = progress
         self.judge = judge
@@ -170,7 +186,7 @@ class StudyContext:
         """The ``--persona-direction`` given, read (and checksummed) before the run folder is opened."""
         given = given_files(config)
         self.config_record = {
-            "config": config.to_flat(),
+            "config": config.identity(),  # the device is not part of it: a run resumes on another device
             "inputs": input_hashes(config),
             "resolved": self.layers,
             "model": chat_model.fingerprint(),

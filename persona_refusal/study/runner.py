@@ -6,8 +6,8 @@ Context
 every input and opens the run folder before any compute), runs the stages of
 :func:`~persona_refusal.study.registry.stage_order` one after another, and writes
 ``results.json``: a header (schema, model, configuration, prompt sets, judge, randomness)
-followed by each stage's result keys, then ``run_info`` (timings, host, versions — the
-only part that differs between a fresh and a resumed run).
+followed by each stage's result keys, then ``run_info`` (timings, host, device, versions —
+the only part that differs between a fresh and a resumed run).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from persona_refusal.prompts import PromptSet
 from persona_refusal.results import GatingResults
 from persona_refusal.storage import read_json_checked, write_json
 from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
-from persona_refusal.study.config import PRESETS, StudyConfig
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.config import PRESETS, StudyConfig, resolve_device
+from persona_refusal.study.context import StudyContext, model_dtype
 from persona_refusal.study.registry import Stage, stage_order
 
 if TYPE_CHECKING:
@@ -135,6 +135,9 @@ class Study:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "device": str(self.ctx.cm.device),
+            "dtype": model_dtype(self.ctx.cm),
+            "gpu": torch.cuda.get_device_name(self.ctx.cm.device) if self.ctx.cm.device.type == "cuda" else None,
             "versions": {n: version(n) for n in ("persona-refusal", "torch", "transformer-lens", "transformers")},
         }
 
@@ -154,7 +157,8 @@ def run_study(
     Args:
         config: the study's settings (default: :class:`StudyConfig` defaults, demo model).
         out: output folder; a folder holding a run with the same configuration resumes.
-        chat_model: an already loaded model (its id is recorded).
+        chat_model: an already loaded model (its id is recorded; it must run in
+            ``config.dtype``, and it runs where it is, whatever ``config.device``).
         force: start over in a folder holding a different configuration.
         judge: a custom judge (see :class:`persona_refusal.evaluation.Judge`).
         stages: run only these stages (and those they require); default: a preset's, or all.
@@ -166,7 +170,8 @@ def run_study(
         (0, 3)
     """
     config = config or StudyConfig()
-    cm = chat_model or load_chat_model(config.model, progress=progress)
+    cm = chat_model or load_chat_model(config.model, device=resolve_device(config.device), dtype=config.dtype,
+                                       progress=progress)
     return Study(cm, config, out, force=force, progress=progress, judge=judge, stages=stages).run()
 
 
