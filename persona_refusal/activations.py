@@ -338,7 +338,9 @@ def next_token_logits(model, resid: Float[Tensor, "batch pos d_model"]) -> Float
     x = model.unembed.hook_in(x) if hasattr(model.unembed, "hook_in") else x
     x = x[:, 0]
     w = model.unembed.W_U
-    logits = model.unembed.hook_out((torch.mm(w.T, x.T.to(w.dtype)).T + model.unembed.b_U)[:, None])[:, 0]
+    # addmm: the bias is the product's starting value, not a second pass over [rows, d_vocab]
+    logits = torch.addmm(model.unembed.b_U.to(w.dtype)[:, None], w.T, x.T.to(w.dtype)).T
+    logits = model.unembed.hook_out(logits[:, None])[:, 0]
     from transformer_lens.utilities import apply_softcap
 
     return apply_softcap(logits, model.cfg.output_logits_soft_cap)

@@ -1,0 +1,199 @@
+"""Benchmarks of what a new user feels: first-load memory, decoding speed, early stopping.
+
+Run ``python bench/generation.py`` (demo model, about 8 minutes on 2 CPU cores;
+``--model tiny`` checks the script in seconds). Nothing here is a test: no timing or
+memory assertions exist in the test suite. Rows:
+
+L1. peak resident memory (kernel ``VmHWM``) of the first load — an empty cache folder, so
+    the GGUF is assembled, dequantised and converted — in a fresh subprocess, / the
+    float32 weights of the loaded ``HookedTransformer``                     target ≤ 2.5
+L2. the same for the cached load (converted weights read from the cache)  target ≤ 2.5
+L3. resident memory once loaded / the float32 weights                     report
+G1. greedy decoding tokens/s at R rows (``--rows``, default 32 and 64), next to two
+    bounds: the *peak bound* (every decoding step's matrix products at the square-matmul
+    peak of row 6 of bench/run.py) and the *shape bound* (the same products, each timed
+    alone at the step's shapes: what the BLAS achieves for skinny products). Ratios of
+    the rate to each bound; target ≥ 0.6 of the peak bound (the issue's), reported also
+    against the shape bound.
+G2. package decoding tokens/s / transformers ``generate`` on the same weights  ≥ 0.8
+E1. judged replies (``--judge-tokens``, default 128) of harmful and harmless val prompts
+    with early stopping (``stop_when=decided_by(strict, lenient)``) / without: seconds,
+    decoded tokens, and whether every label of both judges is the same (it must be).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import _peak_rss_kb, _status_kb, hf_model_for, interleaved, matmul_peak  # noqa: E402
+
+
+def load_probe(model: str) -> None:
+    """Subprocess body: load once, print peak and current RSS and the weights' size."""
+    import persona_refusal as pr
+
+    t = time.perf_counter()
+    cm = pr.load_chat_model(model, progress=False)
+    seconds = time.perf_counter() - t
+    weights = sum(p.numel() * 4 for p in cm.model.parameters())
+    print(json.dumps({"peak_mb": _peak_rss_kb() / 1024, "rss_mb": _status_kb("VmRSS") / 1024,
+                      "weights_mb": weights / 2**20, "seconds": seconds}))
+
+
+def probe(model: str, cache: str) -> dict:
+    env = {**os.environ, "PERSONA_REFUSAL_CACHE": cache}
+    out = subprocess.run([sys.executable, __file__, "--load-probe", "--model", model], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def step_products(cm, rows: int, kv_len: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product of one decoding step of ``rows`` rows."""
+    cfg = cm.model.cfg
+    d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
+    kv = (cfg.n_key_value_heads or h) * dh
+    per_layer = [(rows, d, h * dh), (rows, d, kv), (rows, d, kv), (rows, h * dh, d)]
+    per_layer += [(rows, d, cfg.d_mlp)] * (2 if cfg.gated_mlp else 1) + [(rows, cfg.d_mlp, d)]
+    # attention scores and values: per row and head, one query against kv_len keys (m = rows × heads)
+    per_layer += [(rows * h, dh, kv_len), (rows * h, kv_len, dh)]
+    return per_layer * cfg.n_layers + [(rows, d, cfg.d_vocab)]
+
+
+def shape_bound_seconds(products, repeats: int = 5) -> float:
+    """Seconds for one decoding step's products, each timed alone (best of ``repeats``)."""
+    total = 0.0
+    for m, k, n in sorted(set(products)):
+        count = products.count((m, k, n))
+        if m > products[-1][0]:  # attention: one query row per (row, head), its own keys
+            a, b = torch.randn(m, 1, k), torch.randn(m, k, n)
+            op = torch.bmm
+        else:
+            a, b = torch.randn(m, k), torch.randn(n, k)
+            op = torch.nn.functional.linear
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            op(a, b)
+            best = min(best, time.perf_counter() - t)
+        total += best * count
+    return total
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--rows", default="32,64", help="rows of the decoding benchmark, comma-separated")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--judge-tokens", type=int, default=128)
+    ap.add_argument("--judge-prompts", type=int, default=32, help="harmful and as many harmless val prompts")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: load, gen, early")
+    ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--load-probe", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.load_probe:
+        load_probe(args.model)
+        return 0
+    skip = set(filter(None, args.skip.split(",")))
+
+    import persona_refusal as pr
+    from persona_refusal.evaluation import JUDGES, decided_by
+
+    rows: list[dict] = []
+
+    def row(name, value, target, note=""):
+        rows.append({"benchmark": name, "value": value, "target": target, "note": note})
+        print(f"{name:<62} {value:>8.3f}   target {target:<8} {note}", flush=True)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus", flush=True)
+    if "load" not in skip:
+        with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
+            first = probe(args.model, cache)
+            cached = probe(args.model, cache)
+        w = first["weights_mb"]
+        row("L1. first load, peak RSS / float32 weights", first["peak_mb"] / w, "<= 2.5",
+            f"{first['peak_mb']:.0f} MB peak, weights {w:.0f} MB, {first['seconds']:.0f} s (empty cache folder)")
+        row("L2. cached load, peak RSS / float32 weights", cached["peak_mb"] / w, "<= 2.5",
+            f"{cached['peak_mb']:.0f} MB peak, {cached['seconds']:.1f} s")
+        row("L3. resident after the cached load / float32 weights", cached["rss_mb"] / w, "report",
+            f"{cached['rss_mb']:.0f} MB")
+
+    cm = pr.load_chat_model(args.model, progress=False)
+    print(cm, flush=True)
+    prompts = list(pr.bundled("harmless", "test")) + list(pr.bundled("harmless", "val"))
+    if "gen" not in skip:
+        peak = matmul_peak(args.repeats)
+        hf = hf_model_for(cm)
+        saved_stop = cm.stop_token_ids
+        cm.stop_token_ids = ()  # equal work: every row decodes every token
+        for r in [int(x) for x in args.rows.split(",")]:
+            batch = (prompts * (r // len(prompts) + 1))[:r]
+            n_tok = r * args.new_tokens
+
+            def gen_package():
+                pr.generate(cm, batch, max_new_tokens=args.new_tokens, batch_size=r, progress=False)
+
+            fns = {"package": gen_package}
+            if hf is not None:
+                toks, mask = cm.tokenize(cm.format(batch))
+
+                def gen_hf():
+                    with torch.inference_mode():
+                        hf.generate(input_ids=toks, attention_mask=mask, max_new_tokens=args.new_tokens,
+                                    min_new_tokens=args.new_tokens, do_sample=False,
+                                    pad_token_id=cm.tokenizer.pad_token_id)
+                fns["hf"] = gen_hf
+            t = interleaved(fns, args.repeats)
+            prompt_len = int(cm.tokenize(cm.format(batch))[1].sum(-1).float().mean())
+            products = step_products(cm, r, prompt_len + args.new_tokens // 2)
+            flops = sum(2 * m * k * n for m, k, n in products)
+            peak_rate = r / (flops / (peak * 1e9))
+            shape_rate = r / shape_bound_seconds(products)
+            rate = n_tok / t["package"]
+            row(f"G1. decoding at {r} rows, tokens/s / peak bound", rate / peak_rate, ">= 0.6",
+                f"{rate:.1f} tok/s; peak bound {peak_rate:.0f} tok/s ({peak:.0f} GFLOP/s)")
+            row(f"G1. decoding at {r} rows, tokens/s / shape bound", rate / shape_rate, "report",
+                f"shape bound {shape_rate:.0f} tok/s (each product timed alone at its shape)")
+            if "hf" in t:
+                row(f"G2. decoding at {r} rows / transformers generate", t["hf"] / t["package"], ">= 0.8",
+                    f"hf {n_tok / t['hf']:.1f} tok/s")
+        cm.stop_token_ids = saved_stop
+        del hf
+
+    if "early" not in skip:
+        n = args.judge_prompts
+        val = list(pr.bundled("harmful", "val"))[:n] + list(pr.bundled("harmless", "val"))[:n]
+        judges = [JUDGES["strict"], JUDGES["lenient"]]
+        results = {}
+        for name, stop in (("full", None), ("early", decided_by(*judges))):
+            t = time.perf_counter()
+            texts = pr.generate(cm, val, max_new_tokens=args.judge_tokens, stop_when=stop, progress=False)
+            seconds = time.perf_counter() - t
+            tokens = sum(len(cm.tokenizer(x, add_special_tokens=False)["input_ids"]) for x in texts)
+            labels = [j(val, texts) for j in judges]
+            results[name] = (seconds, tokens, labels)
+        (s_full, t_full, l_full), (s_early, t_early, l_early) = results["full"], results["early"]
+        same = l_full == l_early
+        row(f"E1. judged replies ({args.judge_tokens} tokens), early stop / full: seconds", s_early / s_full,
+            "report", f"{s_early:.0f} s vs {s_full:.0f} s, {len(val)} val prompts (half harmful)")
+        row("E1. the same: decoded tokens, early stop / full", t_early / max(t_full, 1), "report",
+            f"{t_early} vs {t_full} tokens; labels of both judges {'identical' if same else 'DIFFER'}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
