@@ -37,7 +37,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import _peak_rss_kb, _status_kb, hf_model_for, interleaved, matmul_peak  # noqa: E402
+from run import _peak_rss_kb, _status_kb, generation_pair, hf_model_for, interleaved, matmul_peak  # noqa: E402
 
 
 def load_probe(model: str) -> None:
@@ -142,19 +142,7 @@ def main(argv=None) -> int:
             batch = (prompts * (r // len(prompts) + 1))[:r]
             n_tok = r * args.new_tokens
 
-            def gen_package():
-                pr.generate(cm, batch, max_new_tokens=args.new_tokens, batch_size=r, progress=False)
-
-            fns = {"package": gen_package}
-            if hf is not None:
-                toks, mask = cm.tokenize(cm.format(batch))
-
-                def gen_hf():
-                    with torch.inference_mode():
-                        hf.generate(input_ids=toks, attention_mask=mask, max_new_tokens=args.new_tokens,
-                                    min_new_tokens=args.new_tokens, do_sample=False,
-                                    pad_token_id=cm.tokenizer.pad_token_id)
-                fns["hf"] = gen_hf
+            fns = generation_pair(cm, hf, batch, args.new_tokens)
             t = interleaved(fns, args.repeats)
             prompt_len = int(cm.tokenize(cm.format(batch))[1].sum(-1).float().mean())
             products = step_products(cm, r, prompt_len + args.new_tokens // 2)

@@ -77,6 +77,28 @@ def hf_model_for(cm):
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
+def generation_pair(cm, hf, prompts, new_tokens: int) -> dict:
+    """``{"package": fn, "hf": fn}``: greedy decoding of ``prompts`` (one batch) with the
+    package and with transformers ``generate`` on the same weights (no ``"hf"`` when
+    ``hf`` is ``None``); every row decodes exactly ``new_tokens`` tokens when the chat
+    model's stop tokens are cleared."""
+    import persona_refusal as pr
+
+    def gen_package():
+        pr.generate(cm, prompts, max_new_tokens=new_tokens, batch_size=len(prompts), progress=False)
+
+    fns = {"package": gen_package}
+    if hf is not None:
+        toks, mask = cm.tokenize(cm.format(prompts))
+
+        def gen_hf():
+            with torch.inference_mode():
+                hf.generate(input_ids=toks, attention_mask=mask, max_new_tokens=new_tokens,
+                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=cm.tokenizer.pad_token_id)
+        fns["hf"] = gen_hf
+    return fns
+
+
 def forward_flops(cm, n_tokens: int, logits_positions: int) -> float:
     cfg = cm.model.cfg
     d, L = cfg.d_model, cfg.n_layers
@@ -223,18 +245,7 @@ def main(argv=None) -> int:
     saved_stop = cm.stop_token_ids
     cm.stop_token_ids = ()  # equal work: no early stopping on either side
 
-    def gen_package():
-        pr.generate(cm, gen_prompts, max_new_tokens=args.new_tokens, batch_size=args.gen_batch, progress=False)
-
-    fns = {"package": gen_package}
-    if hf is not None:
-        gtoks, gmask = cm.tokenize(cm.format(gen_prompts))
-
-        def gen_hf():
-            with torch.inference_mode():
-                hf.generate(input_ids=gtoks, attention_mask=gmask, max_new_tokens=args.new_tokens,
-                            min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=cm.tokenizer.pad_token_id)
-        fns["hf"] = gen_hf
+    fns = generation_pair(cm, hf, gen_prompts, args.new_tokens)
     t = interleaved(fns, max(2, args.repeats // 2))
     cm.stop_token_ids = saved_stop
     n_tok = args.gen_batch * args.new_tokens
