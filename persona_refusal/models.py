@@ -469,11 +469,11 @@ def _convert_hf(build) -> tuple:
     the processed ``HookedTransformer`` config and float32 state dict (LayerNorm folded,
     writing weights and unembedding centred, value biases folded).
 
-    Memory: the converted state dict starts as views of the transformers weights, and each
-    processing step replaces a tensor by its processed version, so the transformers model
-    (dropped here, its only reference) is freed piece by piece: the conversion holds about
-    one copy of the weights plus one layer's temporaries. No ``HookedTransformer`` is built
-    here (TransformerLens' own path builds one with random weights, then copies into it).
+    Memory: the converted state dict starts as views of the transformers weights (with
+    gradients off, so no processed tensor keeps them alive through an autograd graph);
+    :func:`_process_weights` then replaces them block by block, so the transformers model
+    (dropped here, its only reference) is freed piece by piece. No ``HookedTransformer`` is
+    built here (TransformerLens' own path builds one with random weights, then copies into it).
     """
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens.weight_processing import ProcessWeights
@@ -566,7 +566,7 @@ def _process_weights(state: dict, cfg) -> dict:
         del part
         out.update({prefix + k[len("blocks.0."):]: v for k, v in done.items()})
         del done
-        _release_memory()  # else the freed originals linger in the heap and the peak grows per block
+        _release_memory()  # hand each block's freed originals back before the next one
     if state:
         raise ModelLoadError(f"unexpected converted weights {sorted(state)[:3]}")
     out.update(run(embed, 0, center_unembed=False))
