@@ -11,12 +11,6 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[demo,dev]"
 # Headless Chromium for PNG export (kaleido) and the report-in-a-browser test.
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
-      || echo "note: could not install chromium; browser tests will be skipped" >&2
-  else
-    echo "note: no chromium and no root to install it; browser tests will be skipped" >&2
-  fi
-fi
+. scripts/chromium.sh
+ensure_chromium "browser tests will be skipped"
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,23 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: make a headless Chromium available to
+# kaleido (PNG export) where this machine allows it, and say plainly when it does not.
+# Order: a Chromium/Chrome already on PATH or in $BROWSER_PATH; else Debian/Ubuntu's
+# `chromium` package when running as root with apt-get; else a one-line note (the run
+# then writes HTML figures and report.html, and `persona-refusal figures DIR` adds the
+# PNGs later, once a Chrome is installed).
+ensure_chromium() {
+  local why="$1"  # what is lost without it, for the note
+  if [ -n "${BROWSER_PATH:-}" ] && [ -x "${BROWSER_PATH}" ]; then return 0; fi
+  for b in chromium chromium-browser google-chrome google-chrome-stable; do
+    command -v "$b" >/dev/null 2>&1 && return 0
+  done
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium for PNG export (apt-get, about a minute)..." >&2
+    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+      return 0
+    fi
+    echo "note: could not install chromium with apt-get; $why" >&2
+  else
+    echo "note: no Chrome/Chromium found and no root+apt-get to install one; $why" >&2
+  fi
+  return 0
+}
