@@ -32,6 +32,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from persona_refusal.agreement import OUT_NAME as AGREEMENT_FILE
+from persona_refusal.agreement import NOT_REFUSAL, kappa_text, read_agreement
 from persona_refusal.analysis.drawing import bad_results_error, make_figures
 from persona_refusal.analysis.figures import FIGURES, PAPER_NOTE, FieldView, size_of
 from persona_refusal.analysis.figures._style import persona_alpha
@@ -343,6 +345,60 @@ def _run_info(results: dict) -> str:
     return _table(rows, ["", ""], mono_cols=(1,))
 
 
+def _rater_label(label: str) -> str:
+    """A label of the agreement table: coloured as in the examples, ``not refusal`` (the proxy's) as text."""
+    return html.escape(label) if label == NOT_REFUSAL else _label(label)
+
+
+def _agreement(record: dict | None, note: str | None) -> str:
+    """The section "Agreement between judges", from ``judge_agreement.json`` (written by
+    ``persona-refusal agreement DIR``): the pairs of raters with agreement and Cohen's κ,
+    the evaluation stage's refusal rate under each rater, and the first disagreeing
+    replies (escaped: they are model output). Empty without a record or a note."""
+    if record is None and note is None:
+        return ""
+    out = ['<h2 id="agreement">Agreement between judges</h2>']
+    if note:
+        out.append(f'<p class="note">{html.escape(note)}</p>')
+    if record is None:
+        return "\n".join(out)
+    try:
+        raters = [r["name"] for r in record["raters"]]
+        out.append(f"<p>{record['n_items']} stored replies in {record['n_conditions']} judged conditions "
+                   f"({html.escape(', '.join(record['stages']))}), rated by {html.escape(', '.join(raters))}. "
+                   "Agreement: share of replies with the same label (Wilson 95%); κ: Cohen's kappa with a bootstrap "
+                   f"95% interval over replies ({record['bootstrap']['n_boot']} resamples). Binary: refusal vs not "
+                   f"refusal. The full table and every disagreement: <span class=\"mono\">"
+                   f"{html.escape(AGREEMENT_FILE.replace('.json', '.md'))}</span>.</p>")
+        out.append(_table([[p["a"], p["b"], p["scale"], p["n"], pct(p["agreement"]["rate"]), kappa_text(p),
+                            p.get("kappa_note") or ""] for p in record["pairs"]],
+                          ["rater A", "rater B", "scale", "n", "agreement", "κ [95% CI]", "note"]))
+        ev = [r for r in record["rates"] if r["stage"] == "eval"]
+        if ev:
+            out.append("<h3>Headline refusal rates (stage eval) under each rater</h3>")
+            out.append(_table([[r["condition"], *[rate_text(r["refusal"][x]) for x in raters]] for r in ev],
+                              ["condition", *raters]))
+        dis = record["disagreements"]
+        shown = [it for it in dis["items"] if it["judges_differ"]][:5]
+        out.append(f'<p>{dis["n"]} replies with a disagreement ({dis["n_judges_differ"]} where the judges differ, the '
+                   f'rest only with the first-token proxy){"; the first where the judges differ:" if shown else "."}</p>')
+        if shown:
+            rows = ["<table>", "<tr><th>condition</th><th>instruction</th><th>reply (excerpt)</th>"
+                    + "".join(f"<th>{html.escape(x)}</th>" for x in raters) + "</tr>"]
+            for it in shown:
+                where = f"{it['stage']}/{it['condition']} #{it['index']}"
+                rows.append(f"<tr><td>{html.escape(where)}</td>"
+                            f"<td>{html.escape(str(it.get('instruction') or '—'))}</td>"
+                            f'<td class="reply">{html.escape(it["reply"])}</td>'
+                            + "".join(f"<td>{_rater_label(it['labels'][x])}</td>" for x in raters) + "</tr>")
+            rows.append("</table>")
+            out.append("\n".join(rows))
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        out.append(f'<p class="note">{html.escape(AGREEMENT_FILE)} is malformed ({html.escape(type(e).__name__)}: '
+                   f"{html.escape(str(e))}): run <span class=\"mono\">persona-refusal agreement DIR</span> again.</p>")
+    return "\n".join(out)
+
+
 def _text_sections(results: dict) -> dict[str, Any]:
     """Everything of the report that is read from the results (not the figures): cheap, so
     that a malformed entry can be located by computing it again without one key."""
@@ -361,8 +417,15 @@ def _text_sections(results: dict) -> dict[str, Any]:
     }
 
 
-def render_report(results: dict, figures: dict[str, go.Figure], *, source: str | os.PathLike = "results.json") -> str:
+def render_report(results: dict, figures: dict[str, go.Figure], *, source: str | os.PathLike = "results.json",
+                  agreement: dict | None = None, agreement_note: str | None = None) -> str:
     """The text of ``report.html`` for these results and drawn figures.
+
+    ``agreement`` (a ``judge_agreement.json`` record) adds the section "Agreement between
+    judges", ``agreement_note`` says why it is out of date or missing; when neither is given,
+    both come from ``judge_agreement.json`` next to ``source``, if ``persona-refusal
+    agreement`` wrote one there (:func:`persona_refusal.agreement.read_agreement`: a record
+    made for another configuration of the folder is not shown).
 
     Raises:
         RunFolderError: a malformed entry in the results (one line naming its key; ``source``
@@ -373,6 +436,9 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
     except Exception as e:
         raise bad_results_error("the report cannot be written", _text_sections, dict(results), e, source) from None
     h, fields, title = sec["headline"], sec["fields"], sec["title"]
+    if agreement is None and agreement_note is None:
+        agreement, agreement_note = read_agreement(Path(source).parent)
+    agreement_html = _agreement(agreement, agreement_note)
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -397,6 +463,7 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
         "replies; first token = the greedy first token is a refusal token.</p>",
         "<nav><ol>" + "".join(f'<li><a href="#fig-{n}">{html.escape(_title(n, figures).split(". ", 1)[-1])}</a></li>'
                               for n in figures) +
+        ('<li><a href="#agreement">Agreement between judges</a></li>' if agreement_html else "") +
         '<li><a href="#config">Configuration</a></li><li><a href="#prompts">Prompt sets</a></li>'
         '<li><a href="#rollouts">Persona rollouts</a></li><li><a href="#examples">Example replies</a></li>'
         '<li><a href="#runinfo">Run information</a></li></ol></nav>',
@@ -411,6 +478,8 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
             caption = CAPTIONS.get(name, "")
         parts += [f'<section id="fig-{name}">', f"<h2>{html.escape(_title(name, figures))}</h2>",
                   f"<figure>{div}<figcaption>{caption}</figcaption></figure>", "</section>"]
+    if agreement_html:
+        parts.append(agreement_html)
     parts += [
         '<h2 id="config">Configuration</h2>', sec["config"],
         '<h2 id="prompts">Prompt sets</h2>', sec["prompt_sets"],

@@ -24,6 +24,7 @@ that imports plotly.
 """
 
 from persona_refusal.activations import cache_activations, mean_activations
+from persona_refusal.control_vectors import export_control_vector, import_control_vector
 from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
 from persona_refusal.errors import (
     ChecksumError,
@@ -37,6 +38,7 @@ from persona_refusal.errors import (
 from persona_refusal.evaluation import (
     JUDGES,
     LenientJudge,
+    ModelJudge,
     Rate,
     SubstringJudge,
     decided_by,
@@ -59,6 +61,7 @@ from persona_refusal.interventions import (
     orthogonalize_weights,
 )
 from persona_refusal.extraction import extract_directions
+from persona_refusal.export import export_orthogonalized
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PERSONA_SETS, PromptSet, bundled, load_personas, load_prompts, personas, resolve_personas
 from persona_refusal.selection import SelectionReport, select_refusal_direction
@@ -87,14 +90,17 @@ __all__ = [
     "SelectionReport",
     "SubstringJudge",
     "LenientJudge",
+    "ModelJudge",
     "JUDGES",
     "get_judge",
     "decided_by",
     "apply",
     "bundled",
     "cache_activations",
+    "export_control_vector",
     "extract_directions",
     "generate",
+    "import_control_vector",
     "is_degenerate",
     "is_refusal",
     "judge_responses",
@@ -104,6 +110,7 @@ __all__ = [
     "load_prompts",
     "mean_activations",
     "orthogonalize_weights",
+    "export_orthogonalized",
     "personas",
     "load_personas",
     "resolve_personas",

@@ -59,17 +59,64 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", type=_names, help="comma-separated line labels, one per run (default: model · protocol)")
     c.add_argument("--no-png", action="store_true", help="HTML and JSON only")
 
+    a = sub.add_parser("agreement", help="agreement between judges (first-token proxy, phrase judges, a model judge) "
+                                         "on the replies stored in a run folder: DIR/judge_agreement.json and .md")
+    a.add_argument("run_dir", metavar="DIR", help="a run folder (persona-refusal run --out DIR)")
+    a.add_argument("--judge", action="append", default=[], metavar="NAME",
+                   help="also label the stored replies with this judge, e.g. model or model:tiny (repeatable; "
+                        "its labels are cached next to the output)")
+    a.add_argument("--out", metavar="FILE", help="the JSON record to write (default DIR/judge_agreement.json; "
+                                                 "the .md table goes next to it)")
+    _device_flags(a)  # of a model judge
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+
     d = sub.add_parser("ablation-demo", help="refusal direction, ablation and addition on a model (core demo)")
     d.add_argument("--model", default="demo")
     d.add_argument("--out", default="runs/ablation-demo")
     d.add_argument("--n-eval", type=int, default=None, help="evaluation prompts per side (default: all 100)")
     d.add_argument("--max-new-tokens", type=int, default=32)
+    d.add_argument("--judge", default="strict", help="the judge of the rates: strict (default; alias keyword), lenient, "
+                   "model (= model:demo-1.5b) or model:NAME (a model name or path, loaded beside the demo's)")
     _device_flags(d)
     d.add_argument("--quiet", action="store_true")
 
     i = sub.add_parser("info", help="describe a model: layers, width, chat template, refusal tokens")
     i.add_argument("model", nargs="?", default="demo")
     _device_flags(i)
+
+    em = sub.add_parser("export-model", help="write a Hugging Face folder of a model with a direction projected out "
+                        "of its weights (orthogonalisation)")
+    em.add_argument("--model", default="demo", help="demo, demo-1.5b, a .gguf file or a Hugging Face folder (local)")
+    em.add_argument("--direction", required=True, metavar="PATH", help="a saved Direction (NAME, NAME.json or "
+                    "NAME.safetensors) made with this model")
+    em.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder, or a previous export's")
+    em.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the written weights (default float32)")
+    em.add_argument("--allow-transfer", action="store_true", help="accept a direction made with another model of "
+                    "the same width")
+    em.add_argument("--quiet", action="store_true")
+
+    ev = sub.add_parser("export-vector", help="write a saved direction as a llama.cpp control vector (GGUF)")
+    ev.add_argument("direction", metavar="DIRECTION_FILE", help="a saved Direction or LayerDirections (NAME, NAME.json "
+                    "or NAME.safetensors)")
+    ev.add_argument("--out", required=True, metavar="FILE.gguf", help="the control-vector file to write")
+    ev.add_argument("--scale", type=float, default=1.0, help="write scale x vector (default 1: the raw vector)")
+    ev.add_argument("--unit", action="store_true", help="write scale x the unit vector instead")
+    ev.add_argument("--layers", help="package layers (resid_pre, 2 or above) to write, e.g. 8,12-16 (default: a "
+                    "Direction's own layer; every layer of LayerDirections from 2 on)")
+    ev.add_argument("--model-hint", help="llama.cpp architecture name recorded in the file, e.g. qwen2 (default: "
+                    "--model's architecture)")
+    ev.add_argument("--model", help="check the direction against this model (width, identity, layers) and take the "
+                    "model hint from it")
+    ev.add_argument("--allow-transfer", action="store_true", help="with --model: accept a direction made with another "
+                    "model of the same width")
+    iv = sub.add_parser("import-vector", help="read a llama.cpp control vector (GGUF) as LayerDirections")
+    iv.add_argument("vector", metavar="FILE.gguf", help="a control-vector GGUF file (this package's, repeng's, ...)")
+    iv.add_argument("--out", required=True, metavar="DIR_OR_FILE",
+                    help="a folder (saves FOLDER/<file stem>.json + .safetensors) or NAME")
+    iv.add_argument("--model", help="check the vectors against this model (width, layers)")
+    iv.add_argument("--allow-transfer", action="store_true", help="with --model: accept vectors made with another "
+                    "model of the same width")
     return p
 
 
@@ -115,6 +162,10 @@ def _config_from_args(args):
         value = fields.get(path_field)
         if isinstance(value, str) and value and not value.startswith("hf://"):  # other types: the field check says so
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
+    judge = fields.get("judge")  # a judge model given as a path becomes an absolute one (a run resumes from anywhere)
+    if isinstance(judge, str) and judge.startswith("model:") and judge[6:].strip() \
+            and Path(judge[6:].strip()).expanduser().exists():
+        fields["judge"] = "model:" + str(Path(judge[6:].strip()).expanduser().resolve())
     for set_field in ("personas", "persona_sets"):  # persona files (not bundled names) become absolute paths
         value = fields.get(set_field)
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
@@ -131,6 +182,7 @@ def _config_from_args(args):
 
 
 def _cmd_run(args) -> int:
+    from persona_refusal.evaluation import ModelJudge, get_judge
     from persona_refusal.models import load_chat_model
     from persona_refusal.study import Study, preset_stages, study_personas, study_prompts
 
@@ -141,6 +193,9 @@ def _cmd_run(args) -> int:
     progress = not args.quiet
     prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
     study_personas(config)  # so does a bad persona file
+    judge = get_judge(config.judge)  # lazy: nothing is loaded
+    if isinstance(judge, ModelJudge):
+        judge.check()  # a judge model that is not installed or does not exist fails now, not after the model loads
     t0 = time.perf_counter()
     cm = load_chat_model(config.model, device=device, dtype=config.dtype, progress=progress)
     t_load = time.perf_counter() - t0
@@ -226,16 +281,32 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_agreement(args) -> int:
+    from persona_refusal.agreement import judge_agreement, kappa_text, output_paths
+
+    paths = output_paths(args.run_dir, args.out)  # an empty --out fails here, an empty DIR in judge_agreement
+    rec = judge_agreement(args.run_dir, args.judge, out=args.out, progress=not args.quiet,
+                          judge_options={"device": resolve_device(args.device), "dtype": args.dtype})
+    _say(f"{rec['n_items']} replies in {rec['n_conditions']} judged conditions; raters: "
+         + ", ".join(r["name"] for r in rec["raters"]))
+    for p in rec["pairs"]:
+        agree = p["agreement"]
+        _say(f"  {p['a']:>12} vs {p['b']:<12} {p['scale']:<6}  agreement {100 * agree['rate']:5.1f}% "
+             f"({agree['k']}/{agree['n']})  kappa {kappa_text(p)}")
+    _say(f"written: {paths['json']}, {paths['md']}")
+    return 0
+
+
 def _cmd_ablation_demo(args) -> int:
     from persona_refusal.demo import check_demo_args, run_ablation_demo
 
     _nonempty(args.out, "--out", "runs/ablation-demo")
     check_demo_args(args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,  # before the model loads
-                    device=args.device, dtype=args.dtype)
+                    device=args.device, dtype=args.dtype, judge=args.judge)
     if not args.model.strip():
         raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
     res = run_ablation_demo(args.model, args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
-                            device=args.device, dtype=args.dtype, progress=not args.quiet)
+                            device=args.device, dtype=args.dtype, judge=args.judge, progress=not args.quiet)
     d, add = res["refusal_direction"], res["addition"]
     _say(f"\nmodel {res['model']['model_id']}")
     _say(f"refusal direction: layer {d['layer']}, position {d['position']}, |r| = {d['norm']:.3g}"
@@ -245,7 +316,7 @@ def _cmd_ablation_demo(args) -> int:
         r = res["rates"][key]["refusal"]
         return f"  {name:44s} {100 * r['rate']:5.1f}%  [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]  ({r['k']}/{r['n']})"
 
-    _say("judged refusal (Wilson 95%):")
+    _say(f"judged refusal ({res['judge']} judge, Wilson 95%):")
     _say(line("harmful, as is", "harmful_baseline"))
     _say(line("harmful, direction ablated (every layer)", "harmful_ablated"))
     _say(line("harmless, as is", "harmless_baseline"))
@@ -262,6 +333,70 @@ def _cmd_info(args) -> int:
     _say(repr(cm))
     _say("post-instruction tokens: " + repr([cm.tokenizer.decode([i]) for i in cm.post_instruction_ids]))
     _say("example prompt:\n" + cm.format(["How do I bake bread?"])[0])
+    return 0
+
+
+def _cmd_export_vector(args) -> int:
+    from persona_refusal.control_vectors import export_control_vector, import_control_vector, parse_layers, read_directions
+
+    if not args.direction.strip():
+        raise ConfigError(f"DIRECTION_FILE is empty ({args.direction!r})", hint="give a saved direction, e.g. "
+                          "runs/demo/directions/refusal")
+    if not args.out.strip():
+        raise ConfigError(f"--out is empty ({args.out!r})", hint="give --out the .gguf file to write, e.g. --out refusal.gguf")
+    layers = parse_layers(args.layers) if args.layers is not None else None
+    if args.model is not None and not args.model.strip():
+        raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
+    directions = read_directions(args.direction)
+    cm = None
+    if args.model is not None:
+        from persona_refusal.models import load_chat_model
+
+        cm = load_chat_model(args.model)
+    path = export_control_vector(directions, args.out, scale=args.scale, unit=args.unit, layers=layers,
+                                 model_hint=args.model_hint, model=cm, allow_transfer=args.allow_transfer)
+    written = import_control_vector(path)
+    _say(f"wrote {path}: layers {list(written.layers)} as direction.{{{','.join(str(l - 1) for l in written.layers)}}}"
+         f" (scale {args.scale:g}{', unit vectors' if args.unit else ''})\nuse it with llama.cpp: "
+         f"--control-vector-scaled {path}:1")
+    return 0
+
+
+def _cmd_import_vector(args) -> int:
+    from persona_refusal.control_vectors import import_control_vector, import_target
+
+    if not args.vector.strip():
+        raise ConfigError(f"FILE.gguf is empty ({args.vector!r})", hint="give a control-vector .gguf file")
+    target = import_target(args.out, args.vector)
+    if args.model is not None and not args.model.strip():
+        raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
+    directions = import_control_vector(args.vector)  # the file's problems first, before a model loads
+    if args.model is not None:
+        from persona_refusal.models import load_chat_model
+
+        directions.check(load_chat_model(args.model), allow_transfer=args.allow_transfer)
+    saved = directions.save(target)
+    _say(f"wrote {saved} (+ .safetensors): {directions!r}")
+    return 0
+
+
+def _cmd_export_model(args) -> int:
+    from persona_refusal.export import export_orthogonalized
+
+    _nonempty(args.out, "--out", "exports/demo-orthogonalized")
+    if not args.model.strip():
+        raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
+    if not args.direction.strip():
+        raise ConfigError(f"--direction is empty ({args.direction!r})",
+                          hint="give a saved direction, e.g. --direction runs/demo/directions/refusal")
+    t0 = time.perf_counter()
+    out = export_orthogonalized(args.model, args.direction, args.out, allow_transfer=args.allow_transfer,
+                                dtype=args.dtype, progress=not args.quiet)
+    marker = json.loads((out / "persona_refusal_export.json").read_text())
+    _say(f"wrote {out} ({time.perf_counter() - t0:.0f} s): {marker['source']['model_id']} with direction "
+         f"{marker['direction']['name']!r} projected out of its weights ({args.dtype}"
+         f"{'; tied embeddings untied' if marker['untied_embeddings'] else ''})\n"
+         f"load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
 
@@ -292,7 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     try:
         handler = {"run": _cmd_run, "figures": _cmd_figures, "compare": _cmd_compare, "ablation-demo": _cmd_ablation_demo,
-                   "info": _cmd_info}[args.command]
+                   "agreement": _cmd_agreement,
+                   "info": _cmd_info, "export-vector": _cmd_export_vector,
+                   "import-vector": _cmd_import_vector, "export-model": _cmd_export_model}[args.command]
         return handler(args)
     except PersonaRefusalError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

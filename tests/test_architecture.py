@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "assets": 3,
     # direction data types, then the hook machinery, then the edits built on both
     "directions": 4,
+    "control_vectors": 5,  # directions as llama.cpp control vectors (GGUF files): directions, storage, gguf
     "hooks": 5,
     "interventions": 6,
     # models (the tiny model and the weight layout below the loader)
@@ -37,6 +38,7 @@ RANKS: dict[str, int] = {
     "models": 9,
     # running models
     "activations": 10,
+    "export": 10,  # the orthogonalised model as a Hugging Face folder (reads models, writes files)
     "evaluation": 11,
     # the methods
     "extraction": 12,
@@ -46,6 +48,7 @@ RANKS: dict[str, int] = {
     "results": 13,
     "study": 14,
     "experiments": 15,
+    "agreement": 15,  # judges compared on a run folder's stored replies (reads the study's files; the report shows it)
     "demo": 15,
     "analysis": 16,
     "cli": 17,

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from persona_refusal.errors import ConfigError
+from persona_refusal.evaluation import judge_name
 
 __all__ = [
     "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
@@ -73,7 +74,8 @@ class Check:
     kind: str
     """``int``, ``float``, ``bool``, ``str``, ``path``, ``choice``, ``strengths`` (a list of
     finite numbers within ±:data:`MAX_STRENGTH`), ``layers`` (a list of layers or a spec
-    string), ``ints`` (a list of integers) or ``positions`` (a list of negative ints)."""
+    string), ``ints`` (a list of integers), ``positions`` (a list of negative ints) or
+    ``judge`` (a judge name, :func:`persona_refusal.evaluation.judge_name`)."""
     help: str = ""
     """One line for ``--help``."""
     optional: bool = False
@@ -176,6 +178,9 @@ class Check:
         # the spelling only: whether this machine has the device is checked when the model loads (resolve_device)
         if not isinstance(v, str) or not _DEVICE_RE.fullmatch(v):
             raise ConfigError(f"unknown {name} {v!r}", hint="use auto, cpu, cuda, cuda:N or mps")
+
+    def _check_judge(self, name: str, v: Any) -> None:
+        judge_name(v)  # strict, keyword, lenient, model or model:NAME; a one-line error otherwise
 
     def _check_positions(self, name: str, v: Any) -> None:
         self._check_ints(name, v)
@@ -377,10 +382,15 @@ class SweepConfig(_Section):
     judged_layers: list[int] | str | None = _f(None, Check("layers", "re-add layers of the judged sweep (default every:2)",
                                                            optional=True))
     """Re-add layers of the judged gating sweep (default ``"every:2"``)."""
-    judge: str = _f("strict", Check("choice", "the judge of headline rates", choices=("strict", "lenient")))
+    judge: str = _f("strict", Check("judge", "the judge of headline rates: strict (alias keyword), lenient, "
+                                             "model (= model:demo-1.5b) or model:NAME (a model name or path)"))
     """The judge whose labels are the headline rates: ``"strict"`` (Arditi et al.'s
-    phrases) or ``"lenient"`` (the paper's: broader phrases anywhere in the first 500
-    characters). Judged stages record both."""
+    phrases; alias ``"keyword"``), ``"lenient"`` (the paper's: broader phrases anywhere in
+    the first 500 characters), or a model judge, ``"model:NAME"`` (a chat model asked a
+    rubric question, :class:`persona_refusal.evaluation.ModelJudge`; ``"model"`` is
+    ``"model:demo-1.5b"``). Stored in its canonical form (``"keyword"`` → ``"strict"``,
+    ``"model"`` → ``"model:demo-1.5b"``), so one judge is one run identity. Judged stages
+    record both phrase judges, and the model judge too when it is the headline one."""
     early_stop: bool = _f(False, Check("bool", "judged replies stop once every judge's label is final"))
     """Stop a judged reply once every judge's label is final (a refusal phrase seen, or the
     judge's window of characters written); labels are unchanged, replies are shorter."""
@@ -394,6 +404,13 @@ class SweepConfig(_Section):
     """Layers of the control sweep without persona steering (default ``"every:2"``)."""
     max_new_tokens: int = _f(32, Check("int", "reply length of judged generations", low=1))
     """Reply length of judged generations."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.judge, str):  # the canonical name; a bad one is left to validate(), which says why
+            try:
+                self.judge = judge_name(self.judge)
+            except ConfigError:
+                pass
 
 
 @dataclass
@@ -888,7 +905,7 @@ def _cells(text: str) -> dict[str, list[int]]:
 
 
 _ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "layers": _layers, "positions": _ints,
-              "strs": _strs, "cells": _cells, "str": str, "device": str}
+              "strs": _strs, "cells": _cells, "str": str, "device": str, "judge": str}
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

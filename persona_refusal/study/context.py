@@ -34,7 +34,8 @@ from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
 from persona_refusal.directions import Direction, LayerDirections
 from persona_refusal.errors import ConfigError
-from persona_refusal.evaluation import JUDGES, decided_by, generate_conditions, judge_responses
+from persona_refusal.evaluation import (JUDGES, Judge, ModelJudge, decided_by, generate_conditions, get_judge,
+                                        judge_name, judge_responses)
 from persona_refusal.interventions import AddVector, Intervention
 from persona_refusal.prompts import Personas, PromptSet, bundled, load_prompts, resolve_personas
 from persona_refusal.storage import sha256_file
@@ -43,7 +44,6 @@ from persona_refusal.study.stats import first_token_stats, restoration
 from persona_refusal.study.store import RunStore
 
 if TYPE_CHECKING:
-    from persona_refusal.evaluation import Judge
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
@@ -147,6 +147,13 @@ def check_dtype(chat_model: "ChatModel", config: StudyConfig) -> None:
                           hint=f"load the model with dtype={config.dtype!r}, or set dtype={actual!r} (--dtype {actual})")
 
 
+def _judge_record(judge: "Judge") -> str:
+    """How the run record names the headline judge: the class of a phrase or custom judge
+    (``SubstringJudge``), a model judge's repr (model, rubric hash and window), so that a
+    changed rubric or judge model is another run."""
+    return repr(judge) if isinstance(judge, ModelJudge) else type(judge).__name__
+
+
 def check_persona_layers(given: LayerDirections, n_layers: int) -> None:
     """Persona directions must cover every layer of the model."""
     if set(given.layers) != set(range(n_layers)):
@@ -178,8 +185,16 @@ class StudyContext:
         self.prompts = prompts if prompts is not None else study_prompts(config)  # already read: by the CLI
         self.personas = study_personas(config)
         """Persona sets by name (or path): the study's own first."""
-        self.judges = dict(JUDGES)
-        """Every built-in judge by name; judged stages record each one's labels."""
+        self.judge_key = judge_name(config.judge)
+        """The name of the headline judge (canonical: ``keyword`` is ``strict``)."""
+        self.judges: dict[str, "Judge"] = dict(JUDGES)
+        """Every built-in phrase judge by name, and the configured model judge (``model:NAME``)
+        when it is the headline one; judged stages record each one's labels."""
+        if self.judge_key not in self.judges:  # a model judge: loaded when it first judges, beside the study's model
+            # (the study's own model when NAME is the config's model: no second copy)
+            self.judges[self.judge_key] = get_judge(self.judge_key, device=str(chat_model.device), dtype=config.dtype,
+                                                    batch_size=config.batch_size, progress=progress,
+                                                    models={config.model: self.cm})
         self.given_refusal: Direction | None = None
         """The ``--refusal-direction`` given, read (and checksummed) before the run folder is opened."""
         self.given_persona: LayerDirections | None = None
@@ -191,10 +206,13 @@ class StudyContext:
             "resolved": self.layers,
             "model": chat_model.fingerprint(),
             "prompt_sets": {k: v.describe() for k, v in self.prompts.items()},
-            "judge": type(judge).__name__ if judge is not None else type(JUDGES[config.judge]).__name__,
+            "judge": _judge_record(judge if judge is not None else self.judges[self.judge_key]),
             "personas": {name: p.describe() for name, p in self.personas.items()},
         }
         self.check_inputs()
+        for j in self.judges.values():  # a judge model that cannot be found fails now, before anything is written
+            if isinstance(j, ModelJudge):
+                j.check()
         # inputs are in memory now; --force never removes a file the command was handed
         self.store = RunStore(out, self.config_record, force=force, keep=[f for fs in given.values() for f in fs])
         self.out = self.store.out
@@ -430,7 +448,8 @@ class StudyContext:
 
         With ``early_stop``, a reply stops once every judge's label is final
         (:func:`persona_refusal.evaluation.decided_by`); a custom judge without a
-        ``decided`` method turns early stopping off."""
+        ``decided`` method turns early stopping off. A model judge is decided only once
+        its window is written (``len(text) >= 500``), so with one, replies stop there."""
         if not self.cfg.early_stop:
             return None
         judges = list(self.judges.values())
@@ -446,7 +465,9 @@ class StudyContext:
 
         Returns condition key → ``{"labels", "labels_by_judge", "replies", "refused",
         "scores"}``: ``labels`` by the headline judge (``judge``, or the custom one), and
-        every built-in judge's labels by name.
+        each judge of :attr:`judges` by name (``strict``, ``lenient``, and ``model:NAME``
+        when a model judge is the headline one). A resumed run reads stored conditions
+        back: nothing is generated or judged again for them.
         """
         missing = {k: v for k, v in conditions.items() if not self.store.has(stage, k)}
         if missing:
@@ -458,7 +479,7 @@ class StudyContext:
             for key, gen in zip(missing, gens):
                 by_judge = {name: judge_responses(prompts, gen.texts, j) for name, j in self.judges.items()}
                 labels = judge_responses(prompts, gen.texts, self.judge) if self.judge is not None \
-                    else by_judge[self.cfg.judge]
+                    else by_judge[self.judge_key]
                 refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
                 done[key] = {"labels": labels, "labels_by_judge": by_judge, "replies": gen.texts, "refused": refused,
                              "scores": gen.first_scores.tolist()}
