@@ -82,9 +82,21 @@ def _write_pngs(figs: dict[str, go.Figure], out_dir: Path) -> list[Path]:
     names = list(figs)
     paths = [out_dir / f"{n}.png" for n in names]
     sizes = [size_of(n) for n in names]
+    def write(idx: list[int]) -> None:
+        pio.write_images([figs[names[i]] for i in idx], [paths[i] for i in idx], format="png",
+                         width=[sizes[i][0] for i in idx], height=[sizes[i][1] for i in idx], scale=1)
+
+    def missing() -> list[int]:
+        return [i for i, p in enumerate(paths) if not p.is_file() or p.stat().st_size == 0]
+
     try:
-        pio.write_images([figs[n] for n in names], paths, format="png", width=[w for w, _ in sizes],
-                         height=[h for _, h in sizes], scale=1)
+        write(list(range(len(names))))
+        # kaleido reports a figure that timed out (a busy machine) in its return value, which
+        # plotly drops: a missing file is the only sign. Those are tried once more, alone.
+        if missing():
+            write(missing())
+        if missing():
+            raise RuntimeError("kaleido wrote no PNG for " + ", ".join(names[i] for i in missing()))
     except BaseException:
         for p in paths:  # no half set of PNGs
             p.unlink(missing_ok=True)

@@ -357,6 +357,42 @@ def test_no_browser_skips_pngs_with_one_warning(smoke_run, tmp_path, monkeypatch
     assert len(list((run / "figures").glob("*.html"))) == len(STUDY_FIGURES)
 
 
+def _flaky_writer(drop_times: int):
+    """A stand-in for plotly's ``write_images`` that writes tiny PNG files but silently skips
+    the first figure of its first ``drop_times`` calls, as kaleido does with a figure that
+    timed out (it reports it in a return value that plotly drops)."""
+    calls = []
+
+    def write_images(figs, paths, **kwargs):
+        calls.append([Path(p).name for p in paths])
+        for i, p in enumerate(paths):
+            if i == 0 and len(calls) <= drop_times:
+                continue
+            Path(p).write_bytes(b"\x89PNG\r\n\x1a\n")
+    return write_images, calls
+
+
+@pytest.mark.parametrize("drop_times", [1, 2])
+def test_a_png_kaleido_silently_skipped_is_retried_or_all_are_skipped(smoke_run, tmp_path, monkeypatch, caplog,
+                                                                      drop_times):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    write_images, calls = _flaky_writer(drop_times)
+    monkeypatch.setattr(analysis, "find_browser", lambda: "/usr/bin/true")
+    monkeypatch.setattr(analysis.pio, "write_images", write_images)
+    with caplog.at_level(logging.WARNING, logger="persona_refusal.analysis"):
+        paths = analysis.build_figures(run, png=True)
+    pngs = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert len(calls) == 2 and len(calls[1]) == 1  # everything once, then only the missing one
+    if drop_times == 1:  # the retry wrote it: a full set
+        assert pngs == sorted(f"{n}.png" for n in STUDY_FIGURES)
+        assert all(p.is_file() for p in paths)
+    else:  # still missing: no half set, one warning naming it, HTML and report kept
+        assert pngs == [] and all(p.suffix != ".png" for p in paths)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and calls[0][0].removesuffix(".png") in warnings[0]
+        assert (run / "report.html").is_file()
+
+
 def test_report_is_one_self_contained_file(built, results):
     run, _, _ = built
     text = (run / "report.html").read_text()
