@@ -435,7 +435,8 @@ def write_tiny_twin(folder: str | os.PathLike, spec: TinySpec = TinySpec()) -> P
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = Qwen2ForCausalLM(config).eval()
+        model = Qwen2ForCausalLM(config)
+        model.eval()
     g = torch.Generator().manual_seed(spec.seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
