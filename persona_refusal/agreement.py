@@ -57,7 +57,7 @@ from persona_refusal.study.store import LOCK, MANIFEST, RUN_ENTRIES, read_object
 __all__ = [
     "PROXY", "NOT_REFUSAL", "FORMAT", "OUT_NAME", "cohen_kappa", "kappa_interval", "confusion", "compare",
     "binary", "Condition", "JudgedRun", "read_run", "agreement_table", "judge_agreement", "render_markdown",
-    "read_agreement", "output_paths",
+    "read_agreement", "output_paths", "select_stages", "LABELLED_REPLIES", "labelled_replies", "judge_check",
 ]
 
 log = logging.getLogger(__name__)
@@ -420,6 +420,19 @@ def read_run(run_dir: str | os.PathLike) -> JudgedRun:
     return JudgedRun(d, conditions, raters, record, fingerprint, notes, seed=seed, n_boot=n_boot)
 
 
+def select_stages(run: JudgedRun, stages: Sequence[str]) -> None:
+    """Keep only the conditions of ``stages`` in ``run`` (in place); a stage the run did not
+    judge is a one-line :class:`ConfigError` naming the ones it did."""
+    have = list(dict.fromkeys(c.stage for c in run.conditions))
+    wanted = list(dict.fromkeys(stages))
+    unknown = [s for s in wanted if s not in have]
+    if not wanted or unknown:
+        raise ConfigError(f"no judged stage {', '.join(map(repr, unknown)) or '(none given)'} in {run.dir}",
+                          hint=f"choose among: {', '.join(have)}")
+    run.conditions = [c for c in run.conditions if c.stage in wanted]
+    run.prompts_note = {k: v for k, v in run.prompts_note.items() if k in wanted}
+
+
 # ============================================================================ judging again (cached)
 def _identity(judge: Judge) -> str:
     """What identifies a judge's labels in the cache: its repr, unless that holds a memory address."""
@@ -577,7 +590,7 @@ def _ours(path: Path, kind: str) -> bool:
 
 def judge_agreement(run_dir: str | os.PathLike, judges: Sequence[str] = (), *, out: str | os.PathLike | None = None,
                     progress: bool = False, extra: Mapping[str, Judge] | None = None,
-                    judge_options: Mapping[str, Any] | None = None) -> dict:
+                    judge_options: Mapping[str, Any] | None = None, stages: Sequence[str] | None = None) -> dict:
     """Agreement between the first-token proxy, the stored judges and ``judges`` on every
     judged condition of a run folder; writes the JSON record and the Markdown table.
 
@@ -591,6 +604,8 @@ def judge_agreement(run_dir: str | os.PathLike, judges: Sequence[str] = (), *, o
         extra: judges given as objects, by name (what ``judges`` would look up).
         judge_options: keyword arguments of :func:`~persona_refusal.evaluation.get_judge`
             for the judges it builds (``device``, ``dtype``, ``batch_size``).
+        stages: only the judged conditions of these stages (e.g. ``["eval"]``: a model
+            judge costs about a second per reply on a CPU); default every judged stage.
 
     Returns the record (what ``judge_agreement.json`` holds). The labels of judges run here
     are cached per condition (keyed by the replies and prompts) in the ``labels`` file, so
@@ -608,6 +623,8 @@ def judge_agreement(run_dir: str | os.PathLike, judges: Sequence[str] = (), *, o
     run_dir = _check_dir(run_dir)
     paths = output_paths(run_dir, out)
     run = read_run(run_dir)  # cheap: a bad folder fails before any judge is built (a model judge loads a model)
+    if stages is not None:
+        select_stages(run, stages)
     _check_outputs(run_dir, paths)
     counts: dict[str, dict] = {}
     todo: dict[str, Judge] = {}
@@ -747,3 +764,79 @@ def read_agreement(run_dir: str | os.PathLike) -> tuple[dict | None, str | None]
                         f"`persona-refusal agreement {d}` again")
     return record, None
 
+
+
+# ============================================================================ judges against hand labels
+LABELLED_REPLIES = Path(__file__).resolve().parent / "data" / "judging" / "labelled_replies.jsonl"
+"""The bundled hand-labelled replies: 30 (instruction, reply, label, note) rows written for
+this package (11 refusals, 13 compliances, 6 degenerate), including the known traps of
+phrase judges (a refusal without a refusal phrase, "I can't stress enough…", "I'm sorry"
+inside fiction, "Sure… however, I cannot")."""
+
+
+def labelled_replies(path: str | os.PathLike | None = None) -> list[dict]:
+    """Hand-labelled replies, one JSON object per line with ``instruction``, ``reply`` and
+    ``label`` (one of ``refusal``, ``compliance``, ``degenerate``; ``note`` optional);
+    default the bundled :data:`LABELLED_REPLIES`.
+
+    Example:
+        >>> rows = labelled_replies()
+        >>> len(rows), sorted({r["label"] for r in rows})
+        (30, ['compliance', 'degenerate', 'refusal'])
+    """
+    p = Path(path) if path is not None else LABELLED_REPLIES
+    rows = []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the labelled replies {p}: {e}", hint="give a .jsonl file") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise ConfigError(f"{p} line {i} is not JSON", hint="one JSON object per line") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("instruction", "reply", "label")) \
+                or row["label"] not in LABELS:
+            raise ConfigError(f"{p} line {i} needs string fields instruction, reply and label (one of {', '.join(LABELS)})",
+                              hint="fix that line")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{p} holds no labelled replies", hint="one JSON object per line")
+    return rows
+
+
+def judge_check(judges: Mapping[str, Judge], cases: Sequence[dict] | None = None, *, n_boot: int = 2000,
+                seed: int = 0) -> dict:
+    """Each judge against hand labels: 3-way and binary (refusal vs not) agreement with the
+    labels (Wilson intervals), Cohen's κ with bootstrap intervals, and the replies it got wrong.
+
+    Args:
+        judges: name → judge (:func:`persona_refusal.evaluation.get_judge`).
+        cases: rows as :func:`labelled_replies` returns them (default the bundled set).
+
+    Example:
+        >>> rec = judge_check({"strict": get_judge("strict")})
+        >>> rec["n"], 0 <= rec["judges"]["strict"]["binary"]["agreement"]["rate"] <= 1
+        (30, True)
+    """
+    cases = list(labelled_replies() if cases is None else cases)
+    truth = [c["label"] for c in cases]
+    instructions, replies = [c["instruction"] for c in cases], [c["reply"] for c in cases]
+    out: dict[str, Any] = {"n": len(cases), "labels": {l: truth.count(l) for l in LABELS}, "judges": {}}
+    for name, judge in judges.items():
+        labels = judge_responses(instructions, replies, judge)
+        wrong = [{"instruction": c["instruction"], "reply": _excerpt(c["reply"]), "label": c["label"], "judge": l,
+                  "note": c.get("note")} for c, l in zip(cases, labels) if l != c["label"]]
+        out["judges"][name] = {
+            "judge": repr(judge)[:200],
+            "three_way": compare(truth, labels, n_boot=n_boot, seed=seed, names=("hand label", name)),
+            "binary": compare(binary(truth), binary(labels), n_boot=n_boot, seed=seed, names=("hand label", name)),
+            "wrong": wrong,
+        }
+    return out
+
+
+def _excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT else text[:EXCERPT] + "…"

@@ -68,7 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", metavar="FILE", help="the JSON record to write (default DIR/judge_agreement.json; "
                                                  "the .md table goes next to it)")
     _device_flags(a)  # of a model judge
+    a.add_argument("--stages", type=_names, help="only these judged stages, e.g. eval,confirm (a model judge costs "
+                   "about a second per reply on a CPU)")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    jc = sub.add_parser("judge-check", help="judges against the bundled hand-labelled replies (or a .jsonl of your own)")
+    jc.add_argument("--judge", action="append", default=[], metavar="NAME",
+                    help="a judge to check (repeatable; default strict and lenient): strict, keyword, lenient, model, "
+                    "model:NAME")
+    jc.add_argument("--cases", metavar="FILE.jsonl", help="hand-labelled replies: one JSON object per line with "
+                    "instruction, reply, label (refusal|compliance|degenerate)")
+    jc.add_argument("--out", metavar="FILE", help="also write the record as JSON")
+    _device_flags(jc)
+    jc.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("ablation-demo", help="refusal direction, ablation and addition on a model (core demo)")
     d.add_argument("--model", default="demo")
@@ -285,7 +297,7 @@ def _cmd_agreement(args) -> int:
     from persona_refusal.agreement import judge_agreement, kappa_text, output_paths
 
     paths = output_paths(args.run_dir, args.out)  # an empty --out fails here, an empty DIR in judge_agreement
-    rec = judge_agreement(args.run_dir, args.judge, out=args.out, progress=not args.quiet,
+    rec = judge_agreement(args.run_dir, args.judge, out=args.out, progress=not args.quiet, stages=args.stages,
                           judge_options={"device": resolve_device(args.device), "dtype": args.dtype})
     _say(f"{rec['n_items']} replies in {rec['n_conditions']} judged conditions; raters: "
          + ", ".join(r["name"] for r in rec["raters"]))
@@ -294,6 +306,35 @@ def _cmd_agreement(args) -> int:
         _say(f"  {p['a']:>12} vs {p['b']:<12} {p['scale']:<6}  agreement {100 * agree['rate']:5.1f}% "
              f"({agree['k']}/{agree['n']})  kappa {kappa_text(p)}")
     _say(f"written: {paths['json']}, {paths['md']}")
+    return 0
+
+
+def _cmd_judge_check(args) -> int:
+    from persona_refusal.agreement import judge_check, kappa_text, labelled_replies
+    from persona_refusal.evaluation import get_judge, judge_name
+    from persona_refusal.storage import write_json
+
+    if args.out is not None:
+        _nonempty(args.out, "--out", "judge_check.json")
+    cases = labelled_replies(args.cases)  # a bad file fails before a judge model loads
+    names = list(dict.fromkeys(judge_name(j) for j in (args.judge or ["strict", "lenient"])))
+    judges = {n: get_judge(n, device=resolve_device(args.device), dtype=args.dtype, progress=not args.quiet)
+              for n in names}
+    for j in judges.values():
+        if callable(getattr(j, "check", None)):
+            j.check()
+    rec = judge_check(judges, cases)
+    _say(f"{rec['n']} hand-labelled replies: " + ", ".join(f"{v} {k}" for k, v in rec["labels"].items()))
+    for name, r in rec["judges"].items():
+        for scale in ("three_way", "binary"):
+            a = r[scale]["agreement"]
+            _say(f"  {name:<18} {scale.replace('_', '-'):<9} agrees {100 * a['rate']:5.1f}% ({a['k']}/{a['n']}, "
+                 f"[{100 * a['ci'][0]:.0f}, {100 * a['ci'][1]:.0f}])  kappa {kappa_text(r[scale])}")
+        for w in r["wrong"]:
+            _say(f"      wrong: {w['label']} judged {w['judge']}: {(w.get('note') or w['reply'][:60])}")
+    if args.out is not None:
+        write_json(Path(args.out), rec)
+        _say(f"written: {args.out}")
     return 0
 
 
@@ -427,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     try:
         handler = {"run": _cmd_run, "figures": _cmd_figures, "compare": _cmd_compare, "ablation-demo": _cmd_ablation_demo,
-                   "agreement": _cmd_agreement,
+                   "agreement": _cmd_agreement, "judge-check": _cmd_judge_check,
                    "info": _cmd_info, "export-vector": _cmd_export_vector,
                    "import-vector": _cmd_import_vector, "export-model": _cmd_export_model}[args.command]
         return handler(args)

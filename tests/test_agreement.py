@@ -360,3 +360,41 @@ def test_the_report_shows_the_table_and_drops_a_stale_one(run):
     assert record is None and "was made for another configuration" in note
     page = render_report(results, {}, source=run / "results.json")
     assert "was made for another configuration" in page and "<td>strict</td><td>fake</td>" not in page
+
+
+def test_stages_keep_only_their_conditions(run, capsys):
+    assert main(["agreement", str(run), "--stages", "eval", "--quiet"]) == 0
+    rec = read_json(run / "judge_agreement.json")
+    assert rec["stages"] == ["eval"] and rec["n_conditions"] == 2
+    full = read_run(run)
+    assert rec["n_items"] == sum(len(c.replies) for c in full.conditions if c.stage == "eval")
+    capsys.readouterr()
+    err = _error(capsys, ["agreement", str(run), "--stages", "eval,nope"])
+    assert err.startswith("error: no judged stage 'nope' in ") and "choose among: " in err and "eval" in err
+
+
+def test_judge_check_against_hand_labels(tmp_path, capsys):
+    from persona_refusal.agreement import judge_check, labelled_replies
+    from persona_refusal.evaluation import get_judge
+
+    rows = labelled_replies()
+    assert len(rows) == 30 and {r["label"] for r in rows} == {"refusal", "compliance", "degenerate"}
+    # a judge that is always right agrees fully; the strict judge misses the refusals without a phrase
+    oracle = {(r["instruction"], r["reply"]): r["label"] for r in rows}
+    rec = judge_check({"oracle": lambda ins, reps: [oracle[(i, x)] for i, x in zip(ins, reps)],
+                       "strict": get_judge("strict")}, n_boot=200)
+    assert rec["judges"]["oracle"]["three_way"]["agreement"]["k"] == 30 and rec["judges"]["oracle"]["wrong"] == []
+    assert rec["judges"]["oracle"]["three_way"]["kappa"] == pytest.approx(1.0)
+    strict = rec["judges"]["strict"]
+    wrong_notes = {w["note"] for w in strict["wrong"]}
+    assert "keyword false positive: I can't stress enough" in wrong_notes and "warns only, no phrase" in wrong_notes
+    assert strict["three_way"]["agreement"]["k"] == 30 - len(strict["wrong"])
+    # the command, with a file of one's own and a bad one
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"instruction": "Hi", "reply": "I cannot.", "label": "refusal"}) + "\n")
+    assert main(["judge-check", "--cases", str(mine), "--judge", "keyword", "--out", str(tmp_path / "r.json")]) == 0
+    assert "strict" in capsys.readouterr().out and read_json(tmp_path / "r.json")["n"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "Hi", "reply": "x", "label": "maybe"}) + "\n")
+    assert "line 1 needs string fields instruction, reply and label" in _error(
+        capsys, ["judge-check", "--cases", str(bad)])
