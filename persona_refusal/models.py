@@ -703,7 +703,9 @@ def _assemble(cfg, state: dict, tokenizer, *, device, dtype):
     optimize_layout(model)
     _release_memory()
     if dtype != torch.float32 or str(device) != "cpu":
-        model = model.to(device=device, dtype=dtype)
+        # HookedTransformer.to takes one device or dtype at a time (and updates cfg); a
+        # cast keeps the strides optimize_layout chose (dense tensors keep their format)
+        model = model.to(dtype, print_details=False).to(torch.device(device), print_details=False)
         model.cfg.dtype = dtype
         model.cfg.device = str(device)
     model.tokenizer = tokenizer

@@ -78,3 +78,22 @@ def test_converted_model_matches_transformers_logits(tmp_path):
     # TransformerLens centres the unembedding: logits agree up to a per-position constant.
     got, want = got - got.mean(-1, keepdim=True), want - want.mean(-1, keepdim=True)
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_assembled_model_in_half_precision(dtype):
+    """``_assemble`` with a half-precision dtype (the path of ``load_chat_model(..., dtype=)``
+    for every converted model) casts every weight and keeps the logits of the float32 model
+    within half-precision rounding."""
+    torch.manual_seed(2)
+    hf = transformers.AutoModelForCausalLM.from_config(ARCHITECTURES["qwen2"]()).eval()
+    tokens = torch.randint(0, 300, (2, 9))
+    ref = models._assemble(*models._convert_hf(lambda: (hf, object()))[:2], None, device="cpu", dtype=torch.float32)
+    half = models._assemble(*models._convert_hf(lambda: (hf, object()))[:2], None, device="cpu", dtype=dtype)
+    assert half.cfg.dtype == dtype and {p.dtype for p in half.parameters()} == {dtype}
+    w32, w16 = ref.blocks[0].mlp.W_in, half.blocks[0].mlp.W_in
+    assert w16.stride() == w32.stride()  # the layout of optimize_layout survives the cast
+    with torch.no_grad():
+        want, got = ref(tokens), half(tokens).float()
+    scale = want.abs().max()
+    assert (got - want).abs().max() < 0.05 * scale
