@@ -40,21 +40,22 @@ sys.path.insert(0, str(HERE))
 from run import _peak_rss_kb, _status_kb, generation_pair, hf_model_for, interleaved, matmul_peak  # noqa: E402
 
 
-def load_probe(model: str) -> None:
+def load_probe(model: str, dtype: str = "float32") -> None:
     """Subprocess body: load once, print peak and current RSS and the weights' size."""
     import persona_refusal as pr
 
     t = time.perf_counter()
-    cm = pr.load_chat_model(model, progress=False)
+    cm = pr.load_chat_model(model, progress=False, dtype=dtype)
     seconds = time.perf_counter() - t
-    weights = sum(p.numel() * 4 for p in cm.model.parameters())
+    weights = sum(p.numel() * 4 for p in cm.model.parameters())  # float32 size, whatever the dtype
     print(json.dumps({"peak_mb": _peak_rss_kb() / 1024, "rss_mb": _status_kb("VmRSS") / 1024,
                       "weights_mb": weights / 2**20, "seconds": seconds}))
 
 
-def probe(model: str, cache: str) -> dict:
+def probe(model: str, cache: str, dtype: str = "float32") -> dict:
     env = {**os.environ, "PERSONA_REFUSAL_CACHE": cache}
-    out = subprocess.run([sys.executable, __file__, "--load-probe", "--model", model], env=env, check=True,
+    out = subprocess.run([sys.executable, __file__, "--load-probe", "--model", model, "--dtype", dtype], env=env,
+                         check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -71,16 +72,16 @@ def step_products(cm, rows: int, kv_len: int) -> list[tuple[int, int, int]]:
     return per_layer * cfg.n_layers + [(rows, d, cfg.d_vocab)]
 
 
-def shape_bound_seconds(products, repeats: int = 5) -> float:
+def shape_bound_seconds(products, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Seconds for one decoding step's products, each timed alone (best of ``repeats``)."""
     total = 0.0
     for m, k, n in sorted(set(products)):
         count = products.count((m, k, n))
         if m > products[-1][0]:  # attention: one query row per (row, head), its own keys
-            a, b = torch.randn(m, 1, k), torch.randn(m, k, n)
+            a, b = torch.randn(m, 1, k, dtype=dtype), torch.randn(m, k, n, dtype=dtype)
             op = torch.bmm
         else:
-            a, b = torch.randn(m, k), torch.randn(n, k)
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
             op = torch.nn.functional.linear
         best = float("inf")
         for _ in range(repeats):
@@ -101,10 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: load, gen, early")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="the model's dtype; the matmul bounds are measured in the same dtype")
     ap.add_argument("--load-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.load_probe:
-        load_probe(args.model)
+        load_probe(args.model, args.dtype)
         return 0
     skip = set(filter(None, args.skip.split(",")))
 
@@ -120,8 +123,8 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus", flush=True)
     if "load" not in skip:
         with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
-            first = probe(args.model, cache)
-            cached = probe(args.model, cache)
+            first = probe(args.model, cache, args.dtype)
+            cached = probe(args.model, cache, args.dtype)
         w = first["weights_mb"]
         row("L1. first load, peak RSS / float32 weights", first["peak_mb"] / w, "<= 2.5",
             f"{first['peak_mb']:.0f} MB peak, weights {w:.0f} MB, {first['seconds']:.0f} s (empty cache folder)")
@@ -130,12 +133,13 @@ def main(argv=None) -> int:
         row("L3. resident after the cached load / float32 weights", cached["rss_mb"] / w, "report",
             f"{cached['rss_mb']:.0f} MB")
 
-    cm = pr.load_chat_model(args.model, progress=False)
-    print(cm, flush=True)
+    dtype = getattr(torch, args.dtype)
+    cm = pr.load_chat_model(args.model, progress=False, dtype=args.dtype)
+    print(cm, args.dtype, flush=True)
     prompts = list(pr.bundled("harmless", "test")) + list(pr.bundled("harmless", "val"))
     if "gen" not in skip:
-        peak = matmul_peak(args.repeats)
-        hf = hf_model_for(cm)
+        peak = matmul_peak(args.repeats, dtype)
+        hf = hf_model_for(cm, dtype)
         saved_stop = cm.stop_token_ids
         cm.stop_token_ids = ()  # equal work: every row decodes every token
         for r in [int(x) for x in args.rows.split(",")]:
@@ -148,10 +152,10 @@ def main(argv=None) -> int:
             products = step_products(cm, r, prompt_len + args.new_tokens // 2)
             flops = sum(2 * m * k * n for m, k, n in products)
             peak_rate = r / (flops / (peak * 1e9))
-            shape_rate = r / shape_bound_seconds(products)
+            shape_rate = r / shape_bound_seconds(products, dtype=dtype)
             rate = n_tok / t["package"]
             row(f"G1. decoding at {r} rows, tokens/s / peak bound", rate / peak_rate, ">= 0.6",
-                f"{rate:.1f} tok/s; peak bound {peak_rate:.0f} tok/s ({peak:.0f} GFLOP/s)")
+                f"{rate:.1f} tok/s; peak bound {peak_rate:.0f} tok/s ({peak:.0f} GFLOP/s, {args.dtype})")
             row(f"G1. decoding at {r} rows, tokens/s / shape bound", rate / shape_rate, "report",
                 f"shape bound {shape_rate:.0f} tok/s (each product timed alone at its shape)")
             if "hf" in t:

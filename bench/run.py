@@ -51,9 +51,9 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def matmul_peak(repeats: int) -> float:
-    """Best GFLOP/s of an fp32 matmul the size of an MLP projection on 2048 rows."""
-    a, b = torch.randn(2048, 896), torch.randn(4864, 896)
+def matmul_peak(repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a matmul (``dtype``, float32 by default) the size of an MLP projection on 2048 rows."""
+    a, b = torch.randn(2048, 896, dtype=dtype), torch.randn(4864, 896, dtype=dtype)
     best = 0.0
     for _ in range(repeats + 2):
         t = time.perf_counter()
@@ -62,7 +62,7 @@ def matmul_peak(repeats: int) -> float:
     return best
 
 
-def hf_model_for(cm):
+def hf_model_for(cm, dtype: torch.dtype = torch.float32):
     """The same weights as a transformers model, dequantized from the bundled GGUF
     (``None`` for models that are not bundled; transformers cannot re-save a GGUF model,
     so this takes a few seconds each run)."""
@@ -74,7 +74,7 @@ def hf_model_for(cm):
     if key is None:
         return None
     path = bundled_model_path(key)
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
 
 
 def generation_pair(cm, hf, prompts, new_tokens: int) -> dict:
