@@ -1,4 +1,5 @@
-"""Command line: ``persona-refusal run | figures | ablation-demo | info``.
+"""Command line: ``persona-refusal run | figures | compare | ablation-demo | agreement | judge-check |
+export-model | export-vector | import-vector | info``.
 
 Every user mistake ends in one line, ``error: <what is wrong> (<how to fix it>)``, and a
 non-zero exit code — never a traceback. Ctrl-C (or a ``kill``) during ``run`` says where

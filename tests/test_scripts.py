@@ -1,4 +1,4 @@
-"""The set-up scripts' Chromium step (scripts/chromium.sh), run with fake commands on PATH.
+"""The set-up scripts. Chromium step (scripts/setup.sh), run with fake commands on PATH.
 
 README command 1 (scripts/demo.sh) and command 2 (scripts/test.sh) both source it: a
 browser already there is used, root + apt-get installs Debian's chromium, anything else
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "chromium.sh"
+SCRIPT = ROOT / "scripts" / "setup.sh"
 
 
 def _fake(bin_dir: Path, name: str, body: str) -> None:
@@ -89,5 +89,5 @@ def test_no_root_no_browser_is_one_note_line(bin_dir):
 @pytest.mark.parametrize("script", ["demo.sh", "test.sh"])
 def test_both_readme_commands_use_it(script):
     text = (ROOT / "scripts" / script).read_text()
-    assert ". scripts/chromium.sh" in text and "ensure_chromium" in text
+    assert ". scripts/setup.sh" in text and "ensure_chromium" in text and "install_package" in text
     assert os.access(ROOT / "scripts" / script, os.X_OK)

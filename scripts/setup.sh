@@ -1,5 +1,17 @@
-# Sourced by scripts/demo.sh and scripts/test.sh: make a headless Chromium available to
-# kaleido (PNG export) where this machine allows it, and say plainly when it does not.
+# Sourced by scripts/demo.sh and scripts/test.sh (README commands 1 and 2).
+#
+# install_package EXTRAS: a .venv from nothing (Python 3.11 + pip), torch's CPU build
+# first (a bare `torch` requirement would pull a multi-GB CUDA build), then this package
+# in editable mode with the given extras, e.g. `install_package demo,dev`.
+install_package() {
+  local py="${PYTHON:-python3}"
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -e ".[$1]"
+}
+
+# ensure_chromium NOTE: make a headless Chromium available to kaleido (PNG export) where
+# this machine allows it, and say plainly (NOTE: what is lost) when it does not.
 # Order: a Chromium/Chrome already on PATH or in $BROWSER_PATH; else Debian/Ubuntu's
 # `chromium` package when running as root with apt-get; else a one-line note (the run
 # then writes HTML figures and report.html, and `persona-refusal figures DIR` adds the
