@@ -60,7 +60,7 @@ from persona_refusal.storage import (
 )
 from persona_refusal.tiny import TinySpec, build_tiny_model
 
-__all__ = ["ChatModel", "load_chat_model", "REFUSAL_PREFIXES"]
+__all__ = ["ChatModel", "load_chat_model", "local_source", "LocalSource", "REFUSAL_PREFIXES"]
 
 log = logging.getLogger(__name__)
 
