@@ -64,7 +64,7 @@ from torch import Tensor
 from persona_refusal import assets, ops
 from persona_refusal.directions import Direction, check_model
 from persona_refusal.errors import ConfigError, ModelLoadError
-from persona_refusal.models import _hf_from_gguf, _quiet_transformer_lens, _stop_tokens, local_source
+from persona_refusal.models import LocalSource, _hf_from_gguf, _quiet_transformer_lens, _stop_tokens, local_source
 from persona_refusal.storage import read_json, sha256_json, write_json, write_tensors
 from persona_refusal.tiny import TinySpec, build_tiny_tokenizer
 
@@ -92,16 +92,6 @@ class _Identity:
     model_id: str
     checksum: str
     d_model: int
-
-
-@dataclass(frozen=True)
-class _Source:
-    """A model whose original-layout weights can be loaded: its identity and its loader."""
-
-    model_id: str
-    checksum: str
-    kind: str
-    load: Callable[[], tuple]
 
 
 # ====================================================================== the edit
@@ -164,7 +154,7 @@ def orthogonalize_hf_model(hf_model: "PreTrainedModel", vector: Float[Tensor, "d
 
 
 # ====================================================================== sources
-def _source(name_or_path: str | os.PathLike, progress: bool) -> _Source:
+def _source(name_or_path: str | os.PathLike, progress: bool) -> LocalSource:
     """Identity (as :func:`~persona_refusal.models.load_chat_model` records it) and loader of
     a model's original-layout weights; nothing heavy is loaded."""
     name = str(name_or_path)
@@ -178,15 +168,14 @@ def _source(name_or_path: str | os.PathLike, progress: bool) -> _Source:
                  "writes a tiny Qwen2 model that exports")
     if name in assets.BUNDLED_MODELS:
         spec = assets.BUNDLED_MODELS[name]
-        return _Source(spec.model_id, spec.sha256, name,
-                       lambda: _hf_from_gguf(assets.bundled_model_path(name, progress=progress)))
+        return LocalSource(spec.model_id, spec.sha256, name,
+                           lambda: _hf_from_gguf(assets.bundled_model_path(name, progress=progress)))
     path = Path(name).expanduser()
     if not path.exists():
         raise ModelLoadError(
             f"cannot export {name!r}: not 'demo', 'demo-1.5b' or an existing path (export reads local weights only)",
             hint="download a hub model first (e.g. huggingface-cli download NAME --local-dir DIR) and give that folder")
-    src = local_source(path, hint="give a .gguf file or a folder with config.json and .safetensors weights")
-    return _Source(src.model_id, src.checksum, src.source, src.build)
+    return local_source(path, hint="give a .gguf file or a folder with config.json and .safetensors weights")
 
 
 def _load_direction(direction: Direction | str | os.PathLike) -> Direction:
@@ -355,7 +344,7 @@ def export_orthogonalized(
     # the identity first (a direction of another model fails before the weights load), the width once they have
     check_model(d, _Identity(source.model_id, source.checksum, d.d_model), allow_transfer, f"direction {d.name!r}")
     with _quiet_transformer_lens(), _no_transformers_bars():
-        hf_model, tokenizer = source.load()
+        hf_model, tokenizer = source.build()
     hf_model.requires_grad_(False)
     _check_architecture(hf_model)
     check_model(d, _Identity(source.model_id, source.checksum, int(hf_model.config.hidden_size)), allow_transfer,
@@ -366,7 +355,7 @@ def export_orthogonalized(
         with _no_transformers_bars():
             _save_model(tmp, hf_model, tokenizer, _DTYPES[dtype])
         return {
-            "source": {"model_id": source.model_id, "checksum": source.checksum, "kind": source.kind},
+            "source": {"model_id": source.model_id, "checksum": source.checksum, "kind": source.source},
             "direction": {"name": d.name, "layer": d.layer, "model_id": d.model_id, "model_checksum": d.model_checksum,
                           "unit_sha256": sha256_json([float(x) for x in ops.unit(d.vector.double()).tolist()])},
             "edit": "W' = W - r r^T W on embed_tokens, every self_attn.o_proj and mlp.down_proj (and their biases)",

@@ -392,7 +392,7 @@ class LocalSource:
     checksum: str
     """sha256 of the GGUF file, or of the folder's safetensors files by name."""
     source: str
-    """``"gguf"`` or ``"hf-folder"``."""
+    """``"gguf"`` or ``"hf-folder"`` (the export also uses it for a bundled model, by name)."""
     build: Callable[[], tuple]
     """Reads the transformers model and tokenizer (``_hf_from_gguf`` / ``_hf_from_folder``)."""
 
