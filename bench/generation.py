@@ -9,12 +9,14 @@ L1. peak resident memory (kernel ``VmHWM``) of the first load — an empty cache
     float32 weights of the loaded ``HookedTransformer``                     target ≤ 2.5
 L2. the same for the cached load (converted weights read from the cache)  target ≤ 2.5
 L3. resident memory once loaded / the float32 weights                     report
-G1. greedy decoding tokens/s at R rows (``--rows``, default 32 and 64), next to two
-    bounds: the *peak bound* (every decoding step's matrix products at the square-matmul
-    peak of row 6 of bench/run.py) and the *shape bound* (the same products, each timed
-    alone at the step's shapes: what the BLAS achieves for skinny products). Ratios of
-    the rate to each bound; target ≥ 0.6 of the peak bound (the issue's), reported also
-    against the shape bound.
+G1. greedy decoding steps, tokens/s at R rows (``--rows``, default 32 and 64), for each
+    decoding mode (``--decode``, default packed, plain, reference): the seconds of a
+    generation of N + 1 tokens minus those of a 1-token one (the prompt's forward pass),
+    so only the N decoding steps count. Next to two bounds: the *peak bound* (every
+    decoding step's matrix products at the best square-product rate of this machine, MKL
+    or oneDNN, whichever is faster) and the *shape bound* (the same products, each timed
+    alone at its shape with the faster library). Ratios of the rate to each bound;
+    target ≥ 0.6 of the peak bound (the issue's), reported also against the shape bound.
 G2. package decoding tokens/s / transformers ``generate`` on the same weights  ≥ 0.8
 E1. judged replies (``--judge-tokens``, default 128) of harmful and harmless val prompts
     with early stopping (``stop_when=decided_by(strict, lenient)``) / without: seconds,
@@ -72,24 +74,71 @@ def step_products(cm, rows: int, kv_len: int) -> list[tuple[int, int, int]]:
     return per_layer * cfg.n_layers + [(rows, d, cfg.d_vocab)]
 
 
+def _dnn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
+def best_linear(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
+    """Best seconds of ``a @ b.T`` with torch's ``F.linear`` (MKL on a CPU) or oneDNN's
+    linear, whichever is faster here."""
+    ops = [torch.nn.functional.linear]
+    try:
+        _dnn(a[:2], b[:2])
+        ops.append(_dnn)
+    except Exception:  # noqa: BLE001 - no oneDNN for this dtype / build
+        pass
+    best = float("inf")
+    for op in ops:
+        op(a, b)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            op(a, b)
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def peak_gflops(repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a product the size of an MLP projection on 2048 rows, with the
+    faster of MKL and oneDNN (bench/run.py's ``matmul_peak`` times ``F.linear`` alone)."""
+    a, b = torch.randn(2048, 896, dtype=dtype), torch.randn(4864, 896, dtype=dtype)
+    return max(matmul_peak(repeats, dtype), 2 * 2048 * 896 * 4864 / best_linear(a, b, repeats + 2) / 1e9)
+
+
 def shape_bound_seconds(products, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Seconds for one decoding step's products, each timed alone (best of ``repeats``)."""
+    """Seconds for one decoding step's products, each timed alone (best of ``repeats``,
+    the faster library)."""
     total = 0.0
     for m, k, n in sorted(set(products)):
         count = products.count((m, k, n))
         if m > products[-1][0]:  # attention: one query row per (row, head), its own keys
             a, b = torch.randn(m, 1, k, dtype=dtype), torch.randn(m, k, n, dtype=dtype)
-            op = torch.bmm
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                torch.bmm(a, b)
+                best = min(best, time.perf_counter() - t)
         else:
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-            op = torch.nn.functional.linear
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            op(a, b)
-            best = min(best, time.perf_counter() - t)
+            best = best_linear(torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), repeats)
         total += best * count
     return total
+
+
+def decoding_fns(cm, prompts, new_tokens: int, modes) -> dict:
+    """``{"MODE:steps": fn, "MODE:prefill": fn}``: one batch of ``prompts`` generating
+    ``new_tokens + 1`` tokens, and the same generating 1 (the prompt's pass alone)."""
+    import persona_refusal as pr
+
+    def make(mode, n):
+        def fn():
+            cm.decode = mode
+            pr.generate(cm, prompts, max_new_tokens=n, batch_size=len(prompts), progress=False)
+        return fn
+
+    fns = {}
+    for mode in modes:
+        fns[f"{mode}:steps"] = make(mode, new_tokens + 1)
+        fns[f"{mode}:prefill"] = make(mode, 1)
+    return fns
 
 
 def main(argv=None) -> int:
@@ -104,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="the model's dtype; the matmul bounds are measured in the same dtype")
+    ap.add_argument("--decode", default="packed,plain,reference",
+                    help="decoding modes to time, comma-separated (the first is the one G2 and E1 use)")
     ap.add_argument("--load-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.load_probe:
@@ -134,34 +185,41 @@ def main(argv=None) -> int:
             f"{cached['rss_mb']:.0f} MB")
 
     dtype = getattr(torch, args.dtype)
-    cm = pr.load_chat_model(args.model, progress=False, dtype=args.dtype)
+    cm = pr.load_chat_model(args.model, progress=False, dtype=args.dtype, decode=args.decode.split(",")[0])
     print(cm, args.dtype, flush=True)
     prompts = list(pr.bundled("harmless", "test")) + list(pr.bundled("harmless", "val"))
     if "gen" not in skip:
-        peak = matmul_peak(args.repeats, dtype)
+        peak = peak_gflops(args.repeats, dtype)
+        print(f"peak {peak:.0f} GFLOP/s ({args.dtype}, the faster of MKL and oneDNN)", flush=True)
         hf = hf_model_for(cm, dtype)
-        saved_stop = cm.stop_token_ids
+        saved_stop, saved_mode = cm.stop_token_ids, cm.decode
         cm.stop_token_ids = ()  # equal work: every row decodes every token
+        modes = [m for m in args.decode.split(",") if m]
         for r in [int(x) for x in args.rows.split(",")]:
             batch = (prompts * (r // len(prompts) + 1))[:r]
             n_tok = r * args.new_tokens
-
-            fns = generation_pair(cm, hf, batch, args.new_tokens)
-            t = interleaved(fns, args.repeats)
             prompt_len = int(cm.tokenize(cm.format(batch))[1].sum(-1).float().mean())
             products = step_products(cm, r, prompt_len + args.new_tokens // 2)
             flops = sum(2 * m * k * n for m, k, n in products)
             peak_rate = r / (flops / (peak * 1e9))
             shape_rate = r / shape_bound_seconds(products, dtype=dtype)
-            rate = n_tok / t["package"]
-            row(f"G1. decoding at {r} rows, tokens/s / peak bound", rate / peak_rate, ">= 0.6",
-                f"{rate:.1f} tok/s; peak bound {peak_rate:.0f} tok/s ({peak:.0f} GFLOP/s, {args.dtype})")
-            row(f"G1. decoding at {r} rows, tokens/s / shape bound", rate / shape_rate, "report",
-                f"shape bound {shape_rate:.0f} tok/s (each product timed alone at its shape)")
-            if "hf" in t:
-                row(f"G2. decoding at {r} rows / transformers generate", t["hf"] / t["package"], ">= 0.8",
-                    f"hf {n_tok / t['hf']:.1f} tok/s")
-        cm.stop_token_ids = saved_stop
+            t = interleaved(decoding_fns(cm, batch, args.new_tokens, modes), args.repeats)
+            for mode in modes:
+                rate = n_tok / max(t[f"{mode}:steps"] - t[f"{mode}:prefill"], 1e-9)
+                row(f"G1. decoding steps at {r} rows ({mode}), tokens/s / peak bound", rate / peak_rate, ">= 0.6",
+                    f"{rate:.1f} tok/s; peak bound {peak_rate:.0f} tok/s ({peak:.0f} GFLOP/s, {args.dtype})")
+                row(f"G1. decoding steps at {r} rows ({mode}), tokens/s / shape bound", rate / shape_rate, "report",
+                    f"shape bound {shape_rate:.0f} tok/s (each product timed alone at its shape)")
+            if "reference" in modes and modes[0] != "reference":
+                row(f"G1. decoding steps at {r} rows, {modes[0]} / reference", (t["reference:steps"] - t["reference:prefill"])
+                    / max(t[f"{modes[0]}:steps"] - t[f"{modes[0]}:prefill"], 1e-9), "report", "speed-up of the steps")
+            cm.decode = modes[0]
+            fns = generation_pair(cm, hf, batch, args.new_tokens)
+            if "hf" in fns:
+                g = interleaved(fns, args.repeats)
+                row(f"G2. generation at {r} rows ({modes[0]}) / transformers generate", g["hf"] / g["package"], ">= 0.8",
+                    f"package {n_tok / g['package']:.1f} tok/s, hf {n_tok / g['hf']:.1f} tok/s (prompt pass included)")
+        cm.stop_token_ids, cm.decode = saved_stop, saved_mode
         del hf
 
     if "early" not in skip:

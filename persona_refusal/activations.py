@@ -324,22 +324,27 @@ def _prefix_cache(chat_model: "ChatModel", batch: Batch, stop_at_layer: int | No
     return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=frozen)
 
 
-def next_token_logits(model, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_vocab"]:
+def next_token_logits(model, resid: Float[Tensor, "batch pos d_model"],
+                      unembed: Callable[[Tensor], Tensor] | None = None) -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last position only, from the final residual stream.
 
     Runs ``ln_final`` (and its hooks) on the last position and multiplies by the
     unembedding as ``W_U^T @ x^T``: for a few rows that orientation runs about twice
     as fast on a CPU as TransformerLens' ``x @ W_U`` (measured: 58 vs 28 GFLOP/s at 32
-    rows for Qwen's 152k-token vocabulary).
+    rows for Qwen's 152k-token vocabulary). ``unembed(x) -> x @ W_U + b_U`` replaces that
+    product (a decoding session's own, :meth:`persona_refusal.decoding.DecodeSession.unembed`).
     """
     x = resid[:, -1:, :]
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
     x = model.unembed.hook_in(x) if hasattr(model.unembed, "hook_in") else x
     x = x[:, 0]
-    w = model.unembed.W_U
-    # addmm: the bias is the product's starting value, not a second pass over [rows, d_vocab]
-    logits = torch.addmm(model.unembed.b_U.to(w.dtype)[:, None], w.T, x.T.to(w.dtype)).T
+    if unembed is not None:
+        logits = unembed(x)
+    else:
+        w = model.unembed.W_U
+        # addmm: the bias is the product's starting value, not a second pass over [rows, d_vocab]
+        logits = torch.addmm(model.unembed.b_U.to(w.dtype)[:, None], w.T, x.T.to(w.dtype)).T
     logits = model.unembed.hook_out(logits[:, None])[:, 0]
     from transformer_lens.utilities import apply_softcap
 

@@ -210,7 +210,7 @@ def _cmd_run(args) -> int:
     if isinstance(judge, ModelJudge):
         judge.check()  # a judge model that is not installed or does not exist fails now, not after the model loads
     t0 = time.perf_counter()
-    cm = load_chat_model(config.model, device=device, dtype=config.dtype, progress=progress)
+    cm = load_chat_model(config.model, device=device, dtype=config.dtype, progress=progress, decode=config.decode)
     t_load = time.perf_counter() - t0
     study = Study(cm, config, args.out, force=args.force, progress=progress, prompts=prompts, stages=stages)
     study.timings["load_model"] = t_load

@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from persona_refusal import assets, ops
+from persona_refusal import assets, decoding, ops
 from persona_refusal.activations import (
     Batch, BatchPlan, _prefix_cache, next_token_logits, plan_batches, retry_halving, run_plan,
 )
@@ -996,6 +996,8 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
         logits0 = next_token_logits(model, model(batch.tokens, attention_mask=batch.mask, past_kv_cache=cache,
                                                  stop_at_layer=n_layers))
     nxt = logits0.argmax(-1)
+    # the decoding steps: this package's fast path where it covers the model and its hooks
+    session = decoding.start(model, cache, max_new_tokens, chat_model.decode) if max_new_tokens > 1 else None
     out: list[list[int]] = [[] for _ in range(b)]
     active = torch.arange(b)  # original row of each row still decoding
     for step in range(max_new_tokens):
@@ -1017,12 +1019,18 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
             break
         if keep.numel() < active.numel():  # finished rows leave the batch
             active, nxt = active[keep], nxt[keep.to(nxt.device)]
-            _select_rows(cache, keep)
-        ones = torch.ones((active.numel(), 1), dtype=batch.mask.dtype, device=batch.mask.device)
+            if session is not None:
+                session.select_rows(keep)
+            else:
+                _select_rows(cache, keep)
         with state.use("decode", batch.rows[active],
                        None if batch.conditions is None else batch.conditions[active]):
-            nxt = next_token_logits(model, model(nxt[:, None], attention_mask=ones, past_kv_cache=cache,
-                                                 stop_at_layer=n_layers)).argmax(-1)
+            if session is not None:
+                nxt = next_token_logits(model, session.step(nxt), session.unembed).argmax(-1)
+            else:
+                ones = torch.ones((active.numel(), 1), dtype=batch.mask.dtype, device=batch.mask.device)
+                nxt = next_token_logits(model, model(nxt[:, None], attention_mask=ones, past_kv_cache=cache,
+                                                     stop_at_layer=n_layers)).argmax(-1)
     return out, logits0, captured
 
 

@@ -47,6 +47,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from persona_refusal import assets
+from persona_refusal.decoding import check_mode
 from persona_refusal.errors import ConfigError, ModelLoadError
 from persona_refusal.hooks import RunState
 from persona_refusal.layout import optimize_layout
@@ -104,11 +105,18 @@ class ChatModel:
     """Where it came from: ``demo``, ``tiny``, ``gguf``, ``hf-folder`` or ``hub``."""
     system_prompt: str | None = None
     """System prompt :meth:`format` uses when none is given (``None``: the template's own)."""
+    decode: str = "packed"
+    """How generation runs its decoding steps (:data:`persona_refusal.decoding.DECODE_MODES`):
+    ``"packed"`` (fastest on a CPU; a second, reordered copy of the weight matrices, made
+    at the first generation), ``"plain"`` (the same path on the model's own weights, no
+    extra memory) or ``"reference"`` (TransformerLens' forward). The modes agree up to
+    float rounding; the mode is not part of a run's identity."""
     _post_instruction: tuple[int, ...] | None = field(default=None, init=False)
     _state: RunState = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._state = RunState()
+        check_mode(self.decode)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
@@ -303,6 +311,7 @@ def load_chat_model(
     cache: bool = True,
     refusal_tokens: Sequence[str] | None = None,
     progress: bool = True,
+    decode: str = "packed",
 ) -> ChatModel:
     """Load a chat model as a :class:`ChatModel` (a ``HookedTransformer`` inside).
 
@@ -318,6 +327,8 @@ def load_chat_model(
         refusal_tokens: strings whose first tokens count as refusal openers (default
             ``"I"``, ``"As"``).
         progress: show progress bars.
+        decode: how generation runs its decoding steps: ``"packed"`` (default),
+            ``"plain"`` or ``"reference"`` (see :attr:`ChatModel.decode`).
 
     Example:
         >>> cm = load_chat_model("tiny")
@@ -328,6 +339,7 @@ def load_chat_model(
         ModelLoadError: unknown name, unreadable file, or a conversion failure.
     """
     torch_dtype = _to_dtype(dtype)
+    check_mode(decode)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -355,6 +367,7 @@ def load_chat_model(
             cm = _load_hub(name, device=device, dtype=torch_dtype, n_devices=n_devices, n_ctx=n_ctx)
     if refusal_tokens is not None:
         cm.refusal_token_ids = tuple(_first_tokens(cm.tokenizer, refusal_tokens))
+    cm.decode = decode
     cm.model.eval()
     return cm
 

@@ -34,6 +34,7 @@ RANKS: dict[str, int] = {
     "interventions": 6,
     # models (the tiny model and the weight layout below the loader)
     "layout": 7,
+    "decoding": 7,  # fast decoding steps on a HookedTransformer (below the loader, which records the mode)
     "tiny": 8,
     "models": 9,
     # running models

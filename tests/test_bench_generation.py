@@ -18,7 +18,9 @@ def test_generation_bench_runs_on_the_tiny_model(tmp_path):
                     "--skip", "load", "--out", str(out)], check=True, capture_output=True, timeout=300)
     rows = {r["benchmark"]: r for r in json.loads(out.read_text())}
     names = " | ".join(rows)
-    for key in ("G1. decoding at 8 rows, tokens/s / peak bound", "G1. decoding at 8 rows, tokens/s / shape bound",
+    for key in ("G1. decoding steps at 8 rows (packed), tokens/s / peak bound",
+                "G1. decoding steps at 8 rows (reference), tokens/s / shape bound",
+                "G1. decoding steps at 8 rows, packed / reference",
                 "E1. the same: decoded tokens, early stop / full"):
         assert key in rows, names
         assert math.isfinite(rows[key]["value"]) and rows[key]["value"] > 0

@@ -43,9 +43,9 @@ def decoded_rows(monkeypatch):
     counts: list[int] = []
     real = evaluation.next_token_logits
 
-    def counting(model, logits):
+    def counting(model, logits, *args):
         counts.append(int(logits.shape[0]))
-        return real(model, logits)
+        return real(model, logits, *args)
 
     monkeypatch.setattr(evaluation, "next_token_logits", counting)
     return counts

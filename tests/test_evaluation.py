@@ -14,6 +14,7 @@ import torch
 
 from persona_refusal import evaluation, ops
 from persona_refusal.activations import cache_activations, plan_batches
+from persona_refusal.decoding import DECODE_MODES, DecodeSession
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import (Rate, SubstringJudge, generate, generate_details, is_degenerate, is_refusal,
                                        judge_responses, kl_divergence_on, last_logits, refusal_scores)
@@ -211,10 +212,16 @@ def test_generate_with_rows_stopping_at_different_steps(tiny, prompts, monkeypat
     expected = [stoppy.tokenizer.decode(ids, skip_special_tokens=True) for ids in naive]
     calls = []
     real = evaluation._select_rows
-    monkeypatch.setattr(evaluation, "_select_rows", lambda cache, keep: (calls.append(len(keep)), real(cache, keep)))
-    for share_prefix in (True, False):
-        assert generate(stoppy, texts, max_new_tokens=n, share_prefix=share_prefix, progress=False) == expected
-    assert calls, "no row ever left the batch"
+    monkeypatch.setattr(evaluation, "_select_rows", lambda cache, keep: (calls.append(("reference", len(keep))),
+                                                                         real(cache, keep)))
+    real_session = DecodeSession.select_rows
+    monkeypatch.setattr(DecodeSession, "select_rows", lambda self, keep: (calls.append((stoppy.decode, len(keep))),
+                                                                          real_session(self, keep)))
+    for mode in DECODE_MODES:
+        stoppy.decode = mode
+        for share_prefix in (True, False):
+            assert generate(stoppy, texts, max_new_tokens=n, share_prefix=share_prefix, progress=False) == expected
+    assert {m for m, _ in calls} == set(DECODE_MODES), "no row ever left the batch"
 
 
 def test_generate_details(tiny, prompts, make_direction):

@@ -82,10 +82,11 @@ def test_every_bad_field_is_a_one_line_config_error(fields, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_the_device_is_not_part_of_a_runs_identity_and_the_dtype_is():
+def test_the_device_and_decoding_mode_are_not_part_of_a_runs_identity_and_the_dtype_is():
     a = StudyConfig(model="tiny", device="cpu")
     assert a.identity() == StudyConfig(model="tiny", device="cuda:1").identity()
-    assert set(a.to_flat()) - set(a.identity()) == {"device"}
+    assert a.identity() == StudyConfig(model="tiny", decode="reference").identity()
+    assert set(a.to_flat()) - set(a.identity()) == {"device", "decode"}
     assert a.identity()["dtype"] == "float32"
     assert StudyConfig(model="tiny", dtype="bfloat16").identity() != a.identity()
     assert StudyConfig.from_dict(a.identity()) == StudyConfig(model="tiny")  # the device reads back as auto

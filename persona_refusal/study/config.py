@@ -34,13 +34,14 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from persona_refusal.decoding import DECODE_MODES
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import judge_name
 
 __all__ = [
     "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
     "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "ComputeConfig", "StudyConfig", "Preset", "PRESETS",
-    "MAX_STRENGTH", "MAX_SEED", "DTYPES", "DEVICE_HELP", "DTYPE_HELP", "layer_spec", "add_flags", "flags_to_fields",
+    "MAX_STRENGTH", "MAX_SEED", "DTYPES", "DEVICE_HELP", "DTYPE_HELP", "DECODE_HELP", "layer_spec", "add_flags", "flags_to_fields",
     "paper_layers", "PAPER_DEPTH", "resolve_device",
 ]
 
@@ -62,6 +63,9 @@ DEVICE_HELP = "where the model runs: auto (default: CUDA when available, else CP
 """``--help`` line of every ``--device`` flag."""
 DTYPE_HELP = "dtype of the model's weights and activations: " + ", ".join(DTYPES) + " (default float32)"
 """``--help`` line of every ``--dtype`` flag."""
+DECODE_HELP = ("decoding steps of generation: packed (fastest on a CPU, a second copy of the weights), "
+               "plain (no extra memory) or reference (TransformerLens' forward); default packed")
+"""``--help`` line of every ``--decode`` flag."""
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -462,6 +466,12 @@ class ComputeConfig(_Section):
     """The model's dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``. Part of the run's
     identity (it changes the numbers): a run resumes only in the dtype it started in.
     Directions, cached residuals and statistics are float32/float64 on the CPU in every dtype."""
+    decode: str = _f("packed", Check("choice", DECODE_HELP, choices=DECODE_MODES, identity=False))
+    """How generation runs its decoding steps: ``"packed"`` (fastest on a CPU; a reordered
+    second copy of the weight matrices), ``"plain"`` (the same path, no extra memory) or
+    ``"reference"`` (TransformerLens' forward); see :mod:`persona_refusal.decoding`. The
+    modes agree up to float rounding, so it is not part of the run's identity (like the
+    device); ``results.json`` records it in ``run_info``."""
 
 
 SECTIONS: tuple[type[_Section], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,

@@ -21,6 +21,8 @@ forward passes and checkpoint them in one write.
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import logging
 import time
@@ -176,6 +178,8 @@ class StudyContext:
                  prompts: dict[str, PromptSet] | None = None) -> None:
         # every harmful/harmless prompt is formatted with the configured system prompt
         self.cm = chat_model.with_system(config.system_prompt) if config.system_prompt is not None else chat_model
+        if self.cm.decode != config.decode:  # the configured decoding steps (a copy: the caller's model is untouched)
+            self.cm = dataclasses.replace(self.cm, decode=config.decode)
         chat_model = self.cm
         self.cfg = config
         check_dtype(chat_model, config)

@@ -137,6 +137,7 @@ class Study:
             "threads": torch.get_num_threads(),
             "device": str(self.ctx.cm.device),
             "dtype": model_dtype(self.ctx.cm),
+            "decode": self.ctx.cm.decode,
             "gpu": torch.cuda.get_device_name(self.ctx.cm.device) if self.ctx.cm.device.type == "cuda" else None,
             "versions": {n: version(n) for n in ("persona-refusal", "torch", "transformer-lens", "transformers")},
         }
@@ -171,7 +172,7 @@ def run_study(
     """
     config = config or StudyConfig()
     cm = chat_model or load_chat_model(config.model, device=resolve_device(config.device), dtype=config.dtype,
-                                       progress=progress)
+                                       progress=progress, decode=config.decode)
     return Study(cm, config, out, force=force, progress=progress, judge=judge, stages=stages).run()
 
 
