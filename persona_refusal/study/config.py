@@ -467,12 +467,13 @@ class ComputeConfig(_Section):
 SECTIONS: tuple[type[_Section], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,
                                         HeatmapConfig, KnockoutConfig, PatchingConfig, ComputeConfig)
 
-_TOP_CHECKS = {
-    "model": Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name"),
-    "bootstrap": Check("int", "bootstrap resamples of restoration intervals", low=1),
-    "seed": Check("int", "seed of every random draw", low=0, high=MAX_SEED),
-    "batch_size": Check("int", "prompts per forward batch (default: by token budget)", optional=True, low=1),
+TOP_FIELDS: dict[str, tuple[Any, Check]] = {
+    "model": ("demo", Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name")),
+    "bootstrap": (2000, Check("int", "bootstrap resamples of every bootstrap interval", low=1)),
+    "seed": (0, Check("int", "seed of every random draw", low=0, high=MAX_SEED)),
+    "batch_size": (None, Check("int", "prompts per forward batch (default: by token budget)", optional=True, low=1)),
 }
+"""The top-level fields every study's configuration has: ``name -> (default, check)``."""
 
 
 # ============================================================================ presets
@@ -527,141 +528,121 @@ PRESETS["paper-smoke"] = Preset(
     PAPER_STAGES, doc="the paper preset's stages on a few prompts (plumbing check)")
 
 
-# ============================================================================ the study config
-_FIELD_SECTION: dict[str, str] = {f.name: s.SECTION for s in SECTIONS for f in dataclasses.fields(s)}
-_SECTION_CLASS: dict[str, type[_Section]] = {s.SECTION: s for s in SECTIONS}
-
-
-@dataclass(init=False)
-class StudyConfig:
-    """Everything that defines a gating study. Layers are ``resid_pre`` indices.
-
-    Give fields flat (``StudyConfig(model="tiny", persona_alpha=2)``) or by section
-    (``StudyConfig(steering=SteeringConfig(persona_alpha=2))``); read them either way
-    (``cfg.persona_alpha`` is ``cfg.steering.persona_alpha``). ``None`` for a layer list
-    means the default derived from the model's depth (see :meth:`resolve`). Defaults are
-    sized to finish on a 2-core laptop CPU with the demo model;
-    ``StudyConfig.preset("full")`` sweeps finer grids.
-
-    Example:
-        >>> cfg = StudyConfig.preset("smoke", model="tiny", persona_alpha=2.0)
-        >>> cfg.steering.persona_alpha, cfg.n_train
-        (2.0, 16)
-        >>> StudyConfig.from_dict(cfg.to_dict()) == cfg
-        True
+# ============================================================================ sectioned configurations
+class SectionedConfig:
+    """The shape every study's configuration shares: the top-level fields of
+    :data:`TOP_FIELDS`, then one :class:`_Section` dataclass per concern (class attribute
+    ``SECTIONS``), with field names unique across sections so they can be given and read
+    flat; named presets (``PRESETS``). A subclass only lists its sections and presets;
+    construction, validation, the flat and nested records, the identity of a run and the
+    derived CLI flags (:func:`add_flags`) come from here.
     """
 
-    model: str
-    """Model to load (see :func:`persona_refusal.load_chat_model`)."""
-    bootstrap: int
-    """Bootstrap resamples for restoration intervals."""
-    seed: int
-    """Seed of every random draw (bootstrap, random control directions)."""
-    batch_size: int | None
-    """Prompts per forward batch (default: by token budget)."""
-    prompts: PromptsConfig
-    """Prompt sets and their sizes."""
-    selection: SelectionConfig
-    """Refusal-direction selection."""
-    persona: PersonaConfig
-    """Persona direction."""
-    steering: SteeringConfig
-    """Persona steering and the common norm."""
-    sweeps: SweepConfig
-    """Gating and control sweeps."""
-    heatmap: HeatmapConfig
-    """Cross-layer heatmap."""
-    knockout: KnockoutConfig
-    """Persona knockout."""
-    patching: PatchingConfig
-    """Activation patching."""
-    compute: ComputeConfig
-    """Device and dtype of the model."""
+    SECTIONS: ClassVar[tuple[type[_Section], ...]] = ()
+    """The sections, in the order of the nested record."""
+    PRESETS: ClassVar[dict[str, Preset]] = {}
+    """Named presets: flat overrides and the stages they run."""
+    _FIELD_SECTION: ClassVar[dict[str, str]] = {}
+    _SECTION_CLASS: ClassVar[dict[str, type[_Section]]] = {}
 
-    PRESETS: ClassVar[dict[str, Preset]] = PRESETS
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._FIELD_SECTION = {f.name: s.SECTION for s in cls.SECTIONS for f in dataclasses.fields(s)}
+        cls._SECTION_CLASS = {s.SECTION: s for s in cls.SECTIONS}
+        clash = set(cls._FIELD_SECTION) & set(TOP_FIELDS)
+        if len(cls._FIELD_SECTION) != sum(len(dataclasses.fields(s)) for s in cls.SECTIONS) or clash:
+            raise TypeError(f"{cls.__name__}: field names must be unique across sections and the top level")
 
-    def __init__(self, *, model: str = "demo", bootstrap: int = 2000, seed: int = 0, batch_size: int | None = None,
-                 **fields: Any) -> None:
-        self.model, self.bootstrap, self.seed, self.batch_size = model, bootstrap, seed, batch_size
-        given: dict[str, dict] = {s.SECTION: {} for s in SECTIONS}
+    def __init__(self, **fields: Any) -> None:
+        top = {name: fields.pop(name, default) for name, (default, _) in TOP_FIELDS.items()}
+        for name, value in top.items():
+            object.__setattr__(self, name, value)
+        given: dict[str, dict] = {s.SECTION: {} for s in self.SECTIONS}
         for key, value in fields.items():
-            if key in _SECTION_CLASS:
-                cls = _SECTION_CLASS[key]
+            if key in self._SECTION_CLASS:
+                cls = self._SECTION_CLASS[key]
                 if isinstance(value, cls):
                     value = value.to_dict()
                 if not isinstance(value, dict):
                     raise ConfigError(f"section {key} must be a {cls.__name__} or a dict, got {value!r}")
                 for k, v in value.items():
-                    if k in _FIELD_SECTION and _FIELD_SECTION[k] != key:
+                    if k in self._FIELD_SECTION and self._FIELD_SECTION[k] != key:
                         raise ConfigError(f"{k} is not a field of section {key}",
-                                          hint=f"it belongs to section {_FIELD_SECTION[k]}, or give it flat")
-                    if k not in _FIELD_SECTION:
-                        raise _unknown(k)
+                                          hint=f"it belongs to section {self._FIELD_SECTION[k]}, or give it flat")
+                    if k not in self._FIELD_SECTION:
+                        raise self._unknown(k)
                     given[key][k] = v
-            elif key in _FIELD_SECTION:
-                given[_FIELD_SECTION[key]][key] = value
+            elif key in self._FIELD_SECTION:
+                given[self._FIELD_SECTION[key]][key] = value
             else:
-                raise _unknown(key)
-        for s in SECTIONS:
+                raise self._unknown(key)
+        for s in self.SECTIONS:
             setattr(self, s.SECTION, s(**given[s.SECTION]))
         self.validate()
 
     def __getattr__(self, name: str) -> Any:  # flat reads: cfg.persona_alpha
-        section = _FIELD_SECTION.get(name)
+        section = type(self)._FIELD_SECTION.get(name)
         if section is None or section not in self.__dict__:
             raise AttributeError(f"{type(self).__name__} has no field {name!r}")
         return getattr(self.__dict__[section], name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        section = _FIELD_SECTION.get(name)
+        section = type(self)._FIELD_SECTION.get(name)
         if section is not None and section in self.__dict__:
             setattr(self.__dict__[section], name, value)
         else:
             object.__setattr__(self, name, value)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StudyConfig) and self.to_dict() == other.to_dict()
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    @classmethod
+    def _unknown(cls, name: str) -> ConfigError:
+        close = difflib.get_close_matches(name, cls.field_names(), n=1)
+        return ConfigError(f"unknown configuration field {name!r}",
+                           hint=(f"did you mean {close[0]!r}? " if close else "") + f"see the {cls.__name__} fields "
+                           f"in {cls.__module__}")
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "StudyConfig":
-        """A named preset (``default``, ``full``, ``smoke``) with overrides (flat names)."""
+    def preset(cls, name: str, **overrides: Any):
+        """A named preset with overrides (flat names)."""
         if name not in cls.PRESETS:
             raise ConfigError(f"unknown preset {name!r}", hint=f"use one of {sorted(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name].overrides, **overrides})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StudyConfig":
+    def from_dict(cls, d: dict):
         """Read :meth:`to_dict` (nested) or :meth:`to_flat` (flat, as stored in results)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a configuration must be a JSON object, got {type(d).__name__}")
         return cls(**d)
 
-    @staticmethod
-    def field_names() -> list[str]:
+    @classmethod
+    def field_names(cls) -> list[str]:
         """Every flat field name, top-level ones first."""
-        return list(_TOP_CHECKS) + list(_FIELD_SECTION)
+        return list(TOP_FIELDS) + list(cls._FIELD_SECTION)
 
-    @staticmethod
-    def check_of(name: str) -> Check:
+    @classmethod
+    def check_of(cls, name: str) -> Check:
         """The :class:`Check` of a flat field."""
-        if name in _TOP_CHECKS:
-            return _TOP_CHECKS[name]
-        cls = _SECTION_CLASS[_FIELD_SECTION[name]]
-        return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["check"]
+        if name in TOP_FIELDS:
+            return TOP_FIELDS[name][1]
+        section = cls._SECTION_CLASS[cls._FIELD_SECTION[name]]
+        return {f.name: f for f in dataclasses.fields(section)}[name].metadata["check"]
 
     # ---------------------------------------------------------------- checks and records
     def validate(self) -> None:
-        """Type and range checks of every field (layer ranges wait for the model: :meth:`resolve`)."""
-        for name, check in _TOP_CHECKS.items():
+        """Type and range checks of every field (layer ranges wait for the model: ``resolve``)."""
+        for name, (_, check) in TOP_FIELDS.items():
             check.check(name, getattr(self, name))
-        for s in SECTIONS:
+        for s in self.SECTIONS:
             getattr(self, s.SECTION).validate()
 
     def to_dict(self) -> dict:
         """Nested JSON-able form: top-level fields, then one dict per section."""
-        return {**{k: getattr(self, k) for k in _TOP_CHECKS},
-                **{s.SECTION: getattr(self, s.SECTION).to_dict() for s in SECTIONS}}
+        return {**{k: getattr(self, k) for k in TOP_FIELDS},
+                **{s.SECTION: getattr(self, s.SECTION).to_dict() for s in self.SECTIONS}}
 
     def to_flat(self) -> dict:
         """Flat JSON-able form of every field."""
@@ -682,9 +663,53 @@ class StudyConfig:
         return {k: v for k, v in self.to_flat().items() if self.check_of(k).identity}
 
     def __repr__(self) -> str:
-        default = StudyConfig().to_flat()
+        default = type(self)().to_flat()
         changed = {k: v for k, v in self.to_flat().items() if default.get(k) != v}
-        return f"StudyConfig({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+class StudyConfig(SectionedConfig):
+    """Everything that defines a gating study. Layers are ``resid_pre`` indices.
+
+    Give fields flat (``StudyConfig(model="tiny", persona_alpha=2)``) or by section
+    (``StudyConfig(steering=SteeringConfig(persona_alpha=2))``); read them either way
+    (``cfg.persona_alpha`` is ``cfg.steering.persona_alpha``). ``None`` for a layer list
+    means the default derived from the model's depth (see :meth:`resolve`). Defaults are
+    sized to finish on a 2-core laptop CPU with the demo model;
+    ``StudyConfig.preset("full")`` sweeps finer grids. The top-level fields
+    (:data:`TOP_FIELDS`) are ``model`` (default ``"demo"``, see
+    :func:`persona_refusal.load_chat_model`), ``bootstrap`` (resamples of restoration
+    intervals), ``seed`` (bootstrap, random control directions) and ``batch_size``.
+
+    Example:
+        >>> cfg = StudyConfig.preset("smoke", model="tiny", persona_alpha=2.0)
+        >>> cfg.steering.persona_alpha, cfg.n_train
+        (2.0, 16)
+        >>> StudyConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    prompts: PromptsConfig
+    """Prompt sets and their sizes."""
+    selection: SelectionConfig
+    """Refusal-direction selection."""
+    persona: PersonaConfig
+    """Persona direction."""
+    steering: SteeringConfig
+    """Persona steering and the common norm."""
+    sweeps: SweepConfig
+    """Gating and control sweeps."""
+    heatmap: HeatmapConfig
+    """Cross-layer heatmap."""
+    knockout: KnockoutConfig
+    """Persona knockout."""
+    patching: PatchingConfig
+    """Activation patching."""
+    compute: ComputeConfig
+    """Device and dtype of the model."""
+
+    SECTIONS: ClassVar[tuple[type[_Section], ...]] = SECTIONS
+    PRESETS: ClassVar[dict[str, Preset]] = PRESETS
 
     # ---------------------------------------------------------------- layers
     def resolve(self, n_layers: int) -> dict:
@@ -744,13 +769,6 @@ class StudyConfig:
             "patch_layers": check("patch_layers", patch, L - 1),
             "patch_position_layers": check("patch_position_layers", ppl, L - 1) if ppl else [],
         }
-
-
-def _unknown(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name, StudyConfig.field_names(), n=1)
-    return ConfigError(f"unknown configuration field {name!r}",
-                       hint=(f"did you mean {close[0]!r}? " if close else "") + "see the StudyConfig fields in "
-                       "persona_refusal.study.config")
 
 
 PAPER_DEPTH = 28
@@ -908,11 +926,13 @@ _ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "
               "strs": _strs, "cells": _cells, "str": str, "device": str, "judge": str}
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per configuration field (``persona_alpha`` → ``--persona-alpha``),
-    derived from the fields' :class:`Check`; every flag defaults to ``None`` (not given)."""
-    for name in StudyConfig.field_names():
-        check = StudyConfig.check_of(name)
+def add_flags(parser: argparse.ArgumentParser, config: type[SectionedConfig] | None = None) -> None:
+    """One ``--flag`` per field of ``config`` (default :class:`StudyConfig`; ``persona_alpha``
+    → ``--persona-alpha``), derived from the fields' :class:`Check`; every flag defaults to
+    ``None`` (not given)."""
+    config = config or StudyConfig
+    for name in config.field_names():
+        check = config.check_of(name)
         if not check.flag:
             continue
         flag = "--" + name.replace("_", "-")
@@ -927,10 +947,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type=_ARG_TYPES.get(check.kind), help=help_text)
 
 
-def flags_to_fields(args: argparse.Namespace) -> dict:
-    """The configuration fields given as flags (those not ``None``)."""
+def flags_to_fields(args: argparse.Namespace, config: type[SectionedConfig] | None = None) -> dict:
+    """The fields of ``config`` (default :class:`StudyConfig`) given as flags (those not ``None``)."""
     out = {}
-    for name in StudyConfig.field_names():
+    for name in (config or StudyConfig).field_names():
         v = getattr(args, name, None)
         if v is not None:
             out[name] = v
