@@ -32,10 +32,11 @@ import torch
 
 from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
-from persona_refusal.directions import Direction, LayerDirections
+from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import (JUDGES, Judge, ModelJudge, decided_by, generate_conditions, get_judge,
                                         judge_name, judge_responses)
+from persona_refusal.extraction import extract_directions
 from persona_refusal.interventions import AddVector, Intervention
 from persona_refusal.prompts import Personas, PromptSet, bundled, load_prompts, resolve_personas
 from persona_refusal.storage import sha256_file
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
-__all__ = ["RunContext", "StudyContext", "Cache", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem",
+__all__ = ["RunContext", "StudyContext", "Cache", "Forward", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem",
            "check_dtype", "model_dtype"]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,20 @@ class Cache:
     """Greedy first token is a refusal token, per prompt."""
     scores: list[float] = field(default_factory=list)
     """First-token refusal log-odds, per prompt."""
+
+
+@dataclass
+class Forward:
+    """What one pass of a batch plan measured (:meth:`RunContext.forward`)."""
+
+    resid: dict[int, list[torch.Tensor]]
+    """``resid_pre`` layer → one ``[rows, pos, d_model]`` tensor per batch (the layers asked for)."""
+    refused: list[bool]
+    """Greedy first token is a refusal token, per prompt."""
+    scores: list[float]
+    """First-token refusal log-odds, per prompt."""
+    logits: torch.Tensor | None = None
+    """Next-token logits ``[n_prompts, d_vocab]`` (float32, CPU), when asked for."""
 
 
 def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
@@ -281,6 +296,21 @@ class RunContext:
                         f"{f' (+{reserve} to generate)' if reserve else ''}, longer than the context window of "
                         f"{cm.n_ctx} tokens", hint="shorten or remove it" + (", or lower --max-new-tokens" if reserve else ""))
 
+    def diff_in_means_grid(self, harmful: Sequence[str], harmless: Sequence[str], *, stem: str = "refusal_grid",
+                           timer: str = "refusal_grid") -> DirectionGrid:
+        """The diff-in-means candidates of these prompts at every post-instruction position and
+        layer, computed once and kept as ``directions/STEM`` (a damaged copy is recomputed)."""
+        path = self.out / "directions" / stem
+        files = [path.with_name(path.name + ext) for ext in (".json", ".safetensors")]
+        grid = self.store.read_back(f"the {stem.replace('_', ' ')}", files,
+                                    lambda: DirectionGrid.load(path, chat_model=self.cm))
+        if grid is None:
+            with self.timer(timer):
+                extract_directions(self.cm, harmful, harmless, batch_size=self.cfg.batch_size,
+                                   progress=self.progress).save(path)
+            grid = DirectionGrid.load(path, chat_model=self.cm)  # as it reads back: a resumed run sees the same
+        return grid
+
     def plan(self, prompts: Sequence[str]) -> BatchPlan:
         """The batch plan of these prompts (made once, then reused)."""
         key = tuple(prompts)
@@ -293,6 +323,31 @@ class RunContext:
         """Greedy first token is a refusal token; refusal log-odds (per row)."""
         ids = list(self.cm.refusal_token_ids)
         return torch.isin(logits.argmax(-1), torch.tensor(ids)), ops.refusal_log_odds(logits, ids)
+
+    def forward(self, plan: BatchPlan, interventions: Sequence[Intervention], *, capture: Sequence[int] = (),
+                start_layer: int = 0, start_resid: Sequence[torch.Tensor] | None = None, logits: bool = False,
+                desc: str | None = None) -> "Forward":
+        """One pass of ``plan`` under ``interventions``: the greedy first token's refusal and
+        log-odds per prompt, the next-token logits (``logits=True``), and the full per-row
+        residual stream at the ``resid_pre`` of each layer of ``capture`` (one tensor per
+        batch). With ``start_layer`` > 0 it starts at that block from ``start_resid`` (a
+        capture of the unedited run at that layer: edits acting before it are not re-applied)."""
+        kw = {} if start_layer == 0 else {"start_layer": start_layer, "start_resid": start_resid}
+        names = {self.cm.hook_name(l): None for l in capture}
+        n = plan.n_prompts
+        refused = torch.zeros(n, dtype=torch.bool)
+        scores = torch.zeros(n, dtype=torch.float64)
+        kept = torch.zeros(n, self.cm.model.cfg.d_vocab_out) if logits else None
+        resid: dict[int, list[torch.Tensor]] = {l: [] for l in capture}
+        for o in run_plan(self.cm, plan, interventions=interventions, capture=names or None, logits=True, desc=desc,
+                          progress=self.progress and desc is not None, **kw):
+            for l in capture:
+                resid[l].append(o.captured[self.cm.hook_name(l)])
+            r, sc = self.first_token(o.last_logits)
+            refused[o.batch.rows], scores[o.batch.rows] = r, sc
+            if kept is not None:
+                kept[o.batch.rows] = o.last_logits.float().cpu()
+        return Forward(resid, refused.tolist(), scores.tolist(), kept)
 
     def stop_when(self):
         """The early-stopping rule of judged replies (``None``: every reply runs to full length).
@@ -483,18 +538,9 @@ class StudyContext(RunContext):
     def _run_first_token(self, plan: BatchPlan, interventions: Sequence[Intervention], capture: Sequence[int] = (),
                          desc: str | None = None):
         start, base = self.start_for(interventions) if plan is self.sweep_plan else (0, None)
-        kw = {} if start == 0 else {"start_layer": start, "start_resid": self.caches[base].resid[start]}
-        names = {self.cm.hook_name(l): None for l in capture}
-        refused = torch.zeros(plan.n_prompts, dtype=torch.bool)
-        scores = torch.zeros(plan.n_prompts, dtype=torch.float64)
-        resid: dict[int, list[torch.Tensor]] = {l: [] for l in capture}
-        for o in run_plan(self.cm, plan, interventions=interventions, capture=names or None, logits=True, desc=desc,
-                          progress=self.progress and desc is not None, **kw):
-            for l in capture:
-                resid[l].append(o.captured[self.cm.hook_name(l)])
-            r, s = self.first_token(o.last_logits)
-            refused[o.batch.rows], scores[o.batch.rows] = r, s
-        return start, base, resid, refused.tolist(), scores.tolist()
+        out = self.forward(plan, interventions, capture=capture, start_layer=start,
+                           start_resid=None if base is None else self.caches[base].resid[start], desc=desc)
+        return start, base, out.resid, out.refused, out.scores
 
     def cache(self, name: str, interventions: Sequence[Intervention], layers: Sequence[int],
               desc: str | None = None) -> Cache:

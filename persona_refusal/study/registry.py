@@ -28,6 +28,8 @@ class), registered with :func:`register_study`; its stages are registered under 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,7 +38,7 @@ from persona_refusal.errors import ConfigError
 from persona_refusal.storage import read_json, write_json
 
 __all__ = ["StageResult", "Stage", "StudyKind", "register", "registered", "get_stage", "stage_order", "memory",
-           "register_study", "study_kind", "kind_of_config", "kind_of_schema", "studies", "GATING"]
+           "register_study", "study_kind", "kind_of_config", "kind_of_schema", "studies", "GATING", "load_modules"]
 
 GATING = "gating"
 """The name of the persona-gating study (the default namespace of :func:`register`)."""
@@ -219,3 +221,17 @@ def stage_order(names: Sequence[str] | None = None, study: str = GATING) -> list
         done.append(nxt)
         del pending[nxt.name]
     return done
+
+
+def load_modules(package: str, path: Sequence[str]) -> list[str]:
+    """Import every module of a stages package (those not starting with ``_``; idempotent):
+    each registers its stage. Returns their names.
+
+    Example:
+        >>> "gating" in load_modules("persona_refusal.study.stages", stages_path)   # doctest: +SKIP
+        True
+    """
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
