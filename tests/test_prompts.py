@@ -214,7 +214,7 @@ def test_errors_are_one_line(tmp_path):
     assert "JSON object" in _one_line_error(_write(tmp_path / "obj.json", '{"a": 1}'))
     assert "without a prompt field" in _one_line_error(_write(tmp_path / "rec.json", '[{"foo": "bar"}]'))
     assert "no field" in _one_line_error(_write(tmp_path / "col.json", '[{"foo": "bar"}]'), column="baz")
-    assert "'label' column" in _one_line_error(_write(tmp_path / "adv.csv", "goal\nx\n"), xstest_label="safe")
+    assert "'label' or 'type' column" in _one_line_error(_write(tmp_path / "adv.csv", "goal\nx\n"), xstest_label="safe")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
     assert "not UTF-8" in _one_line_error(latin1)

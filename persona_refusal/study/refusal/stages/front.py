@@ -75,7 +75,7 @@ def judged_keys(table: Sequence[CandidateScores], keys: Sequence[str], settings:
     list (``"all"``: every candidate).
 
     Example:
-        >>> rows = [CandidateScores(-1, l, bypass=-l, kl=0.05 * l, induce=1.0) for l in range(6)]
+        >>> rows = [CandidateScores(-1, l, bypass=float(-l), kl=0.05 * l, induce=1.0) for l in range(6)]
         >>> judged_keys(rows, [f"-1@{l}" for l in range(6)], RuleSettings(kl_budget=0.12), 3)
         ['-1@2', '-1@5', '-1@4']
     """
