@@ -83,8 +83,13 @@ class RefusalContext(RunContext):
         return refusal_prompts(self.cfg)
 
     def check_inputs(self) -> None:
-        """Every prompt fits the context window with the reply it will get."""
+        """Every prompt fits the context window with the reply it will get; the front has a
+        layer whose candidates can be non-zero."""
         c = self.cfg
+        if not [l for l in self.layers["front_layers"] if l > 0]:
+            raise ConfigError("front_layers [0] holds no candidate: at layer 0 every post-instruction position is a "
+                              "chat-template token shared by all prompts, so every difference of means there is zero",
+                              hint="add later layers, e.g. --front-layers all")
         self.check_lengths({"val_harmful": c.front_max_new_tokens, "test_harmful": c.max_new_tokens,
                             "test_harmless": c.max_new_tokens, "test_borderline": c.max_new_tokens},
                            {"val_harmless": c.n_val})
