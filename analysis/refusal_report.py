@@ -303,7 +303,7 @@ def _fields(results: dict) -> dict[str, Any]:
 
 REFUSAL_REPORT = register_report(ReportSpec(
     study="refusal", what="persona_refusal refusal study",
-    title=lambda r: f"Refusal directions at their best — {(r.get('model') or {}).get('model_id', 'unknown model')}",
+    title="Refusal directions at their best — {model}",
     intro="<p>How much refusal can one direction remove, and at what cost? Every diff-in-means candidate is ablated on "
           "the val split and placed on a refusal-vs-KL front; named rules choose one (val only). On the test split the "
           "chosen direction is ablated, edited affinely (ACE, Marshall et al.: the projection set to the harmless "

@@ -414,8 +414,8 @@ class ReportSpec:
     """The study (:attr:`persona_refusal.analysis.figures.Figure.study`) whose results it reads."""
     what: str
     """The study's name in the subtitle (``persona_refusal gating study``)."""
-    title: Callable[[dict], str]
-    """``results -> the page title``."""
+    title: str
+    """The page title; ``{model}`` stands for the model's id."""
     intro: str
     """The paragraph under the title (HTML)."""
     headline: Callable[[dict], dict]
@@ -450,7 +450,7 @@ def _gating_sections(results: dict) -> list[tuple[str, str, str]]:
 
 GATING_REPORT = register_report(ReportSpec(
     study="gating", what="persona_refusal gating study",
-    title=lambda r: f"Persona gating of refusal — {(r.get('model') or {}).get('model_id', 'unknown model')}",
+    title="Persona gating of refusal — {model}",
     intro='<p>Does a compliant persona suppress refusal by <i>gating its expression</i>? The study steers the model '
           'toward a compliant persona, then adds the refusal direction back at every layer in turn: if refusal is '
           'computed early but expressed late (Zhong &amp; Li 2026), re-adding it before the persona is injected '
@@ -470,7 +470,7 @@ def _text_sections(results: dict) -> dict[str, Any]:
     spec = REPORTS[study_of(results)]
     return {
         "spec": spec,
-        "title": spec.title(results),
+        "title": spec.title.format(model=(results.get("model") or {}).get("model_id", "unknown model")),
         "schema": str(results.get("schema")),
         "finished": str((results.get("run_info") or {}).get("finished", "n/a")),
         "headline": spec.headline(results),

@@ -384,7 +384,8 @@ CONTROL_VECTOR_CASES = [
 
 # (case id, arguments after `refusal --model tiny --preset smoke --quiet --no-figures --out OUT`, or a whole command
 #  line when they do not start with "--"; the expected line on stderr); run by tests/test_refusal_cli.py in a folder
-# holding `no_column.csv` (a CSV without a prompt column), `gating_field.json` ({"persona_alpha": 2.0}) and `a_file`
+# holding `no_column.csv` (a CSV without a prompt column), `gating_field.json` ({"persona_alpha": 2.0}), `a_file` and
+# `refusal_run/results.json` (a refusal study's results)
 REFUSAL_RUN = ["refusal", "--model", "tiny", "--preset", "smoke", "--quiet", "--no-figures"]
 REFUSAL_CASES = [
     ("refusal: front position out of range", ["--front-positions=-9"],
@@ -428,4 +429,8 @@ REFUSAL_CASES = [
      r"error: --out is empty \(''\) \(give --out a folder path, e\.g\. --out runs/refusal\)"),
     ("refusal: --out a file", ["--out", "a_file"],
      r"error: a_file exists and is not a folder \(give --out a folder path\)"),
+    ("compare of a refusal study's folder", ["compare", "refusal_run", "--no-png", "--out", "cmp"],
+     r"error: refusal_run holds the results of a refusal study: compare draws persona-gating runs \(give the --out "
+     r"folders of `persona-refusal run`; a refusal study's figures and report are in its own folder "
+     r"\(persona-refusal figures DIR\)\)"),
 ]

@@ -23,6 +23,8 @@ def inputs(tmp_path_factory) -> Path:
     (d / "no_column.csv").write_text("id,text_of_prompt\n1,hello\n")
     (d / "gating_field.json").write_text(json.dumps({"persona_alpha": 2.0}))
     (d / "a_file").write_text("x")
+    (d / "refusal_run").mkdir()
+    (d / "refusal_run" / "results.json").write_text(json.dumps({"schema": "persona_refusal.refusal/1"}))
     return d
 
 
@@ -36,7 +38,8 @@ def test_bad_input_is_one_line_error(cli, inputs, tmp_path, case, args, expected
         line = assert_one_line_error(cli([*REFUSAL_RUN, "--out", "a_file"], cwd=work))
         assert re.fullmatch(expected, line), line
         return
-    run_bad_case(cli, inputs, tmp_path, case, args, expected, run=REFUSAL_RUN)
+    work = run_bad_case(cli, inputs, tmp_path, case, args, expected, run=REFUSAL_RUN)
+    assert not (work / "cmp").exists()
 
 
 def test_help_lists_the_flags_derived_from_the_fields(cli, tmp_path):

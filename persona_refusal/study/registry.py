@@ -28,7 +28,6 @@ class), registered with :func:`register_study`; its stages are registered under 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from persona_refusal.errors import ConfigError
 from persona_refusal.storage import read_json, write_json
 
 __all__ = ["StageResult", "Stage", "StudyKind", "register", "registered", "get_stage", "stage_order", "memory",
-           "register_study", "study_kind", "kind_of_config", "kind_of_schema", "studies", "GATING", "load_modules"]
+           "register_study", "study_kind", "kind_of_config", "kind_of_schema", "studies", "GATING", "stage_modules"]
 
 GATING = "gating"
 """The name of the persona-gating study (the default namespace of :func:`register`)."""
@@ -223,15 +222,13 @@ def stage_order(names: Sequence[str] | None = None, study: str = GATING) -> list
     return done
 
 
-def load_modules(package: str, path: Sequence[str]) -> list[str]:
-    """Import every module of a stages package (those not starting with ``_``; idempotent):
-    each registers its stage. Returns their names.
+def stage_modules(path: Sequence[str]) -> list[str]:
+    """The names of the modules of a stages package (those not starting with ``_``): each
+    registers one stage when imported, so the package's ``__init__`` imports them all.
 
     Example:
-        >>> "gating" in load_modules("persona_refusal.study.stages", stages_path)   # doctest: +SKIP
+        >>> from persona_refusal.study import stages
+        >>> "gating" in stage_modules(stages.__path__)
         True
     """
-    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
-    for name in names:
-        importlib.import_module(f"{package}.{name}")
-    return names
+    return sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from persona_refusal.study.registry import load_modules
+import importlib
+
+from persona_refusal.study.registry import stage_modules
 
 __all__ = ["load_all", "STUDY"]
 
@@ -13,4 +15,7 @@ STUDY = "refusal"
 
 def load_all() -> list[str]:
     """Import every stage module of this package (idempotent); their names."""
-    return load_modules(__name__, __path__)
+    names = stage_modules(__path__)
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    return names
