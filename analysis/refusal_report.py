@@ -133,7 +133,8 @@ def _claims(ed: dict) -> list[str]:
     d1 = _diff(ed, "harmless", "refusal", "ace1", "none")
     s1 = _sign(d1)
     if s1 is not None:
-        verdict = "<b>holds</b>" if s1 == 1 else "<b>does not hold</b>"
+        verdict = {1: "<b>holds</b>", 0: "<b>not shown</b> at this n: the interval includes 0",
+                   -1: "<b>does not hold</b>: it lowers refusal"}[s1]
         out.append(f"<i>ACE α = 1 induces refusal on harmless prompts</i>: {verdict} (ACE − unedited {_diff_text(d1)}; "
                    f"ACE − addition {_diff_text(_diff(ed, 'harmless', 'refusal', 'ace1', 'add'))}).")
     ab = _cond(ed, "harmful", "ablate")

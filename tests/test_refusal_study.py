@@ -390,7 +390,7 @@ def test_the_headline_decides_the_claims_from_the_intervals():
     assert "ACE α=0: judged refusal 5.0%" in text and "goal <b>met</b>" in text
     text = " ".join(refusal_headline({"edits": _edits(diff=(0.02, [-0.1, 0.15]), ace0=(0.25, [0.1, 0.4]),
                                                       ace1_none=(0.0, [-0.1, 0.1]))})["findings"])
-    assert "<b>not distinguishable</b>" in text and "induces refusal on harmless prompts</i>: <b>does not hold</b>" in text
+    assert "<b>not distinguishable</b>" in text and "induces refusal on harmless prompts</i>: <b>not shown</b>" in text
     assert "goal <b>met</b>" not in text
     text = " ".join(refusal_headline({"edits": _edits(ablate=(0.05, [0.0, 0.15]), diff=(0.1, [0.02, 0.2]))})["findings"])
     assert "<b>does not hold</b>: directional ablation removes more" in text

@@ -62,7 +62,9 @@ def edits_figure(results: dict) -> go.Figure:
                               "(%{customdata[0]}/%{customdata[1]})<extra></extra>"), row=row + 1, col=col + 1)
         fig.update_yaxes(title_text="judged rate (%)", range=[0, 105], row=row + 1, col=col + 1)
     kl = ed.get("kl") or {}
-    edits = [e for e in kl if finite((kl[e] or {}).get("mean"))]
+    order = list(EDIT_NAMES)
+    edits = sorted((e for e in kl if finite((kl[e] or {}).get("mean"))),
+                   key=lambda e: (order.index(e) if e in order else len(order), e))
     if edits:
         means = [max(kl[e]["mean"], 1e-6) for e in edits]
         ci = [kl[e].get("ci") or [None, None] for e in edits]

@@ -14,12 +14,14 @@ unique across sections, every field checked by its :class:`Check` (which also ma
 ``--flag``), and two presets, ``smoke`` and ``default``.
 
 Sizes (defaults, demo model): the first-token front covers every post-instruction
-position at every layer on ``n_val`` = 16 val prompts per side; judged replies
+position at every layer on ``n_val`` = 12 val prompts per side; judged replies
 (``front_max_new_tokens`` = 64 tokens, early stopping) go to ``n_front`` = 16 harmful val
 prompts for the ``front_judged`` = 8 most promising candidates and each position's
-per-layer directions; the test split reports ``n_test`` = 64 harmful and harmless prompts
+per-layer directions; the test split reports ``n_test`` = 48 harmful and harmless prompts
 and ``n_borderline`` = 32 borderline ones (``--n-test 100 --n-borderline 64`` for all of
-them; ``--front-judged all --n-front 32 --n-val 32`` for the full grid).
+them; ``--front-judged all --n-front 32 --n-val 32`` for the full grid). The README's
+"Cost per stage" estimates the default at about half an hour on a 2-core CPU with today's
+decoding speed, most of it decoding.
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ class RefusalPromptsConfig(ConfigSection):
     or ``type`` columns) keeps its safe prompts only."""
     n_train: int | None = setting(None, Check("int", "train prompts per side (default: all)", optional=True, low=1))
     """Train prompts per side (``None``: all, 128 bundled)."""
-    n_val: int = setting(16, Check("int", "val prompts per side of the first-token front scores", low=1))
+    n_val: int = setting(12, Check("int", "val prompts per side of the first-token front scores", low=1))
     """Val prompts per side whose first-token scores every candidate gets (bypass, KL, induce)."""
     n_front: int = setting(16, Check("int", "harmful val prompts answered under each judged candidate", low=1))
     """The first ``n_front`` harmful val prompts get generated, judged replies under each
     judged candidate's ablation."""
-    n_test: int | None = setting(64, Check("int", "test prompts per side (default 64; all: 100 bundled)", optional=True,
+    n_test: int | None = setting(48, Check("int", "test prompts per side (default 48; all: 100 bundled)", optional=True,
                                            low=1))
     """Harmful and harmless test prompts per side (``None``: all)."""
     n_borderline: int | None = setting(32, Check("int", "test borderline prompts (default 32; all: 64 bundled)",
