@@ -247,18 +247,13 @@ def test_standalone_figure_file_renders(run_folder, expected, tmp_path):
 @pytest.fixture(scope="module")
 def refusal_folder(tmp_path_factory) -> Path:
     """A smoke refusal study on the tiny model, with figures and report.html (no PNGs)."""
-    import jaxtyping
-
+    from conftest import no_typecheck
     from persona_refusal.analysis import build_figures
     from persona_refusal.study import RefusalConfig, run_refusal_study
 
     out = tmp_path_factory.mktemp("browser_refusal") / "run"
-    old = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
+    with no_typecheck():
         run_refusal_study(RefusalConfig.preset("smoke", model="tiny"), out, progress=False)
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", old)
     build_figures(out, png=False)
     return out
 
