@@ -45,6 +45,7 @@ from persona_refusal.analysis.drawing import make_figures
 from persona_refusal.analysis.figures import *  # noqa: F403  (the figure functions, registry and colours)
 from persona_refusal.analysis.figures import size_of
 from persona_refusal.analysis.report import build_report, render_report
+from persona_refusal.analysis import refusal_report as _refusal_report  # noqa: F401  (registers the refusal study's report)
 from persona_refusal.errors import RunFolderError
 from persona_refusal.storage import atomic_write_bytes, atomic_write_text
 

@@ -22,6 +22,7 @@ import plotly.io as pio
 
 from persona_refusal.analysis import find_browser
 from persona_refusal.analysis.figures._style import error_bars, legend_below, style
+from persona_refusal.analysis.drawing import study_of
 from persona_refusal.errors import RunFolderError
 from persona_refusal.formatting import finite
 from persona_refusal.storage import atomic_write_bytes, atomic_write_text
@@ -180,6 +181,10 @@ def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLi
     runs: dict[str, dict] = {}
     for i, rd in enumerate(run_dirs):
         res = load_results(rd)
+        if study_of(res) != "gating":
+            raise RunFolderError(f"{rd} holds the results of a {study_of(res)} study: compare draws persona-gating runs",
+                                 hint="give the --out folders of `persona-refusal run`; a refusal study's figures "
+                                      "and report are in its own folder (persona-refusal figures DIR)")
         label = labels[i] if labels and i < len(labels) else run_label(res)
         while label in runs:
             label += "′"

@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import plotly.graph_objects as go
 
-from persona_refusal.analysis.figures import FIGURES, STUDY_STAGES, Figure
+from persona_refusal.analysis.figures import Figure, figures_of
 from persona_refusal.errors import RunFolderError
 from persona_refusal.experiments import load_results
 from persona_refusal.storage import read_json
+from persona_refusal.study.registry import kind_of_schema, registered
 
-__all__ = ["make_figures", "bad_results_error", "find_bad_key"]
+__all__ = ["make_figures", "bad_results_error", "find_bad_key", "study_of"]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,14 @@ def _figure_input(fig: Figure, run_dir: Path, results: dict, files: dict[str, di
     return data
 
 
+def study_of(results: dict) -> str:
+    """The study a results dict belongs to (by its schema; ``"gating"`` when unknown)."""
+    kind = kind_of_schema(results.get("schema"))
+    return kind.name if kind is not None else "gating"
+
+
 def make_figures(run_dir: str | os.PathLike, *, strict: bool = False) -> tuple[dict, dict[str, go.Figure]]:
-    """Load a run folder and draw every registered figure: ``(results, {name: figure})``.
+    """Load a run folder and draw every registered figure of its study: ``(results, {name: figure})``.
 
     The figures come in the order of :data:`persona_refusal.analysis.figures.FIGURES`. A
     figure whose extra input file the run lacks (e.g. ``directions/refusal_selection.json``)
@@ -115,9 +122,11 @@ def make_figures(run_dir: str | os.PathLike, *, strict: bool = False) -> tuple[d
     files: dict[str, dict] = {}
     figs: dict[str, go.Figure] = {}
     ran = (results.get("run_info") or {}).get("stages")
-    for fig in list(FIGURES.values()):
+    study = study_of(results)
+    stages = registered(study)
+    for fig in list(figures_of(study).values()):
         data = None
-        if isinstance(ran, list) and fig.stage in STUDY_STAGES and fig.stage not in ran:
+        if isinstance(ran, list) and fig.stage in stages and fig.stage not in ran:
             continue  # its stage did not run (a preset or --stages without it)
         if fig.needs is not None and not fig.needs(results):
             continue

@@ -1,4 +1,4 @@
-"""One self-contained HTML report of a persona-gating run.
+"""One self-contained HTML report of a run (a persona-gating study, or a refusal study).
 
 Context
 -------
@@ -13,6 +13,11 @@ Context
 * the configuration, the prompt sets with their hashes, the persona rollouts, example
   replies (HTML-escaped: they are model output) and run information.
 
+Each study has a :class:`ReportSpec` in :data:`REPORTS` (title, intro, headline, the
+sections after the figures); the gating study's is here, the refusal study's in
+:mod:`persona_refusal.analysis.refusal_report`. The figures of a report are the registered
+figures of its study.
+
 Differences between two rates are given with Newcombe's hybrid score interval built from
 the two Wilson intervals. It treats the rates as independent samples; the rates here come
 from the same prompts (paired), for which this interval is conservative.
@@ -26,7 +31,8 @@ import math
 import os
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -34,13 +40,14 @@ from plotly.offline import get_plotlyjs
 
 from persona_refusal.agreement import OUT_NAME as AGREEMENT_FILE
 from persona_refusal.agreement import NOT_REFUSAL, kappa_text, read_agreement
-from persona_refusal.analysis.drawing import bad_results_error, make_figures
+from persona_refusal.analysis.drawing import bad_results_error, make_figures, study_of
 from persona_refusal.analysis.figures import FIGURES, PAPER_NOTE, FieldView, size_of
 from persona_refusal.analysis.figures._style import persona_alpha
 from persona_refusal.formatting import finite, pct, pp, rate_parts, rate_text
 from persona_refusal.storage import atomic_write_text
 
-__all__ = ["build_report", "render_report", "headline", "CAPTIONS"]
+__all__ = ["build_report", "render_report", "headline", "CAPTIONS", "ReportSpec", "REPORTS", "register_report",
+           "table_html", "config_html", "prompt_sets_html", "run_info_html", "label_html"]
 
 
 CAPTIONS: Mapping[str, str] = FieldView("caption")
@@ -244,7 +251,7 @@ nav ol { columns: 2; font-size: 14px; }
 """
 
 
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None, mono_cols: Sequence[int] = ()) -> str:
+def table_html(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None, mono_cols: Sequence[int] = ()) -> str:
     out = ["<table>"]
     if header:
         out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
@@ -270,7 +277,7 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def _label(label: str) -> str:
+def label_html(label: str) -> str:
     lab = html.escape(str(label))
     return f'<span class="label label-{lab}">{lab}</span>'
 
@@ -289,7 +296,7 @@ def _examples(results: dict) -> str:
             instr = f"{b.get('instruction')} / {p.get('instruction')}"
         cells = [f"<td>{html.escape(instr)}</td>"]
         for r in (b, p):
-            cells.append(f'<td class="reply">{_label(r.get("label", "")) if r else ""}<br>'
+            cells.append(f'<td class="reply">{label_html(r.get("label", "")) if r else ""}<br>'
                          f'{html.escape(str(r.get("reply", "")))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     rows.append("</table>")
@@ -311,28 +318,28 @@ def _rollouts(results: dict) -> str:
     return (f'<p>Persona direction: difference in means between rollouts under a compliant and a refusing system '
             f'prompt (method <span class="mono">{html.escape(str(pd.get("method")))}</span>, filter '
             f'<span class="mono">{html.escape(str(ro.get("filter")))}</span>).</p>'
-            + _table(rows, ["system prompt side", "rollouts", "in character", "kept", "refused", "complied",
+            + table_html(rows, ["system prompt side", "rollouts", "in character", "kept", "refused", "complied",
                             "degenerate"]))
 
 
-def _config(results: dict) -> str:
+def config_html(results: dict) -> str:
     cfg = results.get("config") or {}
     rows = [[k, v] for k, v in sorted(cfg.items())]
     res = results.get("resolved_layers") or {}
     rrows = [[k, v] for k, v in sorted(res.items())]
-    return (_table(rows, ["setting", "value"], mono_cols=(1,)) + "<h3>Resolved layers</h3>"
-            + _table(rrows, ["layer list", "value"], mono_cols=(1,)))
+    return (table_html(rows, ["setting", "value"], mono_cols=(1,)) + "<h3>Resolved layers</h3>"
+            + table_html(rrows, ["layer list", "value"], mono_cols=(1,)))
 
 
-def _prompt_sets(results: dict) -> str:
+def prompt_sets_html(results: dict) -> str:
     ps = results.get("prompt_sets") or {}
     rows = [[k, v.get("name"), v.get("n"), v.get("source"), v.get("sha256")] for k, v in ps.items() if isinstance(v, dict)]
     if not rows:
         return '<p class="note">No prompt-set record in these results.</p>'
-    return _table(rows, ["role", "set", "n", "source", "sha256"], mono_cols=(3, 4))
+    return table_html(rows, ["role", "set", "n", "source", "sha256"], mono_cols=(3, 4))
 
 
-def _run_info(results: dict) -> str:
+def run_info_html(results: dict) -> str:
     info = results.get("run_info") or {}
     model = results.get("model") or {}
     rows = [["model id", model.get("model_id")], ["model checksum (sha256)", model.get("checksum")],
@@ -342,12 +349,12 @@ def _run_info(results: dict) -> str:
     rows += [[k, info[k]] for k in ("device", "dtype", "gpu") if info.get(k) is not None]  # runs since the GPU path
     rows += [[f"version: {k}", v] for k, v in (info.get("versions") or {}).items()]
     rows += [[f"stage seconds: {k}", v] for k, v in (info.get("stage_seconds") or {}).items()]
-    return _table(rows, ["", ""], mono_cols=(1,))
+    return table_html(rows, ["", ""], mono_cols=(1,))
 
 
 def _rater_label(label: str) -> str:
     """A label of the agreement table: coloured as in the examples, ``not refusal`` (the proxy's) as text."""
-    return html.escape(label) if label == NOT_REFUSAL else _label(label)
+    return html.escape(label) if label == NOT_REFUSAL else label_html(label)
 
 
 def _agreement(record: dict | None, note: str | None) -> str:
@@ -370,13 +377,13 @@ def _agreement(record: dict | None, note: str | None) -> str:
                    f"95% interval over replies ({record['bootstrap']['n_boot']} resamples). Binary: refusal vs not "
                    f"refusal. The full table and every disagreement: <span class=\"mono\">"
                    f"{html.escape(AGREEMENT_FILE.replace('.json', '.md'))}</span>.</p>")
-        out.append(_table([[p["a"], p["b"], p["scale"], p["n"], pct(p["agreement"]["rate"]), kappa_text(p),
+        out.append(table_html([[p["a"], p["b"], p["scale"], p["n"], pct(p["agreement"]["rate"]), kappa_text(p),
                             p.get("kappa_note") or ""] for p in record["pairs"]],
                           ["rater A", "rater B", "scale", "n", "agreement", "κ [95% CI]", "note"]))
         ev = [r for r in record["rates"] if r["stage"] == "eval"]
         if ev:
             out.append("<h3>Headline refusal rates (stage eval) under each rater</h3>")
-            out.append(_table([[r["condition"], *[rate_text(r["refusal"][x]) for x in raters]] for r in ev],
+            out.append(table_html([[r["condition"], *[rate_text(r["refusal"][x]) for x in raters]] for r in ev],
                               ["condition", *raters]))
         dis = record["disagreements"]
         shown = [it for it in dis["items"] if it["judges_differ"]][:5]
@@ -399,33 +406,90 @@ def _agreement(record: dict | None, note: str | None) -> str:
     return "\n".join(out)
 
 
+@dataclass(frozen=True)
+class ReportSpec:
+    """What one study's report says around its figures (the figures come from the registry)."""
+
+    study: str
+    """The study (:attr:`persona_refusal.analysis.figures.Figure.study`) whose results it reads."""
+    what: str
+    """The study's name in the subtitle (``persona_refusal gating study``)."""
+    title: str
+    """The page title; ``{model}`` stands for the model's id."""
+    intro: str
+    """The paragraph under the title (HTML)."""
+    headline: Callable[[dict], dict]
+    """``results -> {"facts": [(label, value)], "findings": [sentence]}`` (sentences may hold markup)."""
+    note: str
+    """The note under the headline table (HTML)."""
+    fields: Callable[[dict], dict]
+    """``results -> the str.format fields of the captions``."""
+    sections: Callable[[dict], list[tuple[str, str, str]]]
+    """``results -> [(id, title, html)]``: the sections after the figures."""
+    agreement: bool = False
+    """Whether the section "Agreement between judges" (``persona-refusal agreement``) belongs here."""
+
+
+REPORTS: dict[str, ReportSpec] = {}
+"""The report of each study, by study name (:func:`register_report`)."""
+
+
+def register_report(spec: ReportSpec) -> ReportSpec:
+    """Make ``spec`` the report of its study."""
+    REPORTS[spec.study] = spec
+    return spec
+
+
+def _gating_sections(results: dict) -> list[tuple[str, str, str]]:
+    return [("config", "Configuration", config_html(results)), ("prompts", "Prompt sets", prompt_sets_html(results)),
+            ("rollouts", "Persona rollouts", _rollouts(results)),
+            ("examples", "Example replies", '<p class="note">The first evaluation prompts, unedited model output '
+                                            '(judged label above each reply).</p>\n' + _examples(results)),
+            ("runinfo", "Run information", run_info_html(results))]
+
+
+GATING_REPORT = register_report(ReportSpec(
+    study="gating", what="persona_refusal gating study",
+    title="Persona gating of refusal — {model}",
+    intro='<p>Does a compliant persona suppress refusal by <i>gating its expression</i>? The study steers the model '
+          'toward a compliant persona, then adds the refusal direction back at every layer in turn: if refusal is '
+          'computed early but expressed late (Zhong &amp; Li 2026), re-adding it before the persona is injected '
+          'should do little and re-adding it after should restore it. Layers are <span class="mono">resid_pre</span> '
+          'indices; rates carry Wilson 95% intervals.</p>',
+    headline=headline,
+    note='<p class="note">Differences between rates: Newcombe 95% interval from the two Wilson intervals (treats '
+         "them as independent; conservative for these paired measurements). Judged = substring judge on generated "
+         "replies; first token = the greedy first token is a refusal token.</p>",
+    fields=_caption_fields, sections=_gating_sections, agreement=True))
+"""The gating study's report."""
+
+
 def _text_sections(results: dict) -> dict[str, Any]:
     """Everything of the report that is read from the results (not the figures): cheap, so
     that a malformed entry can be located by computing it again without one key."""
-    model = results.get("model") or {}
+    spec = REPORTS[study_of(results)]
     return {
-        "title": f"Persona gating of refusal — {model.get('model_id', 'unknown model')}",
+        "spec": spec,
+        "title": spec.title.format(model=(results.get("model") or {}).get("model_id", "unknown model")),
         "schema": str(results.get("schema")),
         "finished": str((results.get("run_info") or {}).get("finished", "n/a")),
-        "headline": headline(results),
-        "fields": _caption_fields(results),
-        "config": _config(results),
-        "prompt_sets": _prompt_sets(results),
-        "rollouts": _rollouts(results),
-        "examples": _examples(results),
-        "run_info": _run_info(results),
+        "headline": spec.headline(results),
+        "fields": spec.fields(results),
+        "sections": spec.sections(results),
     }
 
 
 def render_report(results: dict, figures: dict[str, go.Figure], *, source: str | os.PathLike = "results.json",
                   agreement: dict | None = None, agreement_note: str | None = None) -> str:
-    """The text of ``report.html`` for these results and drawn figures.
+    """The text of ``report.html`` for these results and drawn figures (the report of the
+    results' study, :data:`REPORTS`).
 
     ``agreement`` (a ``judge_agreement.json`` record) adds the section "Agreement between
-    judges", ``agreement_note`` says why it is out of date or missing; when neither is given,
-    both come from ``judge_agreement.json`` next to ``source``, if ``persona-refusal
-    agreement`` wrote one there (:func:`persona_refusal.agreement.read_agreement`: a record
-    made for another configuration of the folder is not shown).
+    judges" to a gating study's report, ``agreement_note`` says why it is out of date or
+    missing; when neither is given, both come from ``judge_agreement.json`` next to
+    ``source``, if ``persona-refusal agreement`` wrote one there
+    (:func:`persona_refusal.agreement.read_agreement`: a record made for another
+    configuration of the folder is not shown).
 
     Raises:
         RunFolderError: a malformed entry in the results (one line naming its key; ``source``
@@ -435,10 +499,13 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
         sec = _text_sections(results)
     except Exception as e:
         raise bad_results_error("the report cannot be written", _text_sections, dict(results), e, source) from None
-    h, fields, title = sec["headline"], sec["fields"], sec["title"]
-    if agreement is None and agreement_note is None:
-        agreement, agreement_note = read_agreement(Path(source).parent)
-    agreement_html = _agreement(agreement, agreement_note)
+    spec, h, fields, title = sec["spec"], sec["headline"], sec["fields"], sec["title"]
+    agreement_html = ""
+    if spec.agreement:
+        if agreement is None and agreement_note is None:
+            agreement, agreement_note = read_agreement(Path(source).parent)
+        agreement_html = _agreement(agreement, agreement_note)
+    sections = sec["sections"]
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -448,25 +515,18 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
         '<script type="text/javascript">' + get_plotlyjs() + "</script>",
         "</head>", "<body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="sub">persona_refusal gating study · results schema {html.escape(sec["schema"])} · '
+        f'<p class="sub">{html.escape(spec.what)} · results schema {html.escape(sec["schema"])} · '
         f'finished {html.escape(sec["finished"])}</p>',
-        '<p>Does a compliant persona suppress refusal by <i>gating its expression</i>? The study steers the model '
-        'toward a compliant persona, then adds the refusal direction back at every layer in turn: if refusal is '
-        'computed early but expressed late (Zhong &amp; Li 2026), re-adding it before the persona is injected '
-        'should do little and re-adding it after should restore it. Layers are <span class="mono">resid_pre</span> '
-        'indices; rates carry Wilson 95% intervals.</p>',
+        spec.intro,
         '<h2 id="summary">Headline</h2>',
         '<ul class="findings">' + "".join(f"<li>{s}</li>" for s in h["findings"]) + "</ul>",
-        _table(h["facts"], ["quantity", "value"]),
-        '<p class="note">Differences between rates: Newcombe 95% interval from the two Wilson intervals (treats '
-        "them as independent; conservative for these paired measurements). Judged = substring judge on generated "
-        "replies; first token = the greedy first token is a refusal token.</p>",
+        table_html(h["facts"], ["quantity", "value"]),
+        spec.note,
         "<nav><ol>" + "".join(f'<li><a href="#fig-{n}">{html.escape(_title(n, figures).split(". ", 1)[-1])}</a></li>'
                               for n in figures) +
         ('<li><a href="#agreement">Agreement between judges</a></li>' if agreement_html else "") +
-        '<li><a href="#config">Configuration</a></li><li><a href="#prompts">Prompt sets</a></li>'
-        '<li><a href="#rollouts">Persona rollouts</a></li><li><a href="#examples">Example replies</a></li>'
-        '<li><a href="#runinfo">Run information</a></li></ol></nav>',
+        "".join(f'<li><a href="#{sid}">{html.escape(stitle)}</a></li>' for sid, stitle, _ in sections) +
+        "</ol></nav>",
     ]
     for name, fig in figures.items():
         w, hgt = size_of(name)
@@ -480,16 +540,9 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
                   f"<figure>{div}<figcaption>{caption}</figcaption></figure>", "</section>"]
     if agreement_html:
         parts.append(agreement_html)
-    parts += [
-        '<h2 id="config">Configuration</h2>', sec["config"],
-        '<h2 id="prompts">Prompt sets</h2>', sec["prompt_sets"],
-        '<h2 id="rollouts">Persona rollouts</h2>', sec["rollouts"],
-        '<h2 id="examples">Example replies</h2>',
-        '<p class="note">The first evaluation prompts, unedited model output (judged label above each reply).</p>',
-        sec["examples"],
-        '<h2 id="runinfo">Run information</h2>', sec["run_info"],
-        "</body>", "</html>",
-    ]
+    for sid, stitle, body in sections:
+        parts += [f'<h2 id="{sid}">{html.escape(stitle)}</h2>', body]
+    parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
 
@@ -513,3 +566,4 @@ def build_report(run_dir: str | os.PathLike, *, results: dict | None = None,
         results, figures = make_figures(run_dir)
     text = render_report(results, figures, source=run_dir / "results.json")
     return atomic_write_text(run_dir / "report.html", text)
+

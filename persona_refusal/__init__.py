@@ -63,7 +63,8 @@ from persona_refusal.interventions import (
 from persona_refusal.extraction import extract_directions
 from persona_refusal.export import export_orthogonalized
 from persona_refusal.models import ChatModel, load_chat_model
-from persona_refusal.prompts import PERSONA_SETS, PromptSet, bundled, load_personas, load_prompts, personas, resolve_personas
+from persona_refusal.prompts import (PERSONA_SETS, PromptSet, bundled, load_borderline, load_personas, load_prompts, personas,
+                                     resolve_personas)
 from persona_refusal.selection import SelectionReport, select_refusal_direction
 
 __version__ = "0.1.0"
@@ -96,6 +97,7 @@ __all__ = [
     "decided_by",
     "apply",
     "bundled",
+    "load_borderline",
     "cache_activations",
     "export_control_vector",
     "extract_directions",

@@ -1,4 +1,4 @@
-"""Command line: ``persona-refusal run | figures | compare | ablation-demo | agreement | judge-check |
+"""Command line: ``persona-refusal run | refusal | figures | compare | ablation-demo | agreement | judge-check |
 export-model | export-vector | import-vector | info``.
 
 Every user mistake ends in one line, ``error: <what is wrong> (<how to fix it>)``, and a
@@ -20,8 +20,10 @@ from typing import Sequence
 
 from persona_refusal.errors import ConfigError, PersonaRefusalError
 from persona_refusal.prompts import PERSONA_SETS
-from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, PRESETS, StudyConfig, add_flags,
+from persona_refusal.results import RefusalResults
+from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, SectionedConfig, StudyConfig, add_flags,
                                           flags_to_fields, resolve_device)
+from persona_refusal.study.refusal.config import RefusalConfig
 
 __all__ = ["main", "entry"]
 
@@ -38,16 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="persona-refusal", description="Refusal directions, persona directions and per-layer gating.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="run (or resume) the persona-gating study")
-    r.add_argument("--preset", default="default",
-                   help="; ".join(f"{k}: {v.doc}" for k, v in PRESETS.items()))
-    r.add_argument("--config", help="JSON file of StudyConfig fields, flat or by section (flags override it)")
-    r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    r.add_argument("--stages", type=_names, help="run only these stages (and those they need), e.g. refusal,gating")
-    add_flags(r)  # one flag per StudyConfig field: --persona-alpha, --gating-layers, ..., --device, --dtype
-    r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
-    r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    _study_parser(sub, "run", "run (or resume) the persona-gating study", StudyConfig, "runs/demo", "refusal,gating")
+    _study_parser(sub, "refusal", "run (or resume) the refusal-direction study: the refusal-vs-KL front over every "
+                  "candidate, the selection rules, ablation vs ACE vs addition on the test split", RefusalConfig,
+                  "runs/refusal", "front,select")
 
     f = sub.add_parser("figures", help="rebuild figures and the HTML report from a run folder (no model needed)")
     f.add_argument("run_dir", metavar="DIR", help="a run folder, or the path of its results.json")
@@ -133,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _study_parser(sub, name: str, help_text: str, config: type[SectionedConfig], out: str, example: str) -> None:
+    """The subcommand of one study: a preset, a config file, the output folder, a subset of
+    stages, and one flag per field of its configuration (``config``)."""
+    r = sub.add_parser(name, help=help_text)
+    r.add_argument("--preset", default="default", help="; ".join(f"{k}: {v.doc}" for k, v in config.PRESETS.items()))
+    r.add_argument("--config", help=f"JSON file of {config.__name__} fields, flat or by section (flags override it)")
+    r.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    r.add_argument("--stages", type=_names, help=f"run only these stages (and those they need), e.g. {example}")
+    add_flags(r, config)  # one flag per field: --persona-alpha, --front-layers, ..., --device, --dtype
+    r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
+    r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _device_flags(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--dtype`` of the commands without a StudyConfig (``run`` has them as config fields)."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -149,7 +159,7 @@ def _nonempty(value: str | None, flag: str, example: str) -> None:
         raise ConfigError(f"{flag} is empty ({value!r})", hint=f"give {flag} a folder path, e.g. {flag} {example}")
 
 
-def _config_from_args(args):
+def _config_from_args(args, config: type[SectionedConfig] = StudyConfig):
     fields: dict = {}
     if args.config:
         path = Path(args.config)
@@ -163,15 +173,14 @@ def _config_from_args(args):
             raise ConfigError(f"config file {path} is not valid JSON ({e})", hint="fix the file") from None
         except RecursionError:
             raise ConfigError(f"config file {path} holds JSON nested too deeply to read",
-                              hint='write it as {"field": value, ...} with StudyConfig fields') from None
+                              hint=f'write it as {{"field": value, ...}} with {config.__name__} fields') from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a JSON object",
-                              hint='write it as {"field": value, ...} with StudyConfig fields')
+                              hint=f'write it as {{"field": value, ...}} with {config.__name__} fields')
         fields.update(loaded)
         fields.pop("preset", None)
-    fields.update(flags_to_fields(args))
-    for path_field in ("train_harmful", "train_harmless", "val_harmful", "val_harmless", "eval_harmful", "eval_harmless",
-                       "refusal_direction", "persona_direction"):
+    fields.update(flags_to_fields(args, config))
+    for path_field in [n for n in config.field_names() if config.check_of(n).kind == "path"]:
         value = fields.get(path_field)
         if isinstance(value, str) and value and not value.startswith("hf://"):  # other types: the field check says so
             fields[path_field] = str(Path(fields[path_field]).expanduser().resolve())
@@ -187,25 +196,44 @@ def _config_from_args(args):
         if names:
             fields[set_field] = resolved[0] if isinstance(value, str) else resolved
     try:
-        return StudyConfig.preset(args.preset, **fields)
+        return config.preset(args.preset, **fields)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # a value no field check foresaw
-        raise ConfigError(f"bad configuration: {e}", hint="see the StudyConfig fields in persona_refusal.study.config") from None
+        raise ConfigError(f"bad configuration: {e}",
+                          hint=f"see the {config.__name__} fields in {config.__module__}") from None
 
 
 def _cmd_run(args) -> int:
+    from persona_refusal.study import study_personas, study_prompts
+
+    def read_inputs(config):
+        prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
+        study_personas(config)  # so does a bad persona file
+        return prompts
+
+    return _run_study(args, StudyConfig, read_inputs, "runs/demo")
+
+
+def _cmd_refusal(args) -> int:
+    from persona_refusal.study.refusal import refusal_prompts
+
+    return _run_study(args, RefusalConfig, refusal_prompts, "runs/refusal")
+
+
+def _run_study(args, config_cls: type[SectionedConfig], read_inputs, out_example: str) -> int:
+    """Run (or resume) the study of ``config_cls`` as its subcommand's arguments say: every
+    input is read and checked before the model loads; Ctrl-C says where the run stopped."""
     from persona_refusal.evaluation import ModelJudge, get_judge
     from persona_refusal.models import load_chat_model
-    from persona_refusal.study import Study, preset_stages, study_personas, study_prompts
+    from persona_refusal.study import Study, preset_stages
 
-    _nonempty(args.out, "--out", "runs/demo")
-    config = _config_from_args(args)
+    _nonempty(args.out, "--out", out_example)
+    config = _config_from_args(args, config_cls)
     device = resolve_device(config.device)  # a device this machine lacks fails now, as one line
-    stages = args.stages if args.stages is not None else preset_stages(args.preset)
+    stages = args.stages if args.stages is not None else preset_stages(args.preset, config_cls)
     progress = not args.quiet
-    prompts = study_prompts(config)  # a bad prompt file fails now, not after loading the model
-    study_personas(config)  # so does a bad persona file
+    prompts = read_inputs(config)
     judge = get_judge(config.judge)  # lazy: nothing is loaded
     if isinstance(judge, ModelJudge):
         judge.check()  # a judge model that is not installed or does not exist fails now, not after the model loads
@@ -238,6 +266,19 @@ def _cmd_run(args) -> int:
 
 
 def _print_summary(results: dict, timings: dict) -> None:
+    lines = [""] + [f"{k}: {v}" for k, v in results.rows()] if isinstance(results, RefusalResults) else \
+        _gating_lines(results)
+    lines.append("")
+    lines.append("time per stage (s):")
+    total = 0.0
+    for k, v in timings.items():
+        lines.append(f"  {k:<18} {v:8.1f}")
+        total += v
+    lines.append(f"  {'total':<18} {total:8.1f}")
+    _say("\n".join(lines))
+
+
+def _gating_lines(results: dict) -> list[str]:
     def pct(rate, ci):
         return f"{100 * rate:5.1f}%  [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
@@ -260,14 +301,7 @@ def _print_summary(results: dict, timings: dict) -> None:
     for c in results.get("gating_confirm", []):
         lines.append(f"persona + refusal re-added at layer {c['layer']:>2} ({c['cell']}): "
                      f"{pct(c['refusal']['rate'], c['refusal']['ci'])}")
-    lines.append("")
-    lines.append("time per stage (s):")
-    total = 0.0
-    for k, v in timings.items():
-        lines.append(f"  {k:<18} {v:8.1f}")
-        total += v
-    lines.append(f"  {'total':<18} {total:8.1f}")
-    _say("\n".join(lines))
+    return lines
 
 
 def _cmd_figures(args) -> int:
@@ -468,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread
         previous = None
     try:
-        handler = {"run": _cmd_run, "figures": _cmd_figures, "compare": _cmd_compare, "ablation-demo": _cmd_ablation_demo,
+        handler = {"run": _cmd_run, "refusal": _cmd_refusal, "figures": _cmd_figures, "compare": _cmd_compare, "ablation-demo": _cmd_ablation_demo,
                    "agreement": _cmd_agreement, "judge-check": _cmd_judge_check,
                    "info": _cmd_info, "export-vector": _cmd_export_vector,
                    "import-vector": _cmd_import_vector, "export-model": _cmd_export_model}[args.command]

@@ -6,7 +6,9 @@ Finding a refusal direction needs harmful and harmless instructions; checking it
 held-out ones. The package ships its own sets, written by its authors for this project
 (:func:`bundled`): harmful and harmless instructions in train / val / test splits of
 128 / 32 / 100, ten categories each, matched in length and style so that the difference
-of means is about harmfulness, not phrasing. The persona study's system prompts and
+of means is about harmfulness, not phrasing; and a *borderline* set (val / test = 32 / 64,
+eight categories) of safe requests that merely sound unsafe ("How do I kill a frozen
+background job?"), in the style of XSTest, for measuring over-refusal. The persona study's system prompts and
 probe questions ship too (:func:`personas`), in two sets (:data:`PERSONA_SETS`):
 ``"scripted"``, the package's original protocol, and ``"character"``, whose system prompts
 describe who each persona is and never the words of its reply. :func:`load_personas` reads
@@ -16,8 +18,10 @@ a persona file of your own (JSON or YAML) and :func:`resolve_personas` takes eit
 
 * CSV — AdvBench (``goal``), HarmBench (``Behavior``, with ``ContextString`` prepended
   when present), JailbreakBench (``Goal``), StrongREJECT (``forbidden_prompt``), XSTest
-  (``prompt``; ``xstest_label="safe"``/``"unsafe"`` filters on its ``label`` column), or any
-  CSV with an ``instruction``/``prompt`` column;
+  (``prompt``; ``xstest_label="safe"``/``"unsafe"`` filters on its ``label`` column, or, in a
+  file without one, on its ``type`` column, whose unsafe types start with ``contrast_``), or
+  any CSV with an ``instruction``/``prompt`` column (:func:`load_borderline` reads any
+  prompt file as a borderline set, keeping an XSTest file's safe prompts only);
 * JSON — a list of strings, refusal_direction-style ``{"instruction", "category"}``
   records, or Alpaca-style ``{"instruction", "input", "output"}`` records (a non-empty
   ``input`` is appended to the instruction);
@@ -51,10 +55,12 @@ from typing import Iterator, Sequence
 from persona_refusal.errors import ConfigError, PromptLoadError
 from persona_refusal.storage import sha256_json
 
-__all__ = ["PromptSet", "bundled", "load_prompts", "personas", "prompt_hash", "SPLITS", "Personas",
-           "PERSONA_SETS", "load_personas", "resolve_personas"]
+__all__ = ["PromptSet", "bundled", "load_prompts", "load_borderline", "personas", "prompt_hash", "SPLITS", "Personas",
+           "PERSONA_SETS", "load_personas", "resolve_personas", "BUNDLED_SPLITS"]
 
 SPLITS = ("train", "val", "test")
+BUNDLED_SPLITS: dict[str, tuple[str, ...]] = {"harmful": SPLITS, "harmless": SPLITS, "borderline": ("val", "test")}
+"""The bundled sets and their splits (the borderline set has no train split: nothing is fit on it)."""
 _TEXT_COLUMNS = ("instruction", "prompt", "goal", "Goal", "Behavior", "behavior", "forbidden_prompt", "question", "text")
 
 
@@ -85,7 +91,7 @@ class PromptSet(Sequence[str]):
     categories: tuple[str | None, ...] | None = None
     """Category of each prompt, when the source has one."""
     label: str | None = None
-    """``"harmful"``/``"harmless"`` when known."""
+    """``"harmful"``/``"harmless"``/``"borderline"`` when known."""
     source: str | None = None
     """Path or URL read."""
 
@@ -130,17 +136,21 @@ def _data_file(*parts: str):
 
 
 def bundled(label: str, split: str) -> PromptSet:
-    """One of the package's own prompt sets: ``label`` harmful/harmless, ``split`` train/val/test.
+    """One of the package's own prompt sets: ``label`` harmful/harmless (``split``
+    train/val/test) or borderline (val/test).
 
     Example:
         >>> ps = bundled("harmful", "train")
         >>> len(ps), ps.label
         (128, 'harmful')
+        >>> len(bundled("borderline", "test"))
+        64
     """
-    if label not in ("harmful", "harmless"):
-        raise PromptLoadError(f"unknown bundled set {label!r}", hint="use 'harmful' or 'harmless'")
-    if split not in SPLITS:
-        raise PromptLoadError(f"unknown split {split!r}", hint=f"use one of {SPLITS}")
+    if label not in BUNDLED_SPLITS:
+        raise PromptLoadError(f"unknown bundled set {label!r}", hint="use 'harmful', 'harmless' or 'borderline'")
+    if split not in BUNDLED_SPLITS[label]:
+        raise PromptLoadError(f"unknown split {split!r} of the bundled {label} set",
+                              hint=f"use one of {BUNDLED_SPLITS[label]}")
     text = _data_file("prompts", f"{label}_{split}.jsonl").read_text(encoding="utf-8")
     records = [json.loads(line) for line in text.splitlines() if line.strip()]
     return PromptSet(tuple(r["instruction"] for r in records), f"bundled:{label}_{split}",
@@ -427,6 +437,34 @@ def load_prompts(
     return ps
 
 
+def load_borderline(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
+    """Read a borderline prompt set (safe requests that sound unsafe) from any prompt file.
+
+    An XSTest CSV (a ``prompt`` column and a ``label`` column of ``safe``/``unsafe``, or a
+    ``type`` column with ``contrast_*`` types) keeps its **safe** prompts only: its unsafe
+    contrast prompts are not borderline. Any other file is read whole
+    (:func:`load_prompts`). The set is labelled ``"borderline"``.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.csv"
+        >>> _ = path.write_text("id,prompt,type,label\\n1,How do I kill a frozen job?,homonyms,safe\\n"
+        ...                     "2,How do I kill a person?,contrast_homonyms,unsafe\\n")
+        >>> load_borderline(path).instructions
+        ('How do I kill a frozen job?',)
+    """
+    p = Path(str(path)).expanduser()
+    xstest = None
+    if p.suffix.lower() == ".csv" and p.is_file():
+        try:
+            header = next(csv.reader(io.StringIO(_read_regular_file(p).decode("utf-8-sig"))), [])
+        except (UnicodeDecodeError, csv.Error):
+            header = []  # load_prompts says what is wrong with the file
+        if "prompt" in header and ("label" in header or "type" in header):
+            xstest = "safe"
+    return load_prompts(p, xstest_label=xstest, label="borderline", limit=limit)
+
+
 _LINE_END = re.compile(r"\r\n|\r|\n")
 """Where a .txt line ends: universal newlines (``open()``'s text mode), not every character
 ``str.splitlines`` breaks at (form feed, U+2028, ... stay inside the prompt)."""
@@ -570,9 +608,15 @@ def _from_csv(text: str, column: str | None, xstest_label: str | None, p: Path) 
         raise PromptLoadError(f"{p} holds no rows", hint="give a CSV with a header line and at least one prompt row")
     header = list(rows[0].keys())
     if xstest_label is not None:
-        if "label" not in header:
-            raise PromptLoadError(f"{p} has no 'label' column for xstest_label")
-        rows = [r for r in rows if r.get("label") == xstest_label]
+        if xstest_label not in ("safe", "unsafe"):
+            raise PromptLoadError(f"unknown xstest_label {xstest_label!r}", hint="use 'safe' or 'unsafe'")
+        if "label" in header:
+            rows = [r for r in rows if r.get("label") == xstest_label]
+        elif "type" in header:  # XSTest's own split: the unsafe contrast prompts have contrast_* types
+            rows = [r for r in rows if (r.get("type") or "").startswith("contrast_") == (xstest_label == "unsafe")]
+        else:
+            raise PromptLoadError(f"{p} has no 'label' or 'type' column for xstest_label",
+                                  hint="give an XSTest CSV, or read the file without xstest_label")
     col = column
     if col is None:
         col = next((c for c in _TEXT_COLUMNS if c in header), None)

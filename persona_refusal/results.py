@@ -1,4 +1,4 @@
-"""The results of a gating study, as a dict that prints a summary.
+"""The results of a study, as a dict that prints a summary (gating study, refusal study).
 
 Context
 -------
@@ -23,10 +23,51 @@ import html
 
 from persona_refusal.formatting import fmt, rate_text
 
-__all__ = ["GatingResults"]
+__all__ = ["GatingResults", "RefusalResults", "SummaryDict"]
 
 
-class GatingResults(dict):
+class SummaryDict(dict):
+    """A plain ``dict`` of results whose ``repr`` (and notebook HTML view) is a short summary.
+
+    Subclasses say what the summary is: :attr:`TITLE` and :meth:`rows`.
+    """
+
+    __slots__ = ()
+    TITLE = "results"
+    """The first line's name of what the results are."""
+
+    def rows(self) -> list[tuple[str, str]]:  # pragma: no cover - overridden
+        """The summary as ``(label, value)`` pairs."""
+        return []
+
+    def _model_id(self) -> str:
+        return (self.get("model") or {}).get("model_id", "unknown model")
+
+    def summary(self) -> str:
+        """A few lines: what :meth:`rows` says, then the keys it holds."""
+        rows = self.rows()
+        width = max((len(k) for k, _ in rows), default=0)
+        lines = [f"{type(self).__name__}: {self.TITLE} — {self._model_id()}"]
+        lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+        lines.append("  (a dict: keys " + ", ".join(sorted(self)[:6]) + (", …" if len(self) > 6 else "") +
+                     "; figures: persona_refusal.analysis)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_pretty_(self, p, cycle) -> None:  # IPython's plain-text display
+        p.text(self.summary() if not cycle else f"{type(self).__name__}(...)")
+
+    def _repr_html_(self) -> str:
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+                       f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in self.rows())
+        return (f"<div><b>{type(self).__name__}</b>: {html.escape(self.TITLE)} — {html.escape(str(self._model_id()))}"
+                f"<table>{body}</table><small>A dict with the keys of <code>results.json</code>; figures: "
+                f"<code>persona_refusal.analysis</code>.</small></div>")
+
+
+class GatingResults(SummaryDict):
     """The results of a persona-gating study: a plain ``dict`` with a readable summary.
 
     Every key of ``results.json`` is there (``results["gating"]``,
@@ -44,6 +85,7 @@ class GatingResults(dict):
     """
 
     __slots__ = ()
+    TITLE = "persona gating of refusal"
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary as ``(label, value)`` pairs (what :meth:`summary` and the HTML view show).
@@ -82,34 +124,53 @@ class GatingResults(dict):
             rows.append(("run", f"{info.get('total_seconds')} s, finished {info.get('finished', 'n/a')}"))
         return rows
 
-    def summary(self) -> str:
-        """A few lines: model, refusal direction, baseline vs persona refusal with Wilson 95%
-        intervals, and the early/late cells confirmed by generation.
+
+class RefusalResults(SummaryDict):
+    """The results of a refusal study (``persona-refusal refusal``): a plain ``dict`` with a
+    readable summary — the chosen direction and the rule that chose it, the front's best
+    judged point within the KL budget, and the test split's refusal under each edit.
+
+    Example:
+        >>> r = RefusalResults({"model": {"model_id": "m"}, "refusal_direction": {"layer": 9, "position": -1,
+        ...                     "rule": "kl_budget", "norm": 1.1}})
+        >>> print(r.summary().splitlines()[1])
+          refusal direction  layer 9, position -1 (norm 1.1), chosen by kl_budget
+    """
+
+    __slots__ = ()
+    TITLE = "refusal directions: the front, ablation vs ACE vs addition"
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary as ``(label, value)`` pairs.
 
         Example:
-            >>> print(GatingResults({"model": {"model_id": "m"}}).summary())  # doctest: +ELLIPSIS
-            GatingResults: persona gating of refusal — m
-              model ...
+            >>> RefusalResults({}).rows()
+            [('refusal direction', 'layer n/a, position n/a (norm n/a), chosen by n/a')]
         """
-        model_id = (self.get("model") or {}).get("model_id", "unknown model")
-        rows = self.rows()
-        width = max(len(k) for k, _ in rows)
-        lines = [f"GatingResults: persona gating of refusal — {model_id}"]
-        lines += [f"  {k:<{width}}  {v}" for k, v in rows]
-        lines.append("  (a dict: keys " + ", ".join(sorted(self)[:6]) + (", …" if len(self) > 6 else "") +
-                     "; figures: persona_refusal.analysis)")
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.summary()
-
-    def _repr_pretty_(self, p, cycle) -> None:  # IPython's plain-text display
-        p.text(self.summary() if not cycle else "GatingResults(...)")
-
-    def _repr_html_(self) -> str:
-        model_id = (self.get("model") or {}).get("model_id", "unknown model")
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-                       f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in self.rows())
-        return (f"<div><b>GatingResults</b>: persona gating of refusal — {html.escape(str(model_id))}"
-                f"<table>{body}</table><small>A dict with the keys of <code>results.json</code>; figures: "
-                f"<code>persona_refusal.analysis</code>.</small></div>")
+        rd = self.get("refusal_direction") or {}
+        rows = [("refusal direction", f"layer {rd.get('layer', 'n/a')}, position {rd.get('position', 'n/a')} "
+                                      f"(norm {fmt(rd.get('norm'))}), chosen by {rd.get('rule', 'n/a')}")]
+        front = self.get("front") or {}
+        if front:
+            cands = [c for c in front.get("candidates") or [] if c.get("kind") == "single"]
+            rows.append(("front (val)", f"{len(cands)} candidates, {len(front.get('judged_keys') or [])} judged on "
+                                        f"{front.get('n_front')} prompts; KL budget {fmt(front.get('kl_budget'))}"))
+            val = rd.get("val") or {}
+            if val:
+                rows.append(("chosen, val", f"judged refusal {rate_text(val.get('refusal'))}, KL {fmt(val.get('kl'))}"))
+        add = self.get("addition") or {}
+        if add:
+            rows.append(("addition strength (val)", f"c = {fmt(add.get('coeff'))} at layer {add.get('layer')}"))
+        edits = self.get("edits") or {}
+        for c in edits.get("conditions") or []:
+            if c.get("edit", "").startswith("rule:"):
+                continue
+            kl = (edits.get("kl") or {}).get(c["edit"]) or {}
+            rows.append((f"test {c['set']}, {c['edit']}", f"refusal {rate_text(c.get('refusal'))}, degenerate "
+                                                          f"{rate_text(c.get('degenerate'))}"
+                                                          + (f", KL {fmt(kl.get('mean'))}"
+                                                             if kl and c["set"] != "borderline" else "")))
+        info = self.get("run_info") or {}
+        if info.get("total_seconds") is not None:
+            rows.append(("run", f"{info.get('total_seconds')} s, finished {info.get('finished', 'n/a')}"))
+        return rows

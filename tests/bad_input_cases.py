@@ -380,3 +380,57 @@ CONTROL_VECTOR_CASES = [
     ("import-vector with an empty --out", ["import-vector", "narrow.gguf", "--out", ""],
      r"error: --out is empty \(''\) \(give --out a folder or a file name, e\.g\. --out directions/\)"),
 ]
+
+
+# (case id, arguments after `refusal --model tiny --preset smoke --quiet --no-figures --out OUT`, or a whole command
+#  line when they do not start with "--"; the expected line on stderr); run by tests/test_refusal_cli.py in a folder
+# holding `no_column.csv` (a CSV without a prompt column), `gating_field.json` ({"persona_alpha": 2.0}), `a_file` and
+# `refusal_run/results.json` (a refusal study's results)
+REFUSAL_RUN = ["refusal", "--model", "tiny", "--preset", "smoke", "--quiet", "--no-figures"]
+REFUSAL_CASES = [
+    ("refusal: front position out of range", ["--front-positions=-9"],
+     r"error: front_positions position -9 is out of range: this model's post-instruction positions are -8\.\.-1 "
+     r"\(use positions between -8 and -1\)"),
+    ("refusal: front position spec unreadable", ["--front-positions", "first:2"],
+     r"error: front_positions: cannot read position spec 'first:2' \(use all \(every post-instruction position\), "
+     r"last:N, or a list such as -3,-2,-1 \(write --flag=-1\)\)"),
+    ("refusal: front layer out of range", ["--front-layers", "0,9"],
+     r"error: front_layers \[9\] out of range: this model has layers 0\.\.3"),
+    ("refusal: front layers with no candidate", ["--front-layers", "0"],
+     r"error: front_layers \[0\] holds no candidate: at layer 0 every post-instruction position is a chat-template "
+     r"token shared by all prompts, so every difference of means there is zero \(add later layers, e\.g\. "
+     r"--front-layers all\)"),
+    ("refusal: unknown selection rule", ["--selection-rule", "best"],
+     r"error: argument --selection-rule: invalid choice: 'best' \(choose from '?arditi'?, '?kl_budget'?, '?knee'?\) "
+     r"\(see `persona-refusal refusal --help`\)"),
+    ("refusal: negative KL budget", ["--kl-budget", "-1"],
+     r"error: kl_budget must be at least 0, got -1\.0"),
+    ("refusal: judged candidates not a number", ["--front-judged", "some"],
+     r"error: argument --front-judged: expected a whole number or all, got 'some' \(see `persona-refusal refusal "
+     r"--help`\)"),
+    ("refusal: more judged val prompts than there are", ["--n-front", "40"],
+     r"error: n_front 40 exceeds the 32 val harmful prompts \(lower n_front \(--n-front\) or give more val harmful "
+     r"prompts\)"),
+    ("refusal: unknown rule on the test split", ["--test-rules", "arditi,nope"],
+     r"error: unknown test_rules 'nope' \(use arditi, kl_budget, knee\)"),
+    ("refusal: borderline file missing", ["--borderline", "missing.csv"],
+     r"error: prompt file /.*/missing\.csv does not exist \(check the path\)"),
+    ("refusal: borderline CSV without a prompt column", ["--borderline", "no_column.csv"],
+     r"error: /.*/no_column\.csv has no prompt column \(name the column 'instruction' or 'prompt', or pass column= "
+     r"\(columns: \['id', 'text_of_prompt'\]\)\)"),
+    ("refusal: unknown preset", ["--preset", "full"],
+     r"error: unknown preset 'full' \(use one of \['default', 'smoke'\]\)"),
+    ("refusal: config field of the gating study", ["--config", "gating_field.json"],
+     r"error: unknown configuration field 'persona_alpha' \(see the RefusalConfig fields in "
+     r"persona_refusal\.study\.refusal\.config\)"),
+    ("refusal: unknown stage", ["--stages", "gating"],
+     r"error: unknown stage 'gating' \(use one of calibrate, edits, front, grid, select\)"),
+    ("refusal: empty --out", ["refusal", "--model", "tiny", "--out", ""],
+     r"error: --out is empty \(''\) \(give --out a folder path, e\.g\. --out runs/refusal\)"),
+    ("refusal: --out a file", ["--out", "a_file"],
+     r"error: a_file exists and is not a folder \(give --out a folder path\)"),
+    ("compare of a refusal study's folder", ["compare", "refusal_run", "--no-png", "--out", "cmp"],
+     r"error: refusal_run holds the results of a refusal study: compare draws persona-gating runs \(give the --out "
+     r"folders of `persona-refusal run`; a refusal study's figures and report are in its own folder "
+     r"\(persona-refusal figures DIR\)\)"),
+]

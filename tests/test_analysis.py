@@ -30,6 +30,7 @@ from persona_refusal.errors import RunFolderError
 from persona_refusal.experiments import load_results
 from persona_refusal.formatting import rate_text
 from persona_refusal.storage import read_json
+from persona_refusal.study.registry import registered
 from conftest import run_smoke_study
 
 PACKAGE_DIR = Path(persona_refusal.__file__).resolve().parent
@@ -38,7 +39,10 @@ COMMITTED_RUN = REPO / "figures"
 """The committed demo run (``results.json`` only: no selection report)."""
 FIGURE_NAMES = ["gating", "gating_judged", "outcomes", "calibration", "alpha", "heatmap", "projections", "knockout",
                 "patching", "cosine", "persona_sets", "selection"]
-"""The study's figures in report order (the registry must hold exactly these)."""
+"""The gating study's figures in report order (the registry must hold exactly these for it)."""
+
+REFUSAL_FIGURES = ["front", "edits"]
+"""The refusal study's figures in report order (tests/test_refusal_study.py draws them)."""
 
 PAPER_FIGURES = ("gating_judged", "calibration", "persona_sets")
 """Figures of the paper preset's stages (drawn only when those stages measured something:
@@ -238,11 +242,14 @@ def test_selection_figure_greys_discarded_candidates(selection):
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_holds_the_study_figures_in_report_order():
-    assert list(FIGURES) == FIGURE_NAMES
+    assert list(F.figures_of("gating")) == FIGURE_NAMES
+    assert list(F.figures_of("refusal")) == REFUSAL_FIGURES
+    assert set(FIGURES) == set(FIGURE_NAMES + REFUSAL_FIGURES)
     assert len(set(FIGURES)) == len(FIGURES)
     for name, fig in FIGURES.items():
         assert isinstance(fig, Figure) and fig.name == name and F.get(name) is fig
-        assert fig.stage in STUDY_STAGES, f"{name}: unknown stage {fig.stage!r}"
+        stages = STUDY_STAGES if fig.study == "gating" else tuple(registered(fig.study))
+        assert fig.stage in stages, f"{name}: unknown stage {fig.stage!r}"
         assert fig.title and fig.caption and "  " not in fig.caption
         w, h = fig.size
         assert isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
@@ -276,7 +283,7 @@ def test_register_rejects_a_second_figure_of_the_same_name():
     with pytest.raises(ValueError, match="already registered"):
         F.register(clash)
     F.register(FIGURES["gating"])  # the same figure again is a no-op
-    assert list(FIGURES) == FIGURE_NAMES
+    assert list(F.figures_of("gating")) == FIGURE_NAMES
     with pytest.raises(ValueError):
         Figure(name="bad name", title="t", caption="c", size=(10, 10), draw=lambda r: go.Figure(), stage="gating")
 
@@ -300,7 +307,7 @@ def extra_figure():
         yield fig
     finally:
         F.unregister(fig.name)
-    assert "extra_check" not in FIGURES and list(FIGURES) == FIGURE_NAMES
+    assert "extra_check" not in FIGURES and list(F.figures_of("gating")) == FIGURE_NAMES
 
 
 def test_a_registered_figure_appears_in_the_build_and_the_report(extra_figure, smoke_run, results, tmp_path):

@@ -241,3 +241,31 @@ def test_standalone_figure_file_renders(run_folder, expected, tmp_path):
     assert len(figures) == 1, f"{name}.html: {len(figures)} plot divs rendered"
     check_figure(name, expected[name], next(iter(figures.values())))
     assert not [line for line in log.splitlines() if "CONSOLE" in line and "Uncaught" in line]
+
+
+# ----------------------------------------------------------------------------- the refusal study's report
+@pytest.fixture(scope="module")
+def refusal_folder(tmp_path_factory) -> Path:
+    """A smoke refusal study on the tiny model, with figures and report.html (no PNGs)."""
+    from conftest import no_typecheck
+    from persona_refusal.analysis import build_figures
+    from persona_refusal.study import RefusalConfig, run_refusal_study
+
+    out = tmp_path_factory.mktemp("browser_refusal") / "run"
+    with no_typecheck():
+        run_refusal_study(RefusalConfig.preset("smoke", model="tiny"), out, progress=False)
+    build_figures(out, png=False)
+    return out
+
+
+def test_refusal_report_renders_its_figures_without_errors(refusal_folder, tmp_path):
+    from persona_refusal.analysis import make_figures
+
+    _, expected = make_figures(refusal_folder)
+    assert set(expected) == {"front", "edits"}
+    dom, log = render(refusal_folder / "report.html", tmp_path / "profile")
+    figures = rendered_figures(dom)
+    for name, fig in expected.items():
+        check_figure(name, fig, figures[name])
+    console = [line for line in log.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "Error" in line]

@@ -59,7 +59,7 @@ def extra_stage():
         return Mine({"value": g[-1]["refusal_rate"] - g[0]["refusal_rate"], "stage_seen": ctx.stage_name})
 
     yield "late_minus_early"
-    registry._REGISTRY.pop("late_minus_early")
+    registry._REGISTRY["gating"].pop("late_minus_early")
 
 
 def test_a_new_stage_is_one_registration(extra_stage, tiny, tmp_path):

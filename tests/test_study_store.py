@@ -253,12 +253,12 @@ def test_a_study_releases_the_lock_when_it_ends_or_fails(tiny, clean, tmp_path, 
     assert not (out / LOCK).exists()
     study = Study(tiny, _config(), tmp_path / "run", progress=False, stages=["refusal"])
     assert study.store.locked
-    from persona_refusal.study.stages import refusal
+    from persona_refusal.study import context
 
     def failing(cm, *args, **kwargs):
         raise RuntimeError("stopped")
 
-    monkeypatch.setattr(refusal, "extract_directions", failing)
+    monkeypatch.setattr(context, "extract_directions", failing)  # the refusal stage's grid (RunContext.diff_in_means_grid)
     with pytest.raises(RuntimeError, match="stopped"):
         study.run()
     assert not study.store.locked and not (tmp_path / "run" / LOCK).exists()

@@ -1,4 +1,4 @@
-"""Figures of the persona-gating study, rebuilt from ``results.json`` alone.
+"""Figures of the studies (persona gating; refusal directions), rebuilt from ``results.json`` alone.
 
 Context
 -------
@@ -46,7 +46,8 @@ from persona_refusal.analysis.figures.outcomes import outcomes_figure
 from persona_refusal.analysis.figures.patching import patching_figure
 from persona_refusal.analysis.figures.projections import projections_figure
 from persona_refusal.analysis.figures.registry import (
-    DEFAULT_SIZE, FIGURE_SIZES, FIGURES, STUDY_STAGES, FieldView, Figure, get, register, size_of, unregister,
+    DEFAULT_SIZE, FIGURE_SIZES, FIGURES, STUDY_STAGES, FieldView, Figure, figures_of, get, register, size_of,
+    unregister,
 )
 from persona_refusal.analysis.figures.selection import selection_figure
 
@@ -57,6 +58,7 @@ __all__ = [
     "FIGURES",
     "DEFAULT_SIZE",
     "STUDY_STAGES",
+    "figures_of",
     "Figure",
     "FieldView",
     "register",

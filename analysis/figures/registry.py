@@ -4,7 +4,7 @@ Context
 -------
 A figure is a :class:`Figure`: its file name, the report's section title and caption, the
 size it is exported at, the pure ``results dict -> go.Figure`` function that draws it, and
-the study stage whose results it shows. Each module of
+the study and stage whose results it shows. Each module of
 :mod:`persona_refusal.analysis.figures` calls :func:`register` for its own figure(s), and
 everything else — :func:`persona_refusal.analysis.make_figures`, the report's figure list,
 titles, captions and the PNG sizes — is read from :data:`FIGURES`. Adding a figure is one
@@ -23,11 +23,11 @@ from typing import Callable
 import plotly.graph_objects as go
 
 __all__ = ["Figure", "FIGURES", "FIGURE_SIZES", "DEFAULT_SIZE", "STUDY_STAGES", "register", "unregister", "get", "prose",
-           "size_of", "FieldView"]
+           "size_of", "FieldView", "figures_of"]
 
 STUDY_STAGES = ("refusal", "persona", "calibrate", "eval", "alpha_sweep", "gating", "gating_judged", "confirm",
                 "heatmap", "knockout", "patching", "projections", "cosines", "persona_sets")
-"""The stages of the gating study, in the order they run (the values of :attr:`Figure.stage`)."""
+"""The stages of the gating study that figures draw, in the order they run."""
 
 DEFAULT_SIZE = (1000, 600)
 """Export size of a figure that is not registered (width, height in pixels)."""
@@ -57,7 +57,8 @@ class Figure:
     draw: Callable[[dict], go.Figure]
     """Pure function from the results dict (plus :attr:`inputs`) to the figure."""
     stage: str
-    """The study stage whose results it draws (one of :data:`STUDY_STAGES`)."""
+    """The stage whose results it draws (a registered stage of :attr:`study`; for the gating
+    study one of :data:`STUDY_STAGES`)."""
     order: int = 100
     """Place in the report and in :data:`FIGURES` (lower first; ties by name)."""
     inputs: tuple[tuple[str, str], ...] = ()
@@ -67,6 +68,9 @@ class Figure:
     needs: Callable[[dict], bool] | None = None
     """Whether these results hold what the figure draws (``None``: always drawn); a figure
     whose stage ran with nothing to show (e.g. the judged sweep switched off) is left out."""
+    study: str = "gating"
+    """The study whose results it draws (``"gating"`` or ``"refusal"``): a run folder's
+    report shows the figures of its own study only."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -102,6 +106,11 @@ def register(fig: Figure) -> Figure:
     FIGURES.clear()
     FIGURES.update((f.name, f) for f in items)
     return fig
+
+
+def figures_of(study: str) -> dict[str, Figure]:
+    """The registered figures of one study, in report order."""
+    return {name: f for name, f in FIGURES.items() if f.study == study}
 
 
 def unregister(name: str) -> Figure:

@@ -1,4 +1,5 @@
-"""The persona-gating study: does a compliant persona gate refusal, and at which layers?
+"""The studies: the persona-gating study (does a compliant persona gate refusal, and at which
+layers?) and the refusal-direction study (:mod:`persona_refusal.study.refusal`).
 
 Context
 -------
@@ -31,15 +32,18 @@ points. Every completed point is checkpointed in the output folder, so an interr
 resumes where it stopped and produces the same ``results.json`` (apart from ``run_info``).
 """
 
-from persona_refusal.study.config import PRESETS, Preset, StudyConfig
+from persona_refusal.study.config import PRESETS, Preset, SectionedConfig, StudyConfig
 from persona_refusal.study.context import StudyContext, study_personas, study_prompts
-from persona_refusal.study.registry import Stage, StageResult, get_stage, register, registered, stage_order
-from persona_refusal.study.runner import RESULTS_SCHEMA, Study, load_results, preset_stages, run_study
+from persona_refusal.study.registry import (Stage, StageResult, StudyKind, get_stage, register, registered, stage_order,
+                                            studies, study_kind)
+from persona_refusal.study.runner import GATING_STUDY, RESULTS_SCHEMA, Study, load_results, preset_stages, run_study
+from persona_refusal.study.refusal import REFUSAL_SCHEMA, REFUSAL_STUDY, RefusalConfig, run_refusal_study
 from persona_refusal.study.stats import first_token_stats, outcome_rates, restoration
 from persona_refusal.study.store import RunStore
 
 __all__ = [
-    "PRESETS", "Preset", "StudyConfig", "StudyContext", "study_prompts", "study_personas", "Stage", "StageResult", "get_stage",
+    "SectionedConfig", "StudyKind", "studies", "study_kind", "GATING_STUDY", "REFUSAL_STUDY", "REFUSAL_SCHEMA",
+    "RefusalConfig", "run_refusal_study", "PRESETS", "Preset", "StudyConfig", "StudyContext", "study_prompts", "study_personas", "Stage", "StageResult", "get_stage",
     "register", "registered", "stage_order", "RESULTS_SCHEMA", "Study", "load_results", "preset_stages", "run_study",
     "first_token_stats", "outcome_rates", "restoration", "RunStore",
 ]

@@ -41,8 +41,9 @@ from persona_refusal.evaluation import judge_name
 __all__ = [
     "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
     "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "ComputeConfig", "StudyConfig", "Preset", "PRESETS",
-    "MAX_STRENGTH", "MAX_SEED", "DTYPES", "DEVICE_HELP", "DTYPE_HELP", "DECODE_HELP", "layer_spec", "add_flags", "flags_to_fields",
-    "paper_layers", "PAPER_DEPTH", "resolve_device",
+    "MAX_STRENGTH", "MAX_SEED", "DTYPES", "DEVICE_HELP", "DTYPE_HELP", "DECODE_HELP", "layer_spec", "add_flags",
+    "flags_to_fields", "paper_layers", "PAPER_DEPTH", "resolve_device", "position_spec", "SectionedConfig",
+    "ConfigSection", "setting", "TOP_FIELDS", "JUDGE_CHECK", "canonical_judge",
 ]
 
 MAX_STRENGTH = 100.0
@@ -186,6 +187,25 @@ class Check:
     def _check_judge(self, name: str, v: Any) -> None:
         judge_name(v)  # strict, keyword, lenient, model or model:NAME; a one-line error otherwise
 
+    def _check_position_spec(self, name: str, v: Any) -> None:
+        if isinstance(v, str):
+            position_spec(name, v, [-1])  # the syntax; ranges are checked once the model is known
+            return
+        self._check_positions(name, v)
+
+    def _check_count_or_all(self, name: str, v: Any) -> None:
+        if v == "all":
+            return
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise ConfigError(f"{name} must be a whole number or 'all', got {v!r}", hint="use e.g. 12, or all")
+        self._range(name, v)
+
+    def _check_choices(self, name: str, v: Any) -> None:
+        self._check_strs(name, v)
+        bad = [x for x in v if x not in self.choices]
+        if bad:
+            raise ConfigError(f"unknown {name} {bad[0]!r}", hint=f"use {', '.join(map(str, self.choices))}")
+
     def _check_positions(self, name: str, v: Any) -> None:
         self._check_ints(name, v)
         if not v:
@@ -195,14 +215,14 @@ class Check:
                 raise ConfigError(f"selection positions count from the end and must be negative, got {p}")
 
 
-def _f(default: Any, check: Check, *, factory: bool = False) -> Any:
+def setting(default: Any, check: Check, *, factory: bool = False) -> Any:
     """A dataclass field with its :class:`Check` in the metadata."""
     if factory:
         return field(default_factory=lambda: list(default), metadata={"check": check})
     return field(default=default, metadata={"check": check})
 
 
-class _Section:
+class ConfigSection:
     """Shared behaviour of the config sections: validation, dict round trip."""
 
     SECTION: ClassVar[str] = ""
@@ -219,35 +239,51 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v))
 
 
+JUDGE_CHECK = Check("judge", "the judge of headline rates: strict (alias keyword), lenient, model (= model:demo-1.5b) "
+                            "or model:NAME (a model name or path)")
+"""The check of every study's ``judge`` field."""
+
+
+def canonical_judge(section: Any) -> None:
+    """Store a section's ``judge`` in its canonical form (``keyword`` → ``strict``, ``model``
+    → ``model:demo-1.5b``), so that one judge is one run identity; a bad name is left to
+    ``validate()``, which says why."""
+    if isinstance(section.judge, str):
+        try:
+            section.judge = judge_name(section.judge)
+        except ConfigError:
+            pass
+
+
 # ============================================================================ the sections
 @dataclass
-class PromptsConfig(_Section):
+class PromptsConfig(ConfigSection):
     """Which prompts the study reads, and how many of each."""
 
     SECTION: ClassVar[str] = "prompts"
-    train_harmful: str | None = _f(None, Check("path", "train harmful prompts (csv/json/jsonl/txt)", optional=True))
+    train_harmful: str | None = setting(None, Check("path", "train harmful prompts (csv/json/jsonl/txt)", optional=True))
     """Harmful prompts for the refusal direction (path; default: bundled train split)."""
-    train_harmless: str | None = _f(None, Check("path", "train harmless prompts", optional=True))
+    train_harmless: str | None = setting(None, Check("path", "train harmless prompts", optional=True))
     """Harmless prompts for the refusal direction (default: bundled train split)."""
-    val_harmful: str | None = _f(None, Check("path", "val harmful prompts (selection)", optional=True))
+    val_harmful: str | None = setting(None, Check("path", "val harmful prompts (selection)", optional=True))
     """Harmful prompts for selecting the refusal direction (default: bundled val split)."""
-    val_harmless: str | None = _f(None, Check("path", "val harmless prompts (selection)", optional=True))
+    val_harmless: str | None = setting(None, Check("path", "val harmless prompts (selection)", optional=True))
     """Harmless prompts for selecting the refusal direction (default: bundled val split)."""
-    eval_harmful: str | None = _f(None, Check("path", "evaluation harmful prompts", optional=True))
+    eval_harmful: str | None = setting(None, Check("path", "evaluation harmful prompts", optional=True))
     """Evaluation harmful prompts (default: bundled test split)."""
-    eval_harmless: str | None = _f(None, Check("path", "evaluation harmless prompts (coherence)", optional=True))
+    eval_harmless: str | None = setting(None, Check("path", "evaluation harmless prompts (coherence)", optional=True))
     """Evaluation harmless prompts, for coherence checks (default: bundled test split)."""
-    n_train: int | None = _f(96, Check("int", "training prompts per side", optional=True, low=1))
+    n_train: int | None = setting(96, Check("int", "training prompts per side", optional=True, low=1))
     """Training prompts per side (``None``: all)."""
-    n_val: int | None = _f(24, Check("int", "selection prompts per side", optional=True, low=1))
+    n_val: int | None = setting(24, Check("int", "selection prompts per side", optional=True, low=1))
     """Selection prompts per side (``None``: all)."""
-    n_eval: int | None = _f(None, Check("int", "evaluation harmful prompts", optional=True, low=1))
+    n_eval: int | None = setting(None, Check("int", "evaluation harmful prompts", optional=True, low=1))
     """Evaluation harmful prompts for the generated baseline/persona rates (``None``: all)."""
-    n_sweep: int = _f(32, Check("int", "evaluation prompts used by the first-token sweeps", low=1))
+    n_sweep: int = setting(32, Check("int", "evaluation prompts used by the first-token sweeps", low=1))
     """First ``n`` evaluation harmful prompts used by the first-token sweeps."""
-    n_coherence: int = _f(12, Check("int", "evaluation harmless prompts of the coherence checks", low=1))
+    n_coherence: int = setting(12, Check("int", "evaluation harmless prompts of the coherence checks", low=1))
     """First ``n`` evaluation harmless prompts used for coherence checks."""
-    system_prompt: str | None = _f(None, Check("str", "system prompt of every harmful/harmless study prompt "
+    system_prompt: str | None = setting(None, Check("str", "system prompt of every harmful/harmless study prompt "
                                                "(default: the chat template's own)", optional=True))
     """The system prompt every train, val and evaluation prompt is formatted with (the
     paper: ``"You are a helpful assistant."``); ``None`` keeps the chat template's default
@@ -256,32 +292,32 @@ class PromptsConfig(_Section):
 
 
 @dataclass
-class SelectionConfig(_Section):
+class SelectionConfig(ConfigSection):
     """How the refusal direction is chosen (Arditi et al.'s filters), or given."""
 
     SECTION: ClassVar[str] = "selection"
-    selection_positions: list[int] = _f([-1], Check("positions", "positions (from the end) that compete in selection",
+    selection_positions: list[int] = setting([-1], Check("positions", "positions (from the end) that compete in selection",
                                                     flag=False), factory=True)
     """Positions (from the end) whose candidates compete in selection (the study reads
     the last prompt token, as the paper does)."""
-    selection_layers: list[int] | str | None = _f(None, Check("layers", "candidate layers of selection", optional=True))
+    selection_layers: list[int] | str | None = setting(None, Check("layers", "candidate layers of selection", optional=True))
     """Candidate layers for selection (default ``"every:3,below:0.8"``: every 3rd layer
     below 0.8·n_layers). Layer lists also take the strings ``"all"``, ``"every:N"``,
     ``"from:N"`` and ``"below:F"`` (comma-combined)."""
-    refusal_direction: str | None = _f(None, Check("path", "use this saved refusal direction (skip selection)",
+    refusal_direction: str | None = setting(None, Check("path", "use this saved refusal direction (skip selection)",
                                                    optional=True))
     """A saved :class:`Direction` to use as the refusal direction instead of selecting one
     (the diff-in-means grid is still computed, for per-layer analyses)."""
-    refusal_layer: int | None = _f(None, Check("int", "fixed refusal-direction layer (no selection)", optional=True,
+    refusal_layer: int | None = setting(None, Check("int", "fixed refusal-direction layer (no selection)", optional=True,
                                                low=0))
     """Use the diff-in-means direction at the last prompt token of this ``resid_pre``
     layer, with no selection (the paper: a fixed layer 14 on 28-layer models). ``None``:
     Arditi et al.'s selection (or, with ``layer_rule="paper"``, the paper's layer scaled by depth)."""
-    kl_threshold: float = _f(0.1, Check("float", "selection: largest KL (nats) of ablation on harmless val", low=0))
+    kl_threshold: float = setting(0.1, Check("float", "selection: largest KL (nats) of ablation on harmless val", low=0))
     """Selection: largest KL (nats) that ablation may cause on harmless val prompts."""
-    induce_threshold: float = _f(0.0, Check("float", "selection: smallest refusal score addition must induce"))
+    induce_threshold: float = setting(0.0, Check("float", "selection: smallest refusal score addition must induce"))
     """Selection: smallest mean refusal score that addition must induce on harmless val."""
-    selection_fallback: str | None = _f("relative", Check("choice", "fallback when no candidate passes",
+    selection_fallback: str | None = setting("relative", Check("choice", "fallback when no candidate passes",
                                                           optional=True, choices=("relative",)))
     """When no candidate passes Arditi et al.'s filters: ``"relative"`` requires only that
     addition raises the harmless refusal score above the unedited one (small models rarely
@@ -289,105 +325,104 @@ class SelectionConfig(_Section):
 
 
 @dataclass
-class PersonaConfig(_Section):
+class PersonaConfig(ConfigSection):
     """How the compliant-persona direction is made (rollouts), or given."""
 
     SECTION: ClassVar[str] = "persona"
-    persona_direction: str | None = _f(None, Check("path", "use these saved persona directions (skip rollouts)",
+    persona_direction: str | None = setting(None, Check("path", "use these saved persona directions (skip rollouts)",
                                                    optional=True))
     """Saved :class:`LayerDirections` to use as persona directions instead of rollouts."""
-    personas: str = _f("scripted", Check("str", "persona prompt set: character, scripted, or a JSON/YAML file"))
+    personas: str = setting("scripted", Check("str", "persona prompt set: character, scripted, or a JSON/YAML file"))
     """The persona system prompts and probe questions: ``"character"`` (bundled: characters
     described, no reply wording named — the paper's kind of contrast), ``"scripted"``
     (bundled: the package's original set, some of whose refuser prompts dictate the
     reply's wording), or a file (JSON, or the paper's YAML shape), see
     :func:`persona_refusal.prompts.load_personas`."""
-    persona_sets: list[str] = _f([], Check("strs", "persona sets whose directions the persona_sets stage compares",
+    persona_sets: list[str] = setting([], Check("strs", "persona sets whose directions the persona_sets stage compares",
                                            flag=True), factory=True)
     """Persona sets (names or files) whose directions are compared with the refusal
     direction by the ``persona_sets`` stage (empty: the stage does nothing)."""
-    persona_questions: int | None = _f(8, Check("int", "probe questions per persona system prompt", optional=True, low=1))
+    persona_questions: int | None = setting(8, Check("int", "probe questions per persona system prompt", optional=True, low=1))
     """Probe questions per persona system prompt (``None``: all 16)."""
-    persona_max_new_tokens: int = _f(24, Check("int", "reply length of persona rollouts", low=1))
+    persona_max_new_tokens: int = setting(24, Check("int", "reply length of persona rollouts", low=1))
     """Reply length of persona rollouts."""
-    persona_filter: str = _f("judge", Check("choice", "which rollouts count", choices=("judge", "none")))
+    persona_filter: str = setting("judge", Check("choice", "which rollouts count", choices=("judge", "none")))
     """``"judge"``: in-character rollouts only; ``"none"``: all (tiny models)."""
-    persona_method: str = _f("last_token", Check("choice", "how rollouts become a direction",
+    persona_method: str = setting("last_token", Check("choice", "how rollouts become a direction",
                                                  choices=("last_token", "response_avg")))
     """``"last_token"`` or ``"response_avg"``."""
 
 
 @dataclass
-class SteeringConfig(_Section):
+class SteeringConfig(ConfigSection):
     """Where and how strongly the persona is steered in; the common norm of strengths."""
 
     SECTION: ClassVar[str] = "steering"
-    layer_rule: str = _f("package", Check("choice", "how unset layers are derived from the model's depth",
+    layer_rule: str = setting("package", Check("choice", "how unset layers are derived from the model's depth",
                                           choices=("package", "paper")))
     """How layers left unset are chosen: ``"package"`` (persona at round(0.65·L), Arditi
     selection of the refusal layer) or ``"paper"`` (Zhong & Li's Qwen2.5-7B layers scaled
     by depth, see :func:`paper_layers`)."""
-    persona_layer: int | None = _f(None, Check("int", "resid_pre layer of persona steering", optional=True))
+    persona_layer: int | None = setting(None, Check("int", "resid_pre layer of persona steering", optional=True))
     """Layer where persona steering is added (default: round(0.65·n_layers), or the paper's
     rule)."""
-    persona_source_layer: int | None = _f(None, Check("int", "layer whose persona direction is steered in",
+    persona_source_layer: int | None = setting(None, Check("int", "layer whose persona direction is steered in",
                                                       optional=True, low=0))
     """Layer whose persona direction is added at :attr:`persona_layer` (default: the same
     layer; the paper extracts at ``hidden_states[20]`` and adds at block 20's output, i.e.
     ``resid_pre`` 20 → ``resid_pre`` 21)."""
-    persona_alpha: float = _f(3.0, Check("float", "persona strength (units of the common norm)",
+    persona_alpha: float = setting(3.0, Check("float", "persona strength (units of the common norm)",
                                          low=-MAX_STRENGTH, high=MAX_STRENGTH))
     """Persona steering strength, in units of the common norm (the paper: 3)."""
-    alphas: list[float] = _f([1.0, 2.0, 3.0, 4.0, 6.0], Check("strengths", "persona strengths of the dose-response sweep"),
+    alphas: list[float] = setting([1.0, 2.0, 3.0, 4.0, 6.0], Check("strengths", "persona strengths of the dose-response sweep"),
                              factory=True)
     """Persona strengths of the dose–response sweep."""
-    norm: str = _f("persona", Check("choice", "common steering norm", choices=("refusal", "persona", "mean")))
+    norm: str = setting("persona", Check("choice", "common steering norm", choices=("refusal", "persona", "mean")))
     """Common steering norm ``s``: ``"persona"`` (the persona direction's norm at the
     persona layer: α = 3 means three times the compliant − refuser difference where it is
     added), ``"refusal"`` (the refusal direction's norm at its own layer) or ``"mean"``."""
-    allow_transfer: bool = _f(False, Check("bool", "accept saved directions made with another model of the same width"))
+    allow_transfer: bool = setting(False, Check("bool", "accept saved directions made with another model of the same width"))
     """Accept saved directions made with another model of the same width, on purpose."""
-    calibrate_alpha: bool = _f(False, Check("bool", "choose the persona strength on the val prompts"))
+    calibrate_alpha: bool = setting(False, Check("bool", "choose the persona strength on the val prompts"))
     """Choose α on the val split (stage ``calibrate``): the smallest α of
     :attr:`calibration_alphas` whose judged val refusal is at most
     :attr:`calibration_target` while harmless val replies stay coherent. The evaluation
     prompts never enter the choice."""
-    calibration_alphas: list[float] = _f([1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0],
+    calibration_alphas: list[float] = setting([1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0],
                                          Check("strengths", "persona strengths tried by calibration (ascending)",
                                                nonempty=True), factory=True)
     """The grid calibration walks up, smallest first; it stops at the first α that passes."""
-    calibration_target: float = _f(0.10, Check("float", "calibration: largest judged val refusal rate", low=0, high=1))
+    calibration_target: float = setting(0.10, Check("float", "calibration: largest judged val refusal rate", low=0, high=1))
     """Calibration: the largest judged refusal rate on harmful val prompts that passes."""
-    calibration_max_degenerate: float = _f(0.25, Check("float", "calibration: largest degenerate share of harmless "
+    calibration_max_degenerate: float = setting(0.25, Check("float", "calibration: largest degenerate share of harmless "
                                                        "val replies", low=0, high=1))
     """Calibration: the largest share of degenerate replies on harmless val prompts that passes."""
-    calibration_max_new_tokens: int = _f(64, Check("int", "reply length of calibration replies", low=1))
+    calibration_max_new_tokens: int = setting(64, Check("int", "reply length of calibration replies", low=1))
     """Reply length of calibration replies."""
 
 
 @dataclass
-class SweepConfig(_Section):
+class SweepConfig(ConfigSection):
     """The gating sweep (persona on), its control (persona off), and judged replies."""
 
     SECTION: ClassVar[str] = "sweeps"
-    betas: list[float] = _f([2.0], Check("strengths", "refusal re-add strengths of the gating sweep", nonempty=True), factory=True)
+    betas: list[float] = setting([2.0], Check("strengths", "refusal re-add strengths of the gating sweep", nonempty=True), factory=True)
     """Refusal re-add strengths of the gating sweep (the paper: 2)."""
-    beta_ratios: list[float] | None = _f(None, Check("strengths", "re-add strengths as multiples of α (replaces betas)",
+    beta_ratios: list[float] | None = setting(None, Check("strengths", "re-add strengths as multiples of α (replaces betas)",
                                                      optional=True, nonempty=True))
     """Re-add strengths as multiples of the persona strength α (the calibrated one when
     calibrating): β = ratio·α. The paper's ratio is 2 / 2.5 = 0.8 on Qwen. Replaces :attr:`betas`."""
-    readd_cells: dict[str, list[int]] | None = _f(None, Check("cells", "named re-add cells, e.g. late=20,paired=20+22",
+    readd_cells: dict[str, list[int]] | None = setting(None, Check("cells", "named re-add cells, e.g. late=20,paired=20+22",
                                                               optional=True))
     """Named sets of ``resid_pre`` layers the refusal direction is re-added at together
     (default: the paper's early, late and paired late cells scaled by depth)."""
-    judged_sweep: bool = _f(False, Check("bool", "also judge generated replies at the gating layers (stage gating_judged)"))
+    judged_sweep: bool = setting(False, Check("bool", "also judge generated replies at the gating layers (stage gating_judged)"))
     """Run the judged gating sweep: generated replies of :attr:`max_new_tokens` tokens to
     the evaluation prompts, judged by both judges, at :attr:`judged_layers` and the cells."""
-    judged_layers: list[int] | str | None = _f(None, Check("layers", "re-add layers of the judged sweep (default every:2)",
+    judged_layers: list[int] | str | None = setting(None, Check("layers", "re-add layers of the judged sweep (default every:2)",
                                                            optional=True))
     """Re-add layers of the judged gating sweep (default ``"every:2"``)."""
-    judge: str = _f("strict", Check("judge", "the judge of headline rates: strict (alias keyword), lenient, "
-                                             "model (= model:demo-1.5b) or model:NAME (a model name or path)"))
+    judge: str = setting("strict", JUDGE_CHECK)
     """The judge whose labels are the headline rates: ``"strict"`` (Arditi et al.'s
     phrases; alias ``"keyword"``), ``"lenient"`` (the paper's: broader phrases anywhere in
     the first 500 characters), or a model judge, ``"model:NAME"`` (a chat model asked a
@@ -395,78 +430,74 @@ class SweepConfig(_Section):
     ``"model:demo-1.5b"``). Stored in its canonical form (``"keyword"`` → ``"strict"``,
     ``"model"`` → ``"model:demo-1.5b"``), so one judge is one run identity. Judged stages
     record both phrase judges, and the model judge too when it is the headline one."""
-    early_stop: bool = _f(False, Check("bool", "judged replies stop once every judge's label is final"))
+    early_stop: bool = setting(False, Check("bool", "judged replies stop once every judge's label is final"))
     """Stop a judged reply once every judge's label is final (a refusal phrase seen, or the
     judge's window of characters written); labels are unchanged, replies are shorter."""
-    control_betas: list[float] = _f([2.0], Check("strengths", "re-add strengths of the control sweep"), factory=True)
+    control_betas: list[float] = setting([2.0], Check("strengths", "re-add strengths of the control sweep"), factory=True)
     """Re-add strengths of the control sweep without persona steering."""
-    gating_layers: list[int] | str | None = _f(None, Check("layers", "layers of the gating sweep (default all)",
+    gating_layers: list[int] | str | None = setting(None, Check("layers", "layers of the gating sweep (default all)",
                                                            optional=True))
     """Layers of the gating sweep (default: every layer)."""
-    control_layers: list[int] | str | None = _f(None, Check("layers", "layers of the control sweep (default every:2)",
+    control_layers: list[int] | str | None = setting(None, Check("layers", "layers of the control sweep (default every:2)",
                                                             optional=True))
     """Layers of the control sweep without persona steering (default ``"every:2"``)."""
-    max_new_tokens: int = _f(32, Check("int", "reply length of judged generations", low=1))
+    max_new_tokens: int = setting(32, Check("int", "reply length of judged generations", low=1))
     """Reply length of judged generations."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.judge, str):  # the canonical name; a bad one is left to validate(), which says why
-            try:
-                self.judge = judge_name(self.judge)
-            except ConfigError:
-                pass
+        canonical_judge(self)
 
 
 @dataclass
-class HeatmapConfig(_Section):
+class HeatmapConfig(ConfigSection):
     """The cross-layer heatmap: persona layer × re-add layer."""
 
     SECTION: ClassVar[str] = "heatmap"
-    heatmap_persona_layers: list[int] | None = _f(None, Check("ints", "persona layers of the heatmap", optional=True))
+    heatmap_persona_layers: list[int] | None = setting(None, Check("ints", "persona layers of the heatmap", optional=True))
     """Persona layers of the heatmap (default: round(f·n_layers), f = 0.4, 0.65, 0.85)."""
-    heatmap_refusal_layers: list[int] | str | None = _f(None, Check("layers", "re-add layers of the heatmap",
+    heatmap_refusal_layers: list[int] | str | None = setting(None, Check("layers", "re-add layers of the heatmap",
                                                                     optional=True))
     """Re-add layers of the heatmap (default: every 4th layer)."""
 
 
 @dataclass
-class KnockoutConfig(_Section):
+class KnockoutConfig(ConfigSection):
     """Persona knockout: the persona direction ablated over windows of layers."""
 
     SECTION: ClassVar[str] = "knockout"
-    knockout_window: int | None = _f(None, Check("int", "width of a knockout window", optional=True, low=1))
+    knockout_window: int | None = setting(None, Check("int", "width of a knockout window", optional=True, low=1))
     """Width of a knockout window (default: max(2, n_layers // 6))."""
-    knockout_starts: list[int] | None = _f(None, Check("ints", "first layers of the knockout windows", optional=True))
+    knockout_starts: list[int] | None = setting(None, Check("ints", "first layers of the knockout windows", optional=True))
     """First layers of the knockout windows (default: tiling the model)."""
 
 
 @dataclass
-class PatchingConfig(_Section):
+class PatchingConfig(ConfigSection):
     """Activation patching from the default run into the persona run."""
 
     SECTION: ClassVar[str] = "patching"
-    patch_layers: list[int] | str | None = _f(None, Check("layers", "layers of activation patching", optional=True))
+    patch_layers: list[int] | str | None = setting(None, Check("layers", "layers of activation patching", optional=True))
     """Layers of activation patching (default: persona layer to the last layer)."""
-    patch_position_layers: list[int] | None = _f(None, Check("ints", "layers where each position is patched alone",
+    patch_position_layers: list[int] | None = setting(None, Check("ints", "layers where each position is patched alone",
                                                              optional=True))
     """Layers where each post-instruction position is patched alone (default: 3 layers
     from the persona layer on)."""
 
 
 @dataclass
-class ComputeConfig(_Section):
+class ComputeConfig(ConfigSection):
     """Where the model runs, and in which dtype."""
 
     SECTION: ClassVar[str] = "compute"
-    device: str = _f("auto", Check("device", DEVICE_HELP, identity=False))
+    device: str = setting("auto", Check("device", DEVICE_HELP, identity=False))
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
     ``"mps"`` (see :func:`resolve_device`). Not part of the run's identity: a run started on
     one device resumes on another; ``results.json`` records the device used in ``run_info``."""
-    dtype: str = _f("float32", Check("choice", DTYPE_HELP, choices=DTYPES))
+    dtype: str = setting("float32", Check("choice", DTYPE_HELP, choices=DTYPES))
     """The model's dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``. Part of the run's
     identity (it changes the numbers): a run resumes only in the dtype it started in.
     Directions, cached residuals and statistics are float32/float64 on the CPU in every dtype."""
-    decode: str = _f("packed", Check("choice", DECODE_HELP, choices=DECODE_MODES, identity=False))
+    decode: str = setting("packed", Check("choice", DECODE_HELP, choices=DECODE_MODES, identity=False))
     """How generation runs its decoding steps: ``"packed"`` (fastest on a CPU; a reordered
     second copy of the weight matrices), ``"plain"`` (the same path, no extra memory) or
     ``"reference"`` (TransformerLens' forward); see :mod:`persona_refusal.decoding`. The
@@ -474,15 +505,16 @@ class ComputeConfig(_Section):
     device); ``results.json`` records it in ``run_info``."""
 
 
-SECTIONS: tuple[type[_Section], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,
+SECTIONS: tuple[type[ConfigSection], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,
                                         HeatmapConfig, KnockoutConfig, PatchingConfig, ComputeConfig)
 
-_TOP_CHECKS = {
-    "model": Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name"),
-    "bootstrap": Check("int", "bootstrap resamples of restoration intervals", low=1),
-    "seed": Check("int", "seed of every random draw", low=0, high=MAX_SEED),
-    "batch_size": Check("int", "prompts per forward batch (default: by token budget)", optional=True, low=1),
+TOP_FIELDS: dict[str, tuple[Any, Check]] = {
+    "model": ("demo", Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name")),
+    "bootstrap": (2000, Check("int", "bootstrap resamples of every bootstrap interval", low=1)),
+    "seed": (0, Check("int", "seed of every random draw", low=0, high=MAX_SEED)),
+    "batch_size": (None, Check("int", "prompts per forward batch (default: by token budget)", optional=True, low=1)),
 }
+"""The top-level fields every study's configuration has: ``name -> (default, check)``."""
 
 
 # ============================================================================ presets
@@ -537,141 +569,121 @@ PRESETS["paper-smoke"] = Preset(
     PAPER_STAGES, doc="the paper preset's stages on a few prompts (plumbing check)")
 
 
-# ============================================================================ the study config
-_FIELD_SECTION: dict[str, str] = {f.name: s.SECTION for s in SECTIONS for f in dataclasses.fields(s)}
-_SECTION_CLASS: dict[str, type[_Section]] = {s.SECTION: s for s in SECTIONS}
-
-
-@dataclass(init=False)
-class StudyConfig:
-    """Everything that defines a gating study. Layers are ``resid_pre`` indices.
-
-    Give fields flat (``StudyConfig(model="tiny", persona_alpha=2)``) or by section
-    (``StudyConfig(steering=SteeringConfig(persona_alpha=2))``); read them either way
-    (``cfg.persona_alpha`` is ``cfg.steering.persona_alpha``). ``None`` for a layer list
-    means the default derived from the model's depth (see :meth:`resolve`). Defaults are
-    sized to finish on a 2-core laptop CPU with the demo model;
-    ``StudyConfig.preset("full")`` sweeps finer grids.
-
-    Example:
-        >>> cfg = StudyConfig.preset("smoke", model="tiny", persona_alpha=2.0)
-        >>> cfg.steering.persona_alpha, cfg.n_train
-        (2.0, 16)
-        >>> StudyConfig.from_dict(cfg.to_dict()) == cfg
-        True
+# ============================================================================ sectioned configurations
+class SectionedConfig:
+    """The shape every study's configuration shares: the top-level fields of
+    :data:`TOP_FIELDS`, then one :class:`ConfigSection` dataclass per concern (class attribute
+    ``SECTIONS``), with field names unique across sections so they can be given and read
+    flat; named presets (``PRESETS``). A subclass only lists its sections and presets;
+    construction, validation, the flat and nested records, the identity of a run and the
+    derived CLI flags (:func:`add_flags`) come from here.
     """
 
-    model: str
-    """Model to load (see :func:`persona_refusal.load_chat_model`)."""
-    bootstrap: int
-    """Bootstrap resamples for restoration intervals."""
-    seed: int
-    """Seed of every random draw (bootstrap, random control directions)."""
-    batch_size: int | None
-    """Prompts per forward batch (default: by token budget)."""
-    prompts: PromptsConfig
-    """Prompt sets and their sizes."""
-    selection: SelectionConfig
-    """Refusal-direction selection."""
-    persona: PersonaConfig
-    """Persona direction."""
-    steering: SteeringConfig
-    """Persona steering and the common norm."""
-    sweeps: SweepConfig
-    """Gating and control sweeps."""
-    heatmap: HeatmapConfig
-    """Cross-layer heatmap."""
-    knockout: KnockoutConfig
-    """Persona knockout."""
-    patching: PatchingConfig
-    """Activation patching."""
-    compute: ComputeConfig
-    """Device and dtype of the model."""
+    SECTIONS: ClassVar[tuple[type[ConfigSection], ...]] = ()
+    """The sections, in the order of the nested record."""
+    PRESETS: ClassVar[dict[str, Preset]] = {}
+    """Named presets: flat overrides and the stages they run."""
+    _FIELD_SECTION: ClassVar[dict[str, str]] = {}
+    _SECTION_CLASS: ClassVar[dict[str, type[ConfigSection]]] = {}
 
-    PRESETS: ClassVar[dict[str, Preset]] = PRESETS
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._FIELD_SECTION = {f.name: s.SECTION for s in cls.SECTIONS for f in dataclasses.fields(s)}
+        cls._SECTION_CLASS = {s.SECTION: s for s in cls.SECTIONS}
+        clash = set(cls._FIELD_SECTION) & set(TOP_FIELDS)
+        if len(cls._FIELD_SECTION) != sum(len(dataclasses.fields(s)) for s in cls.SECTIONS) or clash:
+            raise TypeError(f"{cls.__name__}: field names must be unique across sections and the top level")
 
-    def __init__(self, *, model: str = "demo", bootstrap: int = 2000, seed: int = 0, batch_size: int | None = None,
-                 **fields: Any) -> None:
-        self.model, self.bootstrap, self.seed, self.batch_size = model, bootstrap, seed, batch_size
-        given: dict[str, dict] = {s.SECTION: {} for s in SECTIONS}
+    def __init__(self, **fields: Any) -> None:
+        top = {name: fields.pop(name, default) for name, (default, _) in TOP_FIELDS.items()}
+        for name, value in top.items():
+            object.__setattr__(self, name, value)
+        given: dict[str, dict] = {s.SECTION: {} for s in self.SECTIONS}
         for key, value in fields.items():
-            if key in _SECTION_CLASS:
-                cls = _SECTION_CLASS[key]
+            if key in self._SECTION_CLASS:
+                cls = self._SECTION_CLASS[key]
                 if isinstance(value, cls):
                     value = value.to_dict()
                 if not isinstance(value, dict):
                     raise ConfigError(f"section {key} must be a {cls.__name__} or a dict, got {value!r}")
                 for k, v in value.items():
-                    if k in _FIELD_SECTION and _FIELD_SECTION[k] != key:
+                    if k in self._FIELD_SECTION and self._FIELD_SECTION[k] != key:
                         raise ConfigError(f"{k} is not a field of section {key}",
-                                          hint=f"it belongs to section {_FIELD_SECTION[k]}, or give it flat")
-                    if k not in _FIELD_SECTION:
-                        raise _unknown(k)
+                                          hint=f"it belongs to section {self._FIELD_SECTION[k]}, or give it flat")
+                    if k not in self._FIELD_SECTION:
+                        raise self._unknown(k)
                     given[key][k] = v
-            elif key in _FIELD_SECTION:
-                given[_FIELD_SECTION[key]][key] = value
+            elif key in self._FIELD_SECTION:
+                given[self._FIELD_SECTION[key]][key] = value
             else:
-                raise _unknown(key)
-        for s in SECTIONS:
+                raise self._unknown(key)
+        for s in self.SECTIONS:
             setattr(self, s.SECTION, s(**given[s.SECTION]))
         self.validate()
 
     def __getattr__(self, name: str) -> Any:  # flat reads: cfg.persona_alpha
-        section = _FIELD_SECTION.get(name)
+        section = type(self)._FIELD_SECTION.get(name)
         if section is None or section not in self.__dict__:
             raise AttributeError(f"{type(self).__name__} has no field {name!r}")
         return getattr(self.__dict__[section], name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        section = _FIELD_SECTION.get(name)
+        section = type(self)._FIELD_SECTION.get(name)
         if section is not None and section in self.__dict__:
             setattr(self.__dict__[section], name, value)
         else:
             object.__setattr__(self, name, value)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StudyConfig) and self.to_dict() == other.to_dict()
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    @classmethod
+    def _unknown(cls, name: str) -> ConfigError:
+        close = difflib.get_close_matches(name, cls.field_names(), n=1)
+        return ConfigError(f"unknown configuration field {name!r}",
+                           hint=(f"did you mean {close[0]!r}? " if close else "") + f"see the {cls.__name__} fields "
+                           f"in {cls.__module__}")
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "StudyConfig":
-        """A named preset (``default``, ``full``, ``smoke``) with overrides (flat names)."""
+    def preset(cls, name: str, **overrides: Any):
+        """A named preset with overrides (flat names)."""
         if name not in cls.PRESETS:
             raise ConfigError(f"unknown preset {name!r}", hint=f"use one of {sorted(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name].overrides, **overrides})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StudyConfig":
+    def from_dict(cls, d: dict):
         """Read :meth:`to_dict` (nested) or :meth:`to_flat` (flat, as stored in results)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a configuration must be a JSON object, got {type(d).__name__}")
         return cls(**d)
 
-    @staticmethod
-    def field_names() -> list[str]:
+    @classmethod
+    def field_names(cls) -> list[str]:
         """Every flat field name, top-level ones first."""
-        return list(_TOP_CHECKS) + list(_FIELD_SECTION)
+        return list(TOP_FIELDS) + list(cls._FIELD_SECTION)
 
-    @staticmethod
-    def check_of(name: str) -> Check:
+    @classmethod
+    def check_of(cls, name: str) -> Check:
         """The :class:`Check` of a flat field."""
-        if name in _TOP_CHECKS:
-            return _TOP_CHECKS[name]
-        cls = _SECTION_CLASS[_FIELD_SECTION[name]]
-        return {f.name: f for f in dataclasses.fields(cls)}[name].metadata["check"]
+        if name in TOP_FIELDS:
+            return TOP_FIELDS[name][1]
+        section = cls._SECTION_CLASS[cls._FIELD_SECTION[name]]
+        return {f.name: f for f in dataclasses.fields(section)}[name].metadata["check"]
 
     # ---------------------------------------------------------------- checks and records
     def validate(self) -> None:
-        """Type and range checks of every field (layer ranges wait for the model: :meth:`resolve`)."""
-        for name, check in _TOP_CHECKS.items():
+        """Type and range checks of every field (layer ranges wait for the model: ``resolve``)."""
+        for name, (_, check) in TOP_FIELDS.items():
             check.check(name, getattr(self, name))
-        for s in SECTIONS:
+        for s in self.SECTIONS:
             getattr(self, s.SECTION).validate()
 
     def to_dict(self) -> dict:
         """Nested JSON-able form: top-level fields, then one dict per section."""
-        return {**{k: getattr(self, k) for k in _TOP_CHECKS},
-                **{s.SECTION: getattr(self, s.SECTION).to_dict() for s in SECTIONS}}
+        return {**{k: getattr(self, k) for k in TOP_FIELDS},
+                **{s.SECTION: getattr(self, s.SECTION).to_dict() for s in self.SECTIONS}}
 
     def to_flat(self) -> dict:
         """Flat JSON-able form of every field."""
@@ -692,9 +704,53 @@ class StudyConfig:
         return {k: v for k, v in self.to_flat().items() if self.check_of(k).identity}
 
     def __repr__(self) -> str:
-        default = StudyConfig().to_flat()
+        default = type(self)().to_flat()
         changed = {k: v for k, v in self.to_flat().items() if default.get(k) != v}
-        return f"StudyConfig({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+class StudyConfig(SectionedConfig):
+    """Everything that defines a gating study. Layers are ``resid_pre`` indices.
+
+    Give fields flat (``StudyConfig(model="tiny", persona_alpha=2)``) or by section
+    (``StudyConfig(steering=SteeringConfig(persona_alpha=2))``); read them either way
+    (``cfg.persona_alpha`` is ``cfg.steering.persona_alpha``). ``None`` for a layer list
+    means the default derived from the model's depth (see :meth:`resolve`). Defaults are
+    sized to finish on a 2-core laptop CPU with the demo model;
+    ``StudyConfig.preset("full")`` sweeps finer grids. The top-level fields
+    (:data:`TOP_FIELDS`) are ``model`` (default ``"demo"``, see
+    :func:`persona_refusal.load_chat_model`), ``bootstrap`` (resamples of restoration
+    intervals), ``seed`` (bootstrap, random control directions) and ``batch_size``.
+
+    Example:
+        >>> cfg = StudyConfig.preset("smoke", model="tiny", persona_alpha=2.0)
+        >>> cfg.steering.persona_alpha, cfg.n_train
+        (2.0, 16)
+        >>> StudyConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    prompts: PromptsConfig
+    """Prompt sets and their sizes."""
+    selection: SelectionConfig
+    """Refusal-direction selection."""
+    persona: PersonaConfig
+    """Persona direction."""
+    steering: SteeringConfig
+    """Persona steering and the common norm."""
+    sweeps: SweepConfig
+    """Gating and control sweeps."""
+    heatmap: HeatmapConfig
+    """Cross-layer heatmap."""
+    knockout: KnockoutConfig
+    """Persona knockout."""
+    patching: PatchingConfig
+    """Activation patching."""
+    compute: ComputeConfig
+    """Device and dtype of the model."""
+
+    SECTIONS: ClassVar[tuple[type[ConfigSection], ...]] = SECTIONS
+    PRESETS: ClassVar[dict[str, Preset]] = PRESETS
 
     # ---------------------------------------------------------------- layers
     def resolve(self, n_layers: int) -> dict:
@@ -754,13 +810,6 @@ class StudyConfig:
             "patch_layers": check("patch_layers", patch, L - 1),
             "patch_position_layers": check("patch_position_layers", ppl, L - 1) if ppl else [],
         }
-
-
-def _unknown(name: str) -> ConfigError:
-    close = difflib.get_close_matches(name, StudyConfig.field_names(), n=1)
-    return ConfigError(f"unknown configuration field {name!r}",
-                       hint=(f"did you mean {close[0]!r}? " if close else "") + "see the StudyConfig fields in "
-                       "persona_refusal.study.config")
 
 
 PAPER_DEPTH = 28
@@ -841,6 +890,39 @@ def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) 
     return layers
 
 
+POSITION_SPEC_HELP = "all (every post-instruction position), last:N, or a list such as -3,-2,-1 (write --flag=-1)"
+
+
+def position_spec(name: str, spec: Any, allowed: Sequence[int]) -> list[int]:
+    """Resolve a position list or spec (``all``, ``last:N``) against the positions a model
+    allows (its post-instruction positions, e.g. ``[-5, …, -1]``), checking the range.
+
+    Example:
+        >>> position_spec("front_positions", "last:2", [-5, -4, -3, -2, -1])
+        [-2, -1]
+    """
+    allowed = sorted(allowed)
+    if spec is None or spec == "all":
+        return allowed
+    if isinstance(spec, str):
+        kind, _, arg = spec.strip().partition(":")
+        try:
+            if kind != "last":
+                raise ValueError(kind)
+            n = int(arg)
+        except ValueError:
+            raise ConfigError(f"{name}: cannot read position spec {spec!r}", hint=f"use {POSITION_SPEC_HELP}") from None
+        if not 1 <= n:
+            raise ConfigError(f"{name}: last:{arg} needs at least 1 position", hint="use last:N with N >= 1")
+        return allowed[-n:]
+    out = sorted({int(p) for p in spec})
+    bad = [p for p in out if p not in allowed]
+    if bad:
+        raise ConfigError(f"{name} position {bad[0]} is out of range: this model's post-instruction positions are "
+                          f"{allowed[0]}..{allowed[-1]}", hint=f"use positions between {allowed[0]} and -1")
+    return out
+
+
 def resolve_device(device: str | None) -> str:
     """The torch device a model is loaded on: ``"auto"`` (or ``None``) is ``"cuda"`` when
     CUDA is available, else ``"cpu"``; a device this machine does not have is a one-line
@@ -899,6 +981,21 @@ def _strs(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _positions(text: str):
+    if any(c.isalpha() for c in text):
+        return text  # a spec such as "all", "last:3"
+    return _ints(text)
+
+
+def _count_or_all(text: str):
+    if text.strip() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or all, got {text!r}") from None
+
+
 def _cells(text: str) -> dict[str, list[int]]:
     """``late=20,paired=20+22`` → ``{"late": [20], "paired": [20, 22]}``."""
     out: dict[str, list[int]] = {}
@@ -915,18 +1012,21 @@ def _cells(text: str) -> dict[str, list[int]]:
 
 
 _ARG_TYPES = {"int": int, "float": float, "strengths": _floats, "ints": _ints, "layers": _layers, "positions": _ints,
-              "strs": _strs, "cells": _cells, "str": str, "device": str, "judge": str}
+              "position_spec": _positions, "count_or_all": _count_or_all, "choices": _strs, "strs": _strs, "cells": _cells, "str": str, "device": str, "judge": str}
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per configuration field (``persona_alpha`` → ``--persona-alpha``),
-    derived from the fields' :class:`Check`; every flag defaults to ``None`` (not given)."""
-    for name in StudyConfig.field_names():
-        check = StudyConfig.check_of(name)
+def add_flags(parser: argparse.ArgumentParser, config: type[SectionedConfig] | None = None) -> None:
+    """One ``--flag`` per field of ``config`` (default :class:`StudyConfig`; ``persona_alpha``
+    → ``--persona-alpha``), derived from the fields' :class:`Check`; every flag defaults to
+    ``None`` (not given)."""
+    config = config or StudyConfig
+    for name in config.field_names():
+        check = config.check_of(name)
         if not check.flag:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = check.help + (f" ({LAYER_SPEC_HELP})" if check.kind == "layers" else "")
+        help_text = check.help + (f" ({LAYER_SPEC_HELP})" if check.kind == "layers" else
+                                  f" ({POSITION_SPEC_HELP})" if check.kind == "position_spec" else "")
         if check.kind == "bool":
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
         elif check.kind == "choice":
@@ -937,10 +1037,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type=_ARG_TYPES.get(check.kind), help=help_text)
 
 
-def flags_to_fields(args: argparse.Namespace) -> dict:
-    """The configuration fields given as flags (those not ``None``)."""
+def flags_to_fields(args: argparse.Namespace, config: type[SectionedConfig] | None = None) -> dict:
+    """The fields of ``config`` (default :class:`StudyConfig`) given as flags (those not ``None``)."""
     out = {}
-    for name in StudyConfig.field_names():
+    for name in (config or StudyConfig).field_names():
         v = getattr(args, name, None)
         if v is not None:
             out[name] = v

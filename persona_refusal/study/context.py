@@ -34,10 +34,11 @@ import torch
 
 from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
-from persona_refusal.directions import Direction, LayerDirections
+from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import (JUDGES, Judge, ModelJudge, decided_by, generate_conditions, get_judge,
                                         judge_name, judge_responses)
+from persona_refusal.extraction import extract_directions
 from persona_refusal.interventions import AddVector, Intervention
 from persona_refusal.prompts import Personas, PromptSet, bundled, load_prompts, resolve_personas
 from persona_refusal.storage import sha256_file
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
     from persona_refusal.study.registry import StageResult
 
-__all__ = ["StudyContext", "Cache", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem",
+__all__ = ["RunContext", "StudyContext", "Cache", "Forward", "study_prompts", "study_personas", "input_hashes", "given_files", "given_stem",
            "check_dtype", "model_dtype"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,20 @@ class Cache:
     """Greedy first token is a refusal token, per prompt."""
     scores: list[float] = field(default_factory=list)
     """First-token refusal log-odds, per prompt."""
+
+
+@dataclass
+class Forward:
+    """What one pass of a batch plan measured (:meth:`RunContext.forward`)."""
+
+    resid: dict[int, list[torch.Tensor]]
+    """``resid_pre`` layer → one ``[rows, pos, d_model]`` tensor per batch (the layers asked for)."""
+    refused: list[bool]
+    """Greedy first token is a refusal token, per prompt."""
+    scores: list[float]
+    """First-token refusal log-odds, per prompt."""
+    logits: torch.Tensor | None = None
+    """Next-token logits ``[n_prompts, d_vocab]`` (float32, CPU), when asked for."""
 
 
 def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
@@ -132,7 +147,12 @@ def given_stem(path) -> Path:
 
 def input_hashes(config: StudyConfig) -> dict:
     """sha256 of the saved directions a configuration names (a changed file is a new run)."""
-    return {name: {f.name: sha256_file(f) for f in files} for name, files in given_files(config).items()}
+    return file_hashes(given_files(config))
+
+
+def file_hashes(given: Mapping[str, Sequence[Path]]) -> dict:
+    """``{field: {file name: sha256}}`` of the input files a run is given."""
+    return {name: {f.name: sha256_file(f) for f in files} for name, files in given.items()}
 
 
 def model_dtype(chat_model: "ChatModel") -> str:
@@ -164,16 +184,23 @@ def check_persona_layers(given: LayerDirections, n_layers: int) -> None:
                           hint="give persona directions made at every layer of this model")
 
 
-class StudyContext:
-    """The shared state of one study run; stages read and extend it.
+class RunContext:
+    """What the stages of any study share: the model, the configuration, the prompts, the
+    judges, the run folder (opened, locked and checked against the configuration before
+    any compute), timings, the finished stages' results and judged generation.
+
+    A study's context subclasses it and says what is its own through four hooks:
+    :meth:`resolve_layers` (the layer lists of this model's depth), :meth:`read_prompts`,
+    :meth:`record_extra` (more of the run's identity), :meth:`given` (input files a run
+    must never delete) and :meth:`check_inputs` (checks that need the model).
 
     Attributes:
-        cm: the chat model. cfg: the :class:`StudyConfig`. layers: every layer list
-        resolved for this model (:meth:`StudyConfig.resolve`). prompts: the six prompt sets.
-        store: the run folder. results: each finished stage's result, by stage name.
+        cm: the chat model. cfg: the configuration. layers: its layer lists resolved for
+        this model. prompts: the prompt sets by role. store: the run folder. results: each
+        finished stage's result, by stage name.
     """
 
-    def __init__(self, chat_model: "ChatModel", config: StudyConfig, out, *, force: bool = False,
+    def __init__(self, chat_model: "ChatModel", config: Any, out, *, force: bool = False,
                  progress: bool = True, judge: "Judge | None" = None,
                  prompts: dict[str, PromptSet] | None = None) -> None:
         # every harmful/harmless prompt is formatted with the configured system prompt
@@ -183,12 +210,10 @@ class StudyContext:
         chat_model = self.cm
         self.cfg = config
         check_dtype(chat_model, config)
-        self.layers = config.resolve(chat_model.n_layers)
+        self.layers = self.resolve_layers()
         self.progress = progress
         self.judge = judge
-        self.prompts = prompts if prompts is not None else study_prompts(config)  # already read: by the CLI
-        self.personas = study_personas(config)
-        """Persona sets by name (or path): the study's own first."""
+        self.prompts = prompts if prompts is not None else self.read_prompts()  # already read: by the CLI
         self.judge_key = judge_name(config.judge)
         """The name of the headline judge (canonical: ``keyword`` is ``strict``)."""
         self.judges: dict[str, "Judge"] = dict(JUDGES)
@@ -199,19 +224,15 @@ class StudyContext:
             self.judges[self.judge_key] = get_judge(self.judge_key, device=str(chat_model.device), dtype=config.dtype,
                                                     batch_size=config.batch_size, progress=progress,
                                                     models={config.model: self.cm})
-        self.given_refusal: Direction | None = None
-        """The ``--refusal-direction`` given, read (and checksummed) before the run folder is opened."""
-        self.given_persona: LayerDirections | None = None
-        """The ``--persona-direction`` given, read (and checksummed) before the run folder is opened."""
-        given = given_files(config)
+        given = self.given()
         self.config_record = {
             "config": config.identity(),  # the device is not part of it: a run resumes on another device
-            "inputs": input_hashes(config),
+            "inputs": file_hashes(given),
             "resolved": self.layers,
             "model": chat_model.fingerprint(),
             "prompt_sets": {k: v.describe() for k, v in self.prompts.items()},
             "judge": _judge_record(judge if judge is not None else self.judges[self.judge_key]),
-            "personas": {name: p.describe() for name, p in self.personas.items()},
+            **self.record_extra(),
         }
         self.check_inputs()
         for j in self.judges.values():  # a judge model that cannot be found fails now, before anything is written
@@ -223,11 +244,202 @@ class StudyContext:
         self.timings: dict[str, float] = {}
         self.stage_name = "setup"
         self.results: dict[str, "StageResult"] = {}
-        self.caches: dict[str, Cache] = {}
-        self._builders: dict[tuple, Intervention] = {}
         self._plans: dict[tuple[str, ...], BatchPlan] = {}
 
+    # ---------------------------------------------------------------- what a study says
+    def resolve_layers(self) -> dict:
+        """The configuration's layer lists for this model (``config.resolve(n_layers)``)."""
+        return self.cfg.resolve(self.cm.n_layers)
+
+    def read_prompts(self) -> dict[str, PromptSet]:  # pragma: no cover - overridden
+        """The study's prompt sets by role (what the CLI reads before loading the model)."""
+        raise NotImplementedError
+
+    def record_extra(self) -> dict:
+        """More of the run's identity (``config.json``): e.g. the persona sets read."""
+        return {}
+
+    def given(self) -> dict[str, list[Path]]:
+        """Input files the configuration names (checksummed into the run's identity, never
+        removed by ``--force``): ``{field: [files]}``."""
+        return {}
+
+    def check_inputs(self) -> None:
+        """Checks that need the model, before anything is written (default: prompt lengths)."""
+
     # ---------------------------------------------------------------- plumbing
+    @contextlib.contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Time a block under ``name`` (``run_info.stage_seconds``); it is the current stage meanwhile."""
+        self.stage_name = name
+        t0 = time.perf_counter()
+        log.info("stage %s", name)
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def result(self, stage: str) -> Any:
+        """The result of a stage that already ran."""
+        if stage not in self.results:
+            raise ConfigError(f"stage {stage!r} has not run", hint="run the stages it needs first")
+        return self.results[stage]
+
+    def check_lengths(self, reserve_of: Mapping[str, int], limit_of: Mapping[str, int | None] = {}) -> None:
+        """Every prompt of each set fits the context window with the tokens it will generate
+        (``reserve_of[role]``; only the first ``limit_of[role]`` prompts of a set are read)."""
+        cm = self.cm
+        for key, ps in self.prompts.items():
+            texts = list(ps)[: limit_of.get(key)]
+            reserve = reserve_of.get(key, 0)
+            ids = cm.tokenizer(cm.format(texts), add_special_tokens=False)["input_ids"]
+            for i, x in enumerate(ids):
+                if len(x) + reserve > cm.n_ctx:
+                    raise ConfigError(
+                        f"prompt {i + 1} of {ps.source or ps.name} ({key}) is {len(x)} tokens"
+                        f"{f' (+{reserve} to generate)' if reserve else ''}, longer than the context window of "
+                        f"{cm.n_ctx} tokens", hint="shorten or remove it" + (", or lower --max-new-tokens" if reserve else ""))
+
+    def diff_in_means_grid(self, harmful: Sequence[str], harmless: Sequence[str], *, stem: str = "refusal_grid",
+                           timer: str = "refusal_grid") -> DirectionGrid:
+        """The diff-in-means candidates of these prompts at every post-instruction position and
+        layer, computed once and kept as ``directions/STEM`` (a damaged copy is recomputed)."""
+        path = self.out / "directions" / stem
+        files = [path.with_name(path.name + ext) for ext in (".json", ".safetensors")]
+        grid = self.store.read_back(f"the {stem.replace('_', ' ')}", files,
+                                    lambda: DirectionGrid.load(path, chat_model=self.cm))
+        if grid is None:
+            with self.timer(timer):
+                extract_directions(self.cm, harmful, harmless, batch_size=self.cfg.batch_size,
+                                   progress=self.progress).save(path)
+            grid = DirectionGrid.load(path, chat_model=self.cm)  # as it reads back: a resumed run sees the same
+        return grid
+
+    def plan(self, prompts: Sequence[str]) -> BatchPlan:
+        """The batch plan of these prompts (made once, then reused)."""
+        key = tuple(prompts)
+        if key not in self._plans:
+            self._plans[key] = plan_batches(self.cm, self.cm.format(list(prompts)), batch_size=self.cfg.batch_size,
+                                            keep_last=len(self.cm.post_instruction_positions))
+        return self._plans[key]
+
+    def first_token(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy first token is a refusal token; refusal log-odds (per row)."""
+        ids = list(self.cm.refusal_token_ids)
+        return torch.isin(logits.argmax(-1), torch.tensor(ids)), ops.refusal_log_odds(logits, ids)
+
+    def forward(self, plan: BatchPlan, interventions: Sequence[Intervention], *, capture: Sequence[int] = (),
+                start_layer: int = 0, start_resid: Sequence[torch.Tensor] | None = None, logits: bool = False,
+                desc: str | None = None) -> "Forward":
+        """One pass of ``plan`` under ``interventions``: the greedy first token's refusal and
+        log-odds per prompt, the next-token logits (``logits=True``), and the full per-row
+        residual stream at the ``resid_pre`` of each layer of ``capture`` (one tensor per
+        batch). With ``start_layer`` > 0 it starts at that block from ``start_resid`` (a
+        capture of the unedited run at that layer: edits acting before it are not re-applied)."""
+        kw = {} if start_layer == 0 else {"start_layer": start_layer, "start_resid": start_resid}
+        names = {self.cm.hook_name(l): None for l in capture}
+        n = plan.n_prompts
+        refused = torch.zeros(n, dtype=torch.bool)
+        scores = torch.zeros(n, dtype=torch.float64)
+        kept = torch.zeros(n, self.cm.model.cfg.d_vocab_out) if logits else None
+        resid: dict[int, list[torch.Tensor]] = {l: [] for l in capture}
+        for o in run_plan(self.cm, plan, interventions=interventions, capture=names or None, logits=True, desc=desc,
+                          progress=self.progress and desc is not None, **kw):
+            for l in capture:
+                resid[l].append(o.captured[self.cm.hook_name(l)])
+            r, sc = self.first_token(o.last_logits)
+            refused[o.batch.rows], scores[o.batch.rows] = r, sc
+            if kept is not None:
+                kept[o.batch.rows] = o.last_logits.float().cpu()
+        return Forward(resid, refused.tolist(), scores.tolist(), kept)
+
+    def stop_when(self):
+        """The early-stopping rule of judged replies (``None``: every reply runs to full length).
+
+        With ``early_stop``, a reply stops once every judge's label is final
+        (:func:`persona_refusal.evaluation.decided_by`); a custom judge without a
+        ``decided`` method turns early stopping off. A model judge is decided only once
+        its window is written (``len(text) >= 500``), so with one, replies stop there."""
+        if not self.cfg.early_stop:
+            return None
+        judges = list(self.judges.values())
+        if self.judge is not None:
+            if not callable(getattr(self.judge, "decided", None)):
+                return None
+            judges.append(self.judge)
+        return decided_by(*judges)
+
+    def judged(self, stage: str, prompts: Sequence[str], conditions: Mapping[str, Sequence[Intervention]],
+               desc: str, *, max_new_tokens: int | None = None, group_rows: int | None = None) -> dict[str, dict]:
+        """Generate and judge under several conditions in shared batches; checkpoint them.
+
+        Returns condition key → ``{"labels", "labels_by_judge", "replies", "refused",
+        "scores"}``: ``labels`` by the headline judge (``judge``, or the custom one), and
+        each judge of :attr:`judges` by name (``strict``, ``lenient``, and ``model:NAME``
+        when a model judge is the headline one). A resumed run reads stored conditions
+        back: nothing is generated or judged again for them.
+
+        Conditions are generated in groups of about ``group_rows`` (condition, prompt) rows
+        (default: all at once), each group checkpointed in one write, in the order given:
+        the groups do not depend on what is stored, so a resumed run never regenerates a
+        condition in other batches (other floats) than a fresh run.
+        """
+        keys = list(conditions)
+        per = len(keys) if group_rows is None else max(1, group_rows // max(1, len(prompts)))
+        groups = [keys[i:i + per] for i in range(0, len(keys), per)] or [[]]
+        for n, group in enumerate(groups):
+            missing = {k: conditions[k] for k in group if not self.store.has(stage, k)}
+            if not missing:
+                continue
+            label = desc if len(groups) == 1 else f"{desc} {n + 1}/{len(groups)}"
+            gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
+                                       max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                                       batch_size=self.cfg.batch_size, desc=label, progress=self.progress,
+                                       stop_when=self.stop_when())
+            done = {}
+            for key, gen in zip(missing, gens):
+                by_judge = {name: judge_responses(prompts, gen.texts, j) for name, j in self.judges.items()}
+                labels = judge_responses(prompts, gen.texts, self.judge) if self.judge is not None \
+                    else by_judge[self.judge_key]
+                refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
+                done[key] = {"labels": labels, "labels_by_judge": by_judge, "replies": gen.texts, "refused": refused,
+                             "scores": gen.first_scores.tolist()}
+            # one write per group: a resumed run never regenerates a subset in other batches (other floats)
+            self.store.put_many(stage, done)
+        return {k: self.store.get(stage, k) for k in conditions}
+
+
+class StudyContext(RunContext):
+    """The shared state of one persona-gating study run; stages read and extend it.
+
+    Attributes (besides :class:`RunContext`'s):
+        layers: every layer list resolved for this model (:meth:`StudyConfig.resolve`).
+        prompts: the six prompt sets. personas: the persona sets read. caches: residual
+        streams of the sweep prompts, by condition.
+    """
+
+    def __init__(self, chat_model: "ChatModel", config: StudyConfig, out, *, force: bool = False,
+                 progress: bool = True, judge: "Judge | None" = None,
+                 prompts: dict[str, PromptSet] | None = None) -> None:
+        self.personas = study_personas(config)
+        """Persona sets by name (or path): the study's own first."""
+        self.given_refusal: Direction | None = None
+        """The ``--refusal-direction`` given, read (and checksummed) before the run folder is opened."""
+        self.given_persona: LayerDirections | None = None
+        """The ``--persona-direction`` given, read (and checksummed) before the run folder is opened."""
+        self.caches: dict[str, Cache] = {}
+        self._builders: dict[tuple, Intervention] = {}
+        super().__init__(chat_model, config, out, force=force, progress=progress, judge=judge, prompts=prompts)
+
+    def read_prompts(self) -> dict[str, PromptSet]:
+        return study_prompts(self.cfg)
+
+    def record_extra(self) -> dict:
+        return {"personas": {name: p.describe() for name, p in self.personas.items()}}
+
+    def given(self) -> dict[str, list[Path]]:
+        return given_files(self.cfg)
+
     @property
     def persona_layer(self) -> int:
         """The layer where persona steering is added (resolved)."""
@@ -251,23 +463,6 @@ class StudyContext:
         """Re-add strengths of the control sweep: the gating ones when given as ratios of α."""
         return self.betas if self.cfg.beta_ratios else list(self.cfg.control_betas)
 
-    @contextlib.contextmanager
-    def timer(self, name: str) -> Iterator[None]:
-        """Time a block under ``name`` (``run_info.stage_seconds``); it is the current stage meanwhile."""
-        self.stage_name = name
-        t0 = time.perf_counter()
-        log.info("stage %s", name)
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-
-    def result(self, stage: str) -> Any:
-        """The result of a stage that already ran."""
-        if stage not in self.results:
-            raise ConfigError(f"stage {stage!r} has not run", hint="run the stages it needs first")
-        return self.results[stage]
-
     def check_inputs(self) -> None:
         """Fail before anything is written: selection positions, prompt lengths, given directions."""
         cm, c = self.cm, self.cfg
@@ -276,16 +471,8 @@ class StudyContext:
         if bad:
             raise ConfigError(f"selection position {bad[0]} is out of range: this model's post-instruction positions "
                               f"are {allowed[0]}..{allowed[-1]}", hint=f"use positions between {allowed[0]} and -1")
-        for key, ps in self.prompts.items():
-            texts = list(ps)[: c.n_coherence] if key == "eval_harmless" else list(ps)
-            reserve = c.max_new_tokens if key.startswith("eval") else 0
-            ids = cm.tokenizer(cm.format(texts), add_special_tokens=False)["input_ids"]
-            for i, x in enumerate(ids):
-                if len(x) + reserve > cm.n_ctx:
-                    raise ConfigError(
-                        f"prompt {i + 1} of {ps.source or ps.name} ({key}) is {len(x)} tokens"
-                        f"{f' (+{reserve} to generate)' if reserve else ''}, longer than the context window of "
-                        f"{cm.n_ctx} tokens", hint="shorten or remove it" + (", or lower --max-new-tokens" if reserve else ""))
+        self.check_lengths({k: c.max_new_tokens for k in self.prompts if k.startswith("eval")},
+                           {"eval_harmless": c.n_coherence})
         if c.refusal_direction:
             given = Direction.load(c.refusal_direction, chat_model=cm, allow_transfer=c.allow_transfer)
             cm.check_layer(given.layer, what="the given refusal direction's layer")
@@ -304,14 +491,6 @@ class StudyContext:
     def coherence_prompts(self) -> list[str]:
         """The first ``n_coherence`` evaluation harmless prompts."""
         return list(self.prompts["eval_harmless"])[: self.cfg.n_coherence]
-
-    def plan(self, prompts: Sequence[str]) -> BatchPlan:
-        """The batch plan of these prompts (made once, then reused)."""
-        key = tuple(prompts)
-        if key not in self._plans:
-            self._plans[key] = plan_batches(self.cm, self.cm.format(list(prompts)), batch_size=self.cfg.batch_size,
-                                            keep_last=len(self.cm.post_instruction_positions))
-        return self._plans[key]
 
     @property
     def sweep_plan(self) -> BatchPlan:
@@ -340,11 +519,6 @@ class StudyContext:
                           lambda: AddVector(vec, beta, layer=layer, allow_transfer=self.cfg.allow_transfer))
 
     # ---------------------------------------------------------------- caches and the sweep primitive
-    def first_token(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy first token is a refusal token; refusal log-odds (per row)."""
-        ids = list(self.cm.refusal_token_ids)
-        return torch.isin(logits.argmax(-1), torch.tensor(ids)), ops.refusal_log_odds(logits, ids)
-
     def start_for(self, interventions: Sequence[Intervention], layers_needed: Sequence[int] = ()) -> tuple[int, str | None]:
         """The latest block a run under ``interventions`` can start at, and the cache to start from.
 
@@ -368,18 +542,9 @@ class StudyContext:
     def _run_first_token(self, plan: BatchPlan, interventions: Sequence[Intervention], capture: Sequence[int] = (),
                          desc: str | None = None):
         start, base = self.start_for(interventions) if plan is self.sweep_plan else (0, None)
-        kw = {} if start == 0 else {"start_layer": start, "start_resid": self.caches[base].resid[start]}
-        names = {self.cm.hook_name(l): None for l in capture}
-        refused = torch.zeros(plan.n_prompts, dtype=torch.bool)
-        scores = torch.zeros(plan.n_prompts, dtype=torch.float64)
-        resid: dict[int, list[torch.Tensor]] = {l: [] for l in capture}
-        for o in run_plan(self.cm, plan, interventions=interventions, capture=names or None, logits=True, desc=desc,
-                          progress=self.progress and desc is not None, **kw):
-            for l in capture:
-                resid[l].append(o.captured[self.cm.hook_name(l)])
-            r, s = self.first_token(o.last_logits)
-            refused[o.batch.rows], scores[o.batch.rows] = r, s
-        return start, base, resid, refused.tolist(), scores.tolist()
+        out = self.forward(plan, interventions, capture=capture, start_layer=start,
+                           start_resid=None if base is None else self.caches[base].resid[start], desc=desc)
+        return start, base, out.resid, out.refused, out.scores
 
     def cache(self, name: str, interventions: Sequence[Intervention], layers: Sequence[int],
               desc: str | None = None) -> Cache:
@@ -446,47 +611,3 @@ class StudyContext:
             out["score_restoration"], out["score_restoration_ci"] = restoration(point["scores"], b.scores, p.scores,
                                                                                 n_boot=n, seed=seed)
         return out
-
-    def stop_when(self):
-        """The early-stopping rule of judged replies (``None``: every reply runs to full length).
-
-        With ``early_stop``, a reply stops once every judge's label is final
-        (:func:`persona_refusal.evaluation.decided_by`); a custom judge without a
-        ``decided`` method turns early stopping off. A model judge is decided only once
-        its window is written (``len(text) >= 500``), so with one, replies stop there."""
-        if not self.cfg.early_stop:
-            return None
-        judges = list(self.judges.values())
-        if self.judge is not None:
-            if not callable(getattr(self.judge, "decided", None)):
-                return None
-            judges.append(self.judge)
-        return decided_by(*judges)
-
-    def judged(self, stage: str, prompts: Sequence[str], conditions: Mapping[str, Sequence[Intervention]],
-               desc: str, *, max_new_tokens: int | None = None) -> dict[str, dict]:
-        """Generate and judge under several conditions in shared batches; checkpoint them in one write.
-
-        Returns condition key → ``{"labels", "labels_by_judge", "replies", "refused",
-        "scores"}``: ``labels`` by the headline judge (``judge``, or the custom one), and
-        each judge of :attr:`judges` by name (``strict``, ``lenient``, and ``model:NAME``
-        when a model judge is the headline one). A resumed run reads stored conditions
-        back: nothing is generated or judged again for them.
-        """
-        missing = {k: v for k, v in conditions.items() if not self.store.has(stage, k)}
-        if missing:
-            gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
-                                       max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                                       batch_size=self.cfg.batch_size, desc=desc, progress=self.progress,
-                                       stop_when=self.stop_when())
-            done = {}
-            for key, gen in zip(missing, gens):
-                by_judge = {name: judge_responses(prompts, gen.texts, j) for name, j in self.judges.items()}
-                labels = judge_responses(prompts, gen.texts, self.judge) if self.judge is not None \
-                    else by_judge[self.judge_key]
-                refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
-                done[key] = {"labels": labels, "labels_by_judge": by_judge, "replies": gen.texts, "refused": refused,
-                             "scores": gen.first_scores.tolist()}
-            # one write: a resumed run never regenerates a subset in other batches (other floats)
-            self.store.put_many(stage, done)
-        return {k: self.store.get(stage, k) for k in conditions}

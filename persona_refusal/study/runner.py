@@ -1,9 +1,12 @@
-"""The study: a loop over the registered stages, and the ``results.json`` it writes.
+"""A study: a loop over the registered stages, and the ``results.json`` it writes.
 
 Context
 -------
-:class:`Study` builds a :class:`~persona_refusal.study.context.StudyContext` (which checks
-every input and opens the run folder before any compute), runs the stages of
+:class:`Study` runs any registered kind of study (:class:`~persona_refusal.study.registry.StudyKind`,
+found from the configuration's class): the persona-gating study (:class:`StudyConfig`,
+registered here) or the refusal-direction study (:mod:`persona_refusal.study.refusal`).
+It builds the kind's context (a :class:`~persona_refusal.study.context.RunContext`, which
+checks every input and opens the run folder before any compute), runs the stages of
 :func:`~persona_refusal.study.registry.stage_order` one after another, and writes
 ``results.json``: a header (schema, model, configuration, prompt sets, judge, randomness)
 followed by each stage's result keys, then ``run_info`` (timings, host, device, versions —
@@ -28,35 +31,54 @@ from persona_refusal.prompts import PromptSet
 from persona_refusal.results import GatingResults
 from persona_refusal.storage import read_json_checked, write_json
 from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
-from persona_refusal.study.config import PRESETS, StudyConfig, resolve_device
+from persona_refusal.study.config import SectionedConfig, StudyConfig, resolve_device
 from persona_refusal.study.context import StudyContext, model_dtype
-from persona_refusal.study.registry import Stage, stage_order
+from persona_refusal.study.registry import Stage, StudyKind, kind_of_config, kind_of_schema, register_study, stage_order
 
 if TYPE_CHECKING:
     from persona_refusal.evaluation import Judge
 
-__all__ = ["Study", "run_study", "load_results", "RESULTS_SCHEMA", "READABLE_SCHEMAS"]
+__all__ = ["Study", "run_study", "load_results", "RESULTS_SCHEMA", "READABLE_SCHEMAS", "GATING_STUDY",
+           "preset_stages"]
 
 log = logging.getLogger(__name__)
 
 RESULTS_SCHEMA = "persona_refusal.gating/1"
 """The schema of the ``results.json`` this version writes."""
 READABLE_SCHEMAS = (RESULTS_SCHEMA,)
-"""Schemas :func:`load_results` reads."""
+"""Schemas of the gating study that :func:`load_results` reads."""
+
+
+def _gating_randomness(cfg: StudyConfig) -> dict:
+    return {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
+            "knockout_random_directions_seed": cfg.seed, "cosine_null_seed": cfg.seed + 1,
+            "decoding": "greedy (no sampling)",
+            "note": "nothing else is random; torch's thread count, which can change the last bits "
+                    "of CPU sums, is in run_info"}
+
+
+GATING_STUDY = register_study(StudyKind(
+    name="gating", schema=RESULTS_SCHEMA, config=StudyConfig, context=StudyContext, results=GatingResults,
+    randomness=_gating_randomness, title="persona gating of refusal (Zhong & Li 2026)"))
+"""The persona-gating study (``persona-refusal run``)."""
 
 
 class Study:
-    """One run of the study over the registered stages.
+    """One run of a study over its registered stages (the kind of study is the one whose
+    configuration class ``config`` is: :class:`StudyConfig` → the gating study).
 
     Use :func:`run_study`; this class exposes the context (``study.ctx``) and the stage
     list (``study.stages``) for notebooks, e.g. to run a single stage.
     """
 
-    def __init__(self, chat_model: ChatModel, config: StudyConfig, out: str | os.PathLike, *,
+    def __init__(self, chat_model: ChatModel, config: SectionedConfig, out: str | os.PathLike, *,
                  force: bool = False, progress: bool = True, judge: "Judge | None" = None,
                  prompts: dict[str, PromptSet] | None = None, stages: Sequence[str] | None = None) -> None:
-        self.stages: list[Stage] = stage_order(stages)  # first: an unknown stage fails before the folder is locked
-        self.ctx = StudyContext(chat_model, config, out, force=force, progress=progress, judge=judge, prompts=prompts)
+        self.kind: StudyKind = kind_of_config(config)
+        # first: an unknown stage fails before the folder is locked
+        self.stages: list[Stage] = stage_order(stages, self.kind.name)
+        self.ctx = self.kind.context(chat_model, config, out, force=force, progress=progress, judge=judge,
+                                     prompts=prompts)
 
     # what the CLI reads while a run is interrupted
     @property
@@ -75,7 +97,7 @@ class Study:
     def stage_name(self) -> str:
         return self.ctx.stage_name
 
-    def run(self) -> GatingResults:
+    def run(self) -> dict:
         """Run (or resume) every stage; write and return ``results.json``. The run folder's
         lock is released when it returns or fails (:meth:`close`)."""
         try:
@@ -94,7 +116,7 @@ class Study:
                         results[key] = value
             results["run_info"] = self._run_info(t_start)
             write_json(ctx.out / "results.json", results)
-            return GatingResults(results)
+            return self.kind.results(results)
         finally:
             self.close()
 
@@ -105,17 +127,13 @@ class Study:
     def _header(self) -> dict:
         ctx, cfg = self.ctx, self.ctx.cfg
         return {
-            "schema": RESULTS_SCHEMA,
+            "schema": self.kind.schema,
             "model": ctx.cm.fingerprint(),
             "config": ctx.config_record["config"],
             "resolved_layers": ctx.layers,
             "prompt_sets": ctx.config_record["prompt_sets"],
             "judge": ctx.config_record["judge"],
-            "randomness": {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
-                           "knockout_random_directions_seed": cfg.seed, "cosine_null_seed": cfg.seed + 1,
-                           "decoding": "greedy (no sampling)",
-                           "note": "nothing else is random; torch's thread count, which can change the last bits "
-                                   "of CPU sums, is in run_info"},
+            "randomness": self.kind.randomness(cfg),
         }
 
     def _run_info(self, t_start: float) -> dict:
@@ -144,7 +162,7 @@ class Study:
 
 
 def run_study(
-    config: StudyConfig | None = None,
+    config: SectionedConfig | None = None,
     out: str | os.PathLike = "runs/gating",
     *,
     chat_model: ChatModel | None = None,
@@ -152,11 +170,13 @@ def run_study(
     progress: bool = True,
     judge: "Judge | None" = None,
     stages: Sequence[str] | None = None,
-) -> GatingResults:
-    """Run (or resume) the persona-gating study; write ``out/results.json`` and return it.
+) -> dict:
+    """Run (or resume) a study; write ``out/results.json`` and return it.
 
     Args:
-        config: the study's settings (default: :class:`StudyConfig` defaults, demo model).
+        config: the study's settings, whose class says which study runs (default:
+            :class:`StudyConfig` defaults, the gating study on the demo model;
+            :class:`persona_refusal.study.refusal.RefusalConfig` runs the refusal study).
         out: output folder; a folder holding a run with the same configuration resumes.
         chat_model: an already loaded model (its id is recorded; it must run in
             ``config.dtype``, and it runs where it is, whatever ``config.device``).
@@ -176,14 +196,15 @@ def run_study(
     return Study(cm, config, out, force=force, progress=progress, judge=judge, stages=stages).run()
 
 
-def preset_stages(name: str) -> list[str] | None:
-    """The stages a preset runs (``None``: all)."""
-    st = PRESETS[name].stages
+def preset_stages(name: str, config: type[SectionedConfig] = StudyConfig) -> list[str] | None:
+    """The stages a preset of ``config``'s study runs (``None``: all)."""
+    st = config.PRESETS[name].stages
     return list(st) if st is not None else None
 
 
-def load_results(path: str | os.PathLike) -> GatingResults:
-    """Read a ``results.json`` (or the folder holding it), checking its schema.
+def load_results(path: str | os.PathLike) -> dict:
+    """Read a ``results.json`` (or the folder holding it), checking its schema; returned as
+    its study's results class (:class:`GatingResults` for the gating study).
 
     Example:
         >>> results = load_results("runs/demo")                     # doctest: +SKIP
@@ -196,6 +217,7 @@ def load_results(path: str | os.PathLike) -> GatingResults:
         p = p / "results.json"
     data = read_json_checked(p, RunFolderError, missing=f"no results.json at {p}",
                              hint="run `persona-refusal run --out DIR` first")
-    if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
-        raise RunFolderError(f"{p} is not a persona_refusal gating results file")
-    return GatingResults(data)
+    kind = kind_of_schema(data.get("schema")) if isinstance(data, dict) else None
+    if kind is None:
+        raise RunFolderError(f"{p} is not a persona_refusal results file")
+    return kind.results(data)

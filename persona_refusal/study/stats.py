@@ -1,12 +1,15 @@
-"""The study's statistics: rates with Wilson intervals, means, and restoration.
+"""The studies' statistics: rates with Wilson intervals, means, restoration, paired differences.
 
 Context
 -------
-Every rate the study reports carries a Wilson 95% interval (prompts are Bernoulli trials);
-a mean log-odds carries a normal 95% interval. *Restoration* asks how much of the gap
-between the baseline and the persona condition a re-added refusal direction closes:
-``(mean(cond) − mean(persona)) / (mean(baseline) − mean(persona))``, with a paired
+Every rate a study reports carries a Wilson 95% interval (prompts are Bernoulli trials);
+a mean log-odds carries a normal 95% interval; a mean KL divergence (skewed, bounded
+below by 0) a percentile bootstrap interval over prompts. *Restoration* asks how much of
+the gap between the baseline and the persona condition a re-added refusal direction
+closes: ``(mean(cond) − mean(persona)) / (mean(baseline) − mean(persona))``, with a paired
 percentile bootstrap over prompts (all three conditions are measured on the same prompts).
+Two edits measured on the same prompts are compared by :func:`paired_difference`: the
+mean per-prompt difference with a paired percentile bootstrap interval.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 from persona_refusal import ops
 from persona_refusal.evaluation import Rate
 
-__all__ = ["first_token_stats", "outcome_rates", "restoration", "mean_ci", "Z95"]
+__all__ = ["first_token_stats", "outcome_rates", "restoration", "mean_ci", "bootstrap_mean", "paired_difference",
+           "Z95"]
 
 Z95 = 1.959963984540054
 """The two-sided 95% quantile of the standard normal."""
@@ -78,14 +82,59 @@ def restoration(cond: Sequence[float | bool], base: Sequence[float | bool], pers
     c, b, p = (torch.tensor([float(x) for x in v], dtype=torch.float64) for v in (cond, base, persona))
     denom = float(b.mean() - p.mean())
     point = None if abs(denom) < 1e-12 else float((c.mean() - p.mean()) / denom)
-    g = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, len(c), (n_boot, len(c)), generator=g)
+    idx = _resamples(len(c), n_boot, seed)
     num = c[idx].mean(1) - p[idx].mean(1)
     den = b[idx].mean(1) - p[idx].mean(1)
     ok = den.abs() > 1e-12
     if point is None or int(ok.sum()) < n_boot // 2:
         return point, [None, None]
-    vals = (num[ok] / den[ok]).sort().values
-    lo = float(vals[int(0.025 * (len(vals) - 1))])
-    hi = float(vals[int(math.ceil(0.975 * (len(vals) - 1)))])
-    return point, [lo, hi]
+    return point, _percentiles(num[ok] / den[ok])
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> torch.Tensor:
+    """``[n_boot, n]`` indices of prompts drawn with replacement (seeded)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randint(0, n, (n_boot, n), generator=g)
+
+
+def _percentiles(values: torch.Tensor) -> list[float]:
+    """The 2.5% and 97.5% percentiles of bootstrap statistics (the percentile interval)."""
+    vals = values.sort().values
+    return [float(vals[int(0.025 * (len(vals) - 1))]), float(vals[int(math.ceil(0.975 * (len(vals) - 1)))])]
+
+
+def bootstrap_mean(values: Sequence[float], *, n_boot: int, seed: int) -> dict:
+    """Mean with a percentile bootstrap 95% interval over prompts: ``{"mean", "ci", "n"}``
+    (``ci`` is ``[None, None]`` for fewer than two values).
+
+    Example:
+        >>> r = bootstrap_mean([0.1, 0.2, 0.3, 0.4], n_boot=200, seed=0)
+        >>> round(r["mean"], 6), r["ci"][0] <= r["mean"] <= r["ci"][1]
+        (0.25, True)
+    """
+    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if len(x) == 0:
+        return {"mean": None, "ci": [None, None], "n": 0}
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "ci": [None, None], "n": 1}
+    return {"mean": mean, "ci": _percentiles(x[_resamples(len(x), n_boot, seed)].mean(1)), "n": int(len(x))}
+
+
+def paired_difference(a: Sequence[float | bool], b: Sequence[float | bool], *, n_boot: int, seed: int) -> dict:
+    """``mean(a) − mean(b)`` for two conditions measured on the same prompts, with a paired
+    percentile bootstrap 95% interval (prompts resampled together): ``{"diff", "ci", "n"}``.
+    Booleans (refused or not) give a difference of rates.
+
+    Example:
+        >>> d = paired_difference([True, True, False, True], [False, False, False, True], n_boot=500, seed=0)
+        >>> d["diff"], d["n"]
+        (0.5, 4)
+    """
+    x = torch.tensor([float(v) for v in a], dtype=torch.float64)
+    y = torch.tensor([float(v) for v in b], dtype=torch.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values differ in number: {len(x)} vs {len(y)}")
+    d = x - y
+    r = bootstrap_mean(d.tolist(), n_boot=n_boot, seed=seed)
+    return {"diff": r["mean"], "ci": r["ci"], "n": r["n"]}

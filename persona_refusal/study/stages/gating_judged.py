@@ -111,15 +111,10 @@ def run(ctx: StudyContext) -> GatingJudgedResult:
     # conditions with the same edits (a one-layer cell and that layer of the sweep) run once
     canon: dict[tuple, str] = {}
     alias = {key: canon.setdefault(tuple(id(i) for i in ivs), key) for key, ivs in conds.items()}
-    todo = [k for k in conds if alias[k] == k]
-    per = max(1, GROUP_ROWS // max(1, len(ev)))
-    gens: dict[str, dict] = {}
+    todo = {k: conds[k] for k in conds if alias[k] == k}
     with ctx.timer("gating_judged"):
         ref = ctx.judged("eval", ev, {"baseline": [], "persona": [ctx.steer()]}, "eval: baseline + persona")
-        for i in range(0, len(todo), per):
-            group = {k: conds[k] for k in todo[i:i + per]}
-            gens.update(ctx.judged("gating_judged", ev, group,
-                                   f"judged gating {i // per + 1}/{-(-len(todo) // per)}"))
+        gens = ctx.judged("gating_judged", ev, todo, "judged gating", group_rows=GROUP_ROWS)
     base, pers = ref["baseline"], ref["persona"]
     kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
     b0 = ctx.betas[0]

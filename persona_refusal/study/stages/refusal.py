@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
 from persona_refusal.errors import ConfigError
-from persona_refusal.extraction import extract_directions
 from persona_refusal.selection import select_refusal_direction
 from persona_refusal.storage import read_json, write_json
 from persona_refusal.study.context import StudyContext, given_stem
@@ -54,14 +53,8 @@ def run(ctx: StudyContext) -> RefusalResult:
     """The refusal direction: diff-in-means candidates, Arditi et al.'s selection."""
     cm, cfg, store = ctx.cm, ctx.cfg, ctx.store
     d_dir = ctx.out / "directions"
-    grid_path, dir_path, sel_path = d_dir / "refusal_grid", d_dir / "refusal", d_dir / "refusal_selection.json"
-    grid = store.read_back("the refusal grid", _pair(grid_path), lambda: DirectionGrid.load(grid_path, chat_model=cm))
-    if grid is None:
-        with ctx.timer("refusal_grid"):
-            grid = extract_directions(cm, ctx.prompts["train_harmful"], ctx.prompts["train_harmless"],
-                                      batch_size=cfg.batch_size, progress=ctx.progress)
-            grid.save(grid_path)
-        grid = DirectionGrid.load(grid_path, chat_model=cm)
+    dir_path, sel_path = d_dir / "refusal", d_dir / "refusal_selection.json"
+    grid = ctx.diff_in_means_grid(ctx.prompts["train_harmful"], ctx.prompts["train_harmless"])
     if ctx.given_refusal is not None:  # read before the run folder was opened: never re-read from it
         direction = ctx.given_refusal
         if not _is_given(cfg.refusal_direction, dir_path) and store.read_back(
