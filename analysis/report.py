@@ -346,9 +346,10 @@ def run_info_html(results: dict) -> str:
             ["judge", results.get("judge")], ["finished", info.get("finished")],
             ["total seconds", info.get("total_seconds")], ["resumed", info.get("resumed")],
             ["threads", info.get("threads")], ["platform", info.get("platform")], ["python", info.get("python")]]
-    rows += [[k, info[k]] for k in ("device", "dtype", "gpu") if info.get(k) is not None]  # runs since the GPU path
+    rows += [[k, info[k]] for k in ("device", "dtype", "decode", "gpu") if info.get(k) is not None]  # newer runs
     rows += [[f"version: {k}", v] for k, v in (info.get("versions") or {}).items()]
     rows += [[f"stage seconds: {k}", v] for k, v in (info.get("stage_seconds") or {}).items()]
+    rows += [[f"stage peak memory (MB): {k}", v] for k, v in (info.get("stage_peak_rss_mb") or {}).items()]
     return table_html(rows, ["", ""], mono_cols=(1,))
 
 

@@ -124,7 +124,11 @@ def test_a_run_resumes_on_another_device_but_not_in_another_dtype(cli, tmp_path)
     assert "dtype=bfloat16" in first.stdout
     r = json.loads((out / "results.json").read_text())
     assert r["config"]["dtype"] == "bfloat16" and "device" not in r["config"]
-    assert (r["run_info"]["device"], r["run_info"]["dtype"]) == ("cpu", "bfloat16")
+    assert (r["run_info"]["device"], r["run_info"]["dtype"], r["run_info"]["decode"]) == ("cpu", "bfloat16", "packed")
+    memory = r["run_info"]["stage_peak_rss_mb"]  # each stage's peak resident memory (Linux)
+    if sys.platform.startswith("linux"):
+        assert set(memory) == {"before_stages", *r["run_info"]["stages"]}
+        assert all(isinstance(v, float) and v > 50 for v in memory.values()), memory
     no_cuda = "import torch\ntorch.cuda.is_available = lambda: False\n"  # auto is the CPU, on any machine
     again = cli([*RUN, *SMALL, "--dtype", "bfloat16", "--out", out], cwd=tmp_path, setup=no_cuda)
     assert again.rc == 0, again.stderr

@@ -79,6 +79,8 @@ class Study:
         self.stages: list[Stage] = stage_order(stages, self.kind.name)
         self.ctx = self.kind.context(chat_model, config, out, force=force, progress=progress, judge=judge,
                                      prompts=prompts)
+        self.memory: dict[str, float | None] = {}
+        """Peak resident memory (MB) before the stages and during each (``run_info.stage_peak_rss_mb``)."""
 
     # what the CLI reads while a run is interrupted
     @property
@@ -104,10 +106,13 @@ class Study:
             t_start = time.time()
             ctx = self.ctx
             results = self._header()
+            self.memory = {"before_stages": _peak_rss_mb()}  # the model's load, when it happened in this process
             for st in self.stages:
                 ctx.stage_name = st.name
                 log.info("stage %s", st.name)
+                _reset_peak_rss()
                 res = st.run(ctx)
+                self.memory[st.name] = _peak_rss_mb()
                 ctx.results[st.name] = res
                 for key, value in res.to_json().items():
                     if isinstance(value, dict) and isinstance(results.get(key), dict):
@@ -145,6 +150,7 @@ class Study:
 
         return {
             "stage_seconds": {k: round(v, 2) for k, v in self.ctx.timings.items()},
+            "stage_peak_rss_mb": dict(self.memory),
             "total_seconds": round(time.time() - t_start, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed": self.ctx.store.resumed,
@@ -159,6 +165,26 @@ class Study:
             "gpu": torch.cuda.get_device_name(self.ctx.cm.device) if self.ctx.cm.device.type == "cuda" else None,
             "versions": {n: version(n) for n in ("persona-refusal", "torch", "transformer-lens", "transformers")},
         }
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-resident-memory mark of this process (Linux; elsewhere nothing)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process since the last reset, in MB (the kernel's
+    ``VmHWM``; ``None`` where ``/proc`` does not have it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def run_study(
