@@ -998,6 +998,8 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
     nxt = logits0.argmax(-1)
     # the decoding steps: this package's fast path where it covers the model and its hooks
     session = decoding.start(model, cache, max_new_tokens, chat_model.decode) if max_new_tokens > 1 else None
+    if session is not None:
+        cache = None  # the session holds the keys and values now
     out: list[list[int]] = [[] for _ in range(b)]
     active = torch.arange(b)  # original row of each row still decoding
     for step in range(max_new_tokens):
