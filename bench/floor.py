@@ -1,0 +1,217 @@
+"""The compute floor of a whole study: how long it would take if every matrix product ran
+at this machine's measured peak, and how close the real run comes.
+
+Run ``python bench/floor.py run --preset smoke --out runs/floor-smoke`` (any
+``persona-refusal`` command line after the script's own options). The study runs
+in-process while a ``TorchDispatchMode`` counts the floating-point operations of every
+matrix product the model does (``linear``, ``matmul``, ``mm``, ``addmm``, ``bmm``, ``baddbmm``, einsum
+and oneDNN's ``_linear_pointwise``, the fast decoding path's product: ``2·m·k·n`` each), attributed to
+the stage whose timer is running (``run_info.stage_seconds``'s names). It prints, per
+stage and in total:
+
+* seconds (measured, counting included; the counter costs a Python call per tensor
+  operation, about ``--overhead`` of the time, printed when measured),
+* TFLOP of matrix products,
+* the achieved rate and its ratio to the peak,
+* the *floor*: TFLOP / peak, the time no implementation on this CPU can beat for this
+  amount of work without doing less of it (element-wise work, tokenising and judging
+  only add to it).
+
+The peak is the best of MKL and oneDNN on an MLP-sized product in the run's dtype
+(``bench/generation.py``'s ``peak_gflops``), measured before the run. A run's total floor
+above a time budget says the budget cannot be met by faster code: only by less work (fewer
+prompts, layers or tokens) or a faster machine. Writes ``floor.json`` next to the run's
+``results.json``. Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from generation import peak_gflops  # noqa: E402
+
+aten = torch.ops.aten
+
+
+def _einsum_flops(equation: str, operands) -> int:
+    """``2 × (product of every index size)`` for a contraction of two or more operands
+    (each output element sums over the contracted indices); 0 for a one-operand einsum."""
+    if len(operands) < 2:
+        return 0
+    lhs = equation.replace(" ", "").split("->")[0]
+    sizes: dict[str, int] = {}
+    for term, t in zip(lhs.split(","), operands):
+        if "..." in term:  # broadcast dimensions: named by their distance from the right
+            head, tail = term.split("...")
+            n_ell = t.dim() - len(head) - len(tail)
+            names = list(head) + [f"...{n_ell - i}" for i in range(n_ell)] + list(tail)
+        else:
+            names = list(term)
+        for name, n in zip(names, t.shape):
+            sizes[name] = max(sizes.get(name, 1), int(n))
+    total = 1
+    for n in sizes.values():
+        total *= n
+    return 2 * total
+
+
+def product_flops(func, args, out) -> int:
+    """Floating-point operations of one matrix product (0 for any other operation):
+    ``2·m·k·n`` for ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm`` / ``matmul`` / ``linear``
+    (which reach the counter whole under ``torch.inference_mode``) and oneDNN's linear;
+    einsum by its indices; scaled-dot-product attention as its two products."""
+    if func in (aten.addmm.default, aten.baddbmm.default):
+        return 2 * args[1].shape[-1] * out.numel()
+    if func in (aten.mm.default, aten.bmm.default, aten.matmul.default, aten.linear.default):
+        return 2 * args[0].shape[-1] * out.numel()
+    if func is aten.einsum.default:
+        return _einsum_flops(args[0], args[1])
+    if func is aten.scaled_dot_product_attention.default:
+        q, k = args[0], args[1]
+        return 2 * q.numel() * k.shape[-2] + 2 * out.numel() * k.shape[-2]
+    if getattr(func, "overloadpacket", None) is getattr(torch.ops.mkldnn, "_linear_pointwise", object()):
+        return 2 * args[0].shape[-1] * out.numel()
+    return 0
+
+
+class ProductCounter(TorchDispatchMode):
+    """Counts matrix-product FLOPs by the name in :attr:`stage` (``"(outside stages)"`` between stages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops: dict[str, int] = defaultdict(int)
+        self.stage = "(outside stages)"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            n = product_flops(func, args, out)
+            if n:
+                self.flops[self.stage] += n
+        return out
+
+
+def self_check() -> None:
+    """The counter counts known products exactly (``F.linear``, ``matmul``, einsum and
+    oneDNN's linear; with and without ``torch.inference_mode``, where composite
+    operations reach it whole)."""
+    a, w, x, y = torch.randn(5, 7), torch.randn(3, 7), torch.randn(2, 5, 7), torch.randn(2, 7, 4)
+    for inference in (False, True):
+        c = ProductCounter()
+        with torch.inference_mode(inference), c:
+            torch.nn.functional.linear(a, w, torch.zeros(3))
+            torch.matmul(x, y)
+            torch.einsum("bij,bjk->bik", x, y)
+            torch.einsum("...ij,...jk->...ik", x, y)
+            try:
+                torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+                dnn = 2 * 5 * 7 * 3
+            except Exception:  # noqa: BLE001 - no oneDNN here
+                dnn = 0
+        want = 2 * 5 * 7 * 3 + 3 * (2 * 2 * 5 * 7 * 4) + dnn
+        got = sum(c.flops.values())
+        if got != want:
+            raise SystemExit(f"bench/floor.py: the product counter counts {got} FLOPs where {want} are done "
+                             f"(inference_mode={inference})")
+
+
+@contextlib.contextmanager
+def stages_attributed(counter: ProductCounter):
+    """Point the counter at the stage whose timer runs (``RunContext.timer``)."""
+    from persona_refusal.study import context
+
+    orig = context.RunContext.timer
+
+    @contextlib.contextmanager
+    def timer(self, name):
+        prev, counter.stage = counter.stage, name
+        try:
+            with orig(self, name):
+                yield
+        finally:
+            counter.stage = prev
+
+    context.RunContext.timer = timer
+    try:
+        yield
+    finally:
+        context.RunContext.timer = orig
+
+
+def _dtype_of(argv: list[str]) -> str:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dtype", default="float32")
+    return p.parse_known_args(argv)[0].dtype
+
+
+def _out_of(argv: list[str]) -> Path | None:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--out")
+    got = p.parse_known_args(argv)[0].out
+    return Path(got) if got else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], usage="%(prog)s [--repeats N] COMMAND ...")
+    ap.add_argument("--repeats", type=int, default=5, help="timings of the peak product (best is kept)")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="a persona-refusal command line, e.g. run --preset smoke")
+    args = ap.parse_args(argv)
+    if not args.command:
+        ap.error("give a persona-refusal command, e.g. run --preset smoke --out runs/floor-smoke")
+    self_check()
+    dtype = _dtype_of(args.command)
+    peak = peak_gflops(args.repeats, getattr(torch, dtype))
+    print(f"peak {peak:.0f} GFLOP/s ({dtype}, the faster of MKL and oneDNN)", flush=True)
+
+    from persona_refusal.cli import main as cli
+
+    counter = ProductCounter()
+    t0 = time.perf_counter()
+    with stages_attributed(counter), counter:
+        rc = cli(args.command)
+    wall = time.perf_counter() - t0
+    if rc:
+        return rc
+    out = _out_of(args.command)
+    info = json.loads((out / "results.json").read_text())["run_info"] if out else {}
+    seconds = dict(info.get("stage_seconds", {}))
+    rows = []
+    for stage in sorted(set(seconds) | set(counter.flops), key=lambda s: -counter.flops.get(s, 0)):
+        tf = counter.flops.get(stage, 0) / 1e12
+        s = seconds.get(stage)
+        floor = tf * 1e3 / peak
+        rows.append({"stage": stage, "seconds": s, "tflop": tf, "floor_seconds": floor,
+                     "gflops": tf * 1e3 / s if s else None, "of_peak": floor / s if s else None})
+    total_tf = sum(counter.flops.values()) / 1e12
+    total = {"stage": "total (wall)", "seconds": wall, "tflop": total_tf, "floor_seconds": total_tf * 1e3 / peak,
+             "gflops": total_tf * 1e3 / wall, "of_peak": total_tf * 1e3 / peak / wall}
+    print(f"\n{'stage':<22}{'seconds':>9}{'TFLOP':>9}{'GFLOP/s':>9}{'of peak':>9}{'floor s':>9}")
+    for r in rows + [total]:
+        s = f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"
+        g = f"{r['gflops']:.0f}" if r["gflops"] is not None else "-"
+        o = f"{r['of_peak']:.2f}" if r["of_peak"] is not None else "-"
+        print(f"{r['stage']:<22}{s:>9}{r['tflop']:>9.2f}{g:>9}{o:>9}{r['floor_seconds']:>9.0f}")
+    print(f"\nfloor {total['floor_seconds'] / 60:.1f} min at {peak:.0f} GFLOP/s; measured {wall / 60:.1f} min "
+          f"({total['of_peak']:.2f} of the peak over the whole run, loading and judging included)")
+    if out:
+        from persona_refusal.storage import atomic_write_text
+
+        atomic_write_text(out / "floor.json", json.dumps({"peak_gflops": peak, "dtype": dtype, "command": args.command,
+                                                          "stages": rows, "total": total}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
