@@ -9,13 +9,14 @@ and oneDNN's ``_linear_pointwise``, the fast decoding path's product: ``2·m·k�
 the stage whose timer is running (``run_info.stage_seconds``'s names). It prints, per
 stage and in total:
 
-* seconds (measured, counting included; the counter costs a Python call per tensor
-  operation, about ``--overhead`` of the time, printed when measured),
+* seconds (measured, counting included: the counter costs a Python call per tensor
+  operation, up to a third more time in generation-heavy stages, so compare the floor
+  with an uncounted run's ``stage_seconds`` for efficiency ratios),
 * TFLOP of matrix products,
 * the achieved rate and its ratio to the peak,
-* the *floor*: TFLOP / peak, the time no implementation on this CPU can beat for this
-  amount of work without doing less of it (element-wise work, tokenising and judging
-  only add to it).
+* the *floor*: TFLOP / peak, the time these products take at the peak rate, which
+  faster code cannot beat without doing fewer of them (element-wise work, tokenising
+  and judging only add to it).
 
 The peak is the best of MKL and oneDNN on an MLP-sized product in the run's dtype
 (``bench/generation.py``'s ``peak_gflops``), measured before the run. A run's total floor
