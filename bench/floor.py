@@ -3,9 +3,10 @@ at this machine's measured peak, and how close the real run comes.
 
 Run ``python bench/floor.py run --preset smoke --out runs/floor-smoke`` (any
 ``persona-refusal`` command line after the script's own options). The study runs
-in-process while a ``TorchDispatchMode`` counts the floating-point operations of every
-matrix product the model does (``linear``, ``matmul``, ``mm``, ``addmm``, ``bmm``, ``baddbmm``, einsum
-and oneDNN's ``_linear_pointwise``, the fast decoding path's product: ``2·m·k·n`` each), attributed to
+in-process while a counter counts the floating-point operations of every
+matrix product the model does (torch's ``FlopCounterMode``: ``linear``, ``matmul``, einsum,
+``mm``, ``bmm`` …, plus oneDNN's ``_linear_pointwise``, the fast decoding path's product:
+``2·m·k·n`` each), attributed to
 the stage whose timer is running (``run_info.stage_seconds``'s names). It prints, per
 stage and in total:
 
@@ -30,84 +31,67 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from generation import peak_gflops  # noqa: E402
 
-aten = torch.ops.aten
+OUTSIDE = "(outside stages)"
+
+_EXTRA = [torch.ops.aten.mv, torch.ops.aten.dot] + (
+    [torch.ops.mkldnn._linear_pointwise] if hasattr(torch.ops.mkldnn, "_linear_pointwise") else [])
 
 
-def _einsum_flops(equation: str, operands) -> int:
-    """``2 × (product of every index size)`` for a contraction of two or more operands
-    (each output element sums over the contracted indices); 0 for a one-operand einsum."""
-    if len(operands) < 2:
-        return 0
-    lhs = equation.replace(" ", "").split("->")[0]
-    sizes: dict[str, int] = {}
-    for term, t in zip(lhs.split(","), operands):
-        if "..." in term:  # broadcast dimensions: named by their distance from the right
-            head, tail = term.split("...")
-            n_ell = t.dim() - len(head) - len(tail)
-            names = list(head) + [f"...{n_ell - i}" for i in range(n_ell)] + list(tail)
-        else:
-            names = list(term)
-        for name, n in zip(names, t.shape):
-            sizes[name] = max(sizes.get(name, 1), int(n))
-    total = 1
-    for n in sizes.values():
-        total *= n
-    return 2 * total
+@register_flop_formula(_EXTRA)
+def _contract_last_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    """``2·k`` per output element, ``k`` the input's last size: matrix-vector and
+    vector-vector products (projections onto a direction), which torch's registry leaves
+    out, and oneDNN's linear, the fast decoding path's product (its weight may be packed
+    into an opaque layout, so the sizes come from the input and the output)."""
+    return 2 * x_shape[-1] * math.prod(out_shape)
 
 
-def product_flops(func, args, out) -> int:
-    """Floating-point operations of one matrix product (0 for any other operation):
-    ``2·m·k·n`` for ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm`` / ``matmul`` / ``linear``
-    (which reach the counter whole under ``torch.inference_mode``) and oneDNN's linear;
-    einsum by its indices; scaled-dot-product attention as its two products."""
-    if func in (aten.addmm.default, aten.baddbmm.default):
-        return 2 * args[1].shape[-1] * out.numel()
-    if func in (aten.mm.default, aten.bmm.default, aten.matmul.default, aten.linear.default):
-        return 2 * args[0].shape[-1] * out.numel()
-    if func is aten.einsum.default:
-        return _einsum_flops(args[0], args[1])
-    if func is aten.scaled_dot_product_attention.default:
-        q, k = args[0], args[1]
-        return 2 * q.numel() * k.shape[-2] + 2 * out.numel() * k.shape[-2]
-    if getattr(func, "overloadpacket", None) is getattr(torch.ops.mkldnn, "_linear_pointwise", object()):
-        return 2 * args[0].shape[-1] * out.numel()
-    return 0
-
-
-class ProductCounter(TorchDispatchMode):
-    """Counts matrix-product FLOPs by the name in :attr:`stage` (``"(outside stages)"`` between stages)."""
+class ProductCounter(FlopCounterMode):
+    """torch's ``FlopCounterMode`` (``mm``, ``addmm``, ``bmm``, ``baddbmm``, attention;
+    ``linear``, ``matmul`` and einsum through their decompositions) plus ``mv``, ``dot``
+    and oneDNN's linear,
+    with the count split by the name in :attr:`stage`."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(display=False)
         self.flops: dict[str, int] = defaultdict(int)
-        self.stage = "(outside stages)"
+        self._stage, self._mark = OUTSIDE, 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor):
-            n = product_flops(func, args, out)
-            if n:
-                self.flops[self.stage] += n
-        return out
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @stage.setter
+    def stage(self, name: str) -> None:
+        """Book what was counted since the last change to the stage that ran, then switch."""
+        total = self.get_total_flops()
+        if total > self._mark:
+            self.flops[self._stage] += total - self._mark
+        self._stage, self._mark = name, total
+
+    def __exit__(self, *exc):
+        self.stage = self._stage  # book the last stretch
+        return super().__exit__(*exc)
 
 
 def self_check() -> None:
     """The counter counts known products exactly (``F.linear``, ``matmul``, einsum and
     oneDNN's linear; with and without ``torch.inference_mode``, where composite
-    operations reach it whole)."""
+    operations reach the counter whole)."""
     a, w, x, y = torch.randn(5, 7), torch.randn(3, 7), torch.randn(2, 5, 7), torch.randn(2, 7, 4)
     for inference in (False, True):
         c = ProductCounter()
@@ -151,17 +135,13 @@ def stages_attributed(counter: ProductCounter):
         context.RunContext.timer = orig
 
 
-def _dtype_of(argv: list[str]) -> str:
+def _run_args(argv: list[str]) -> tuple[str, Path | None]:
+    """The command's ``--dtype`` and ``--out``."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--dtype", default="float32")
-    return p.parse_known_args(argv)[0].dtype
-
-
-def _out_of(argv: list[str]) -> Path | None:
-    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--out")
-    got = p.parse_known_args(argv)[0].out
-    return Path(got) if got else None
+    got = p.parse_known_args(argv)[0]
+    return got.dtype, Path(got.out) if got.out else None
 
 
 def main(argv=None) -> int:
@@ -172,7 +152,7 @@ def main(argv=None) -> int:
     if not args.command:
         ap.error("give a persona-refusal command, e.g. run --preset smoke --out runs/floor-smoke")
     self_check()
-    dtype = _dtype_of(args.command)
+    dtype, out = _run_args(args.command)
     peak = peak_gflops(args.repeats, getattr(torch, dtype))
     print(f"peak {peak:.0f} GFLOP/s ({dtype}, the faster of MKL and oneDNN)", flush=True)
 
@@ -185,7 +165,6 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     if rc:
         return rc
-    out = _out_of(args.command)
     info = json.loads((out / "results.json").read_text())["run_info"] if out else {}
     seconds = dict(info.get("stage_seconds", {}))
     rows = []
