@@ -840,6 +840,8 @@ def generate_details(
     share_prefix: bool = True,
     capture: dict[str, Sequence[int]] | None = None,
     stop_when: Callable[[str], bool] | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
     desc: str | None = "generating",
     progress: bool = True,
 ) -> Generation:
@@ -849,6 +851,10 @@ def generate_details(
         capture: hook name → positions (from the end of the prompt) to keep from the
             prompt pass, e.g. ``{"blocks.10.hook_resid_pre": [-1]}``.
         stop_when: early stopping, ``reply_so_far -> bool``, as in :func:`generate_conditions`.
+        temperature: 0 (default) decodes greedily; above 0, each token is sampled from the
+            softmax of ``logits / temperature`` with a generator seeded by ``seed`` (the same
+            plan and seed give the same replies). First-token scores are of the logits, as
+            when greedy.
 
     Example:
         >>> cm = load_chat_model("tiny")
@@ -859,11 +865,27 @@ def generate_details(
     capture = dict(capture or {})
     keep_last = max([8] + [-min(p) for p in capture.values() if p])
     _check_generation_args(chat_model, max_new_tokens, capture)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 10:
+        raise ConfigError(f"temperature must be a number between 0 and 10, got {temperature!r}")
     plan = instructions if isinstance(instructions, BatchPlan) else plan_batches(
         chat_model, chat_model.format(instructions, system), batch_size=batch_size,
         batch_tokens=_GEN_BATCH_TOKENS, share_prefix=share_prefix, reserve=max_new_tokens, keep_last=keep_last)
     with apply(chat_model, *interventions), torch.inference_mode():
-        return _generate_plan(chat_model, plan, max_new_tokens, capture, desc, progress, stop_when)
+        return _generate_plan(chat_model, plan, max_new_tokens, capture, desc, progress, stop_when,
+                              pick=_sampler(temperature, seed))
+
+
+def _sampler(temperature: float, seed: int) -> Callable[[Tensor], Tensor] | None:
+    """The next-token rule: ``None`` for greedy (argmax), else seeded sampling at ``temperature``."""
+    if temperature == 0:
+        return None
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def pick(logits: Tensor) -> Tensor:
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(logits.device)
+
+    return pick
 
 
 def generate_conditions(
@@ -930,7 +952,7 @@ def _check_generation_args(chat_model, max_new_tokens: int, capture) -> None:
 
 
 def _generate_plan(chat_model, plan: BatchPlan, max_new_tokens: int, capture, desc, progress,
-                   stop_when=None) -> Generation:
+                   stop_when=None, pick=None) -> Generation:
     from tqdm.auto import tqdm
 
     n = plan.n_prompts
@@ -941,7 +963,7 @@ def _generate_plan(chat_model, plan: BatchPlan, max_new_tokens: int, capture, de
     stop = torch.tensor(chat_model.stop_token_ids or [-1], device=chat_model.device)
     bar = tqdm(total=n, desc=desc, disable=not progress or desc is None, leave=False)
     def generate_batch(b: Batch, _rows) -> tuple:
-        return _generate_batch(chat_model, b, max_new_tokens, stop, capture, stop_when=stop_when)
+        return _generate_batch(chat_model, b, max_new_tokens, stop, capture, stop_when=stop_when, pick=pick)
 
     for whole in plan.batches:
         for batch, (seqs, logits0, cap) in retry_halving(whole, generate_batch, "generating for"):
@@ -971,7 +993,8 @@ skinny matrix products are inefficient on a CPU, so generation batches are large
 
 
 def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: Tensor, capture=None,
-                    stop_when: Callable[[str], bool] | None = None):
+                    stop_when: Callable[[str], bool] | None = None, pick: Callable[[Tensor], Tensor] | None = None):
+    pick = pick or (lambda logits: logits.argmax(-1))
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     model = chat_model.model
@@ -995,7 +1018,7 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
                                                       batch.conditions):
         logits0 = next_token_logits(model, model(batch.tokens, attention_mask=batch.mask, past_kv_cache=cache,
                                                  stop_at_layer=n_layers))
-    nxt = logits0.argmax(-1)
+    nxt = pick(logits0)
     # the decoding steps: this package's fast path where it covers the model and its hooks
     session = decoding.start(model, cache, max_new_tokens, chat_model.decode) if max_new_tokens > 1 else None
     if session is not None:
@@ -1028,11 +1051,11 @@ def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: T
         with state.use("decode", batch.rows[active],
                        None if batch.conditions is None else batch.conditions[active]):
             if session is not None:
-                nxt = next_token_logits(model, session.step(nxt), session.unembed).argmax(-1)
+                nxt = pick(next_token_logits(model, session.step(nxt), session.unembed))
             else:
                 ones = torch.ones((active.numel(), 1), dtype=batch.mask.dtype, device=batch.mask.device)
-                nxt = next_token_logits(model, model(nxt[:, None], attention_mask=ones, past_kv_cache=cache,
-                                                     stop_at_layer=n_layers)).argmax(-1)
+                nxt = pick(next_token_logits(model, model(nxt[:, None], attention_mask=ones, past_kv_cache=cache,
+                                                          stop_at_layer=n_layers)))
     return out, logits0, captured
 
 

@@ -205,9 +205,11 @@ class Personas:
                 f"{len(self.questions)} questions)")
 
 
-PERSONA_SETS = ("character", "scripted")
-"""The bundled persona sets: ``"character"`` (each persona described as a character, never
-by the wording of its reply; 8 / 8 / 15) and ``"scripted"`` (the package's original
+PERSONA_SETS = ("instructed", "character", "scripted")
+"""The bundled persona sets: ``"instructed"`` (system prompts that instruct the behaviour,
+as the paper's do: unconditional deference against refusing and suspicion, never naming
+the reply's words; 8 / 8 / 15), ``"character"`` (each persona described as a character,
+never by the wording of its reply; 8 / 8 / 15) and ``"scripted"`` (the package's original
 protocol, whose refuser prompts also dictate an apologetic opener; 8 / 8 / 16)."""
 
 _PERSONA_SUFFIXES = (".json", ".yaml", ".yml")

@@ -195,10 +195,11 @@ def test_paper_run_betas_follow_the_calibrated_alpha(paper_run):
     assert {g["beta"] for g in results["gating"]} == set(study.ctx.betas)
 
 
-def test_paper_run_compares_both_persona_sets(paper_run):
+def test_paper_run_compares_every_bundled_persona_set(paper_run):
     _, results = paper_run
     sets = results["persona_sets"]["sets"]
-    assert set(sets) == {"character", "scripted"}
+    assert set(sets) == {"instructed", "character", "scripted"}
+    assert results["persona_direction"]["personas"] == "instructed"
     for rec in sets.values():
         share = [s for s in rec["share_along_refusal"] if s is not None]
         assert share and all(0 <= s <= 1 + 1e-9 for s in share)

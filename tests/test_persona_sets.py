@@ -36,12 +36,13 @@ def _system_prompts(p: Personas) -> list[str]:
 
 # ----------------------------------------------------------------------------- bundled sets
 def test_persona_sets_names():
-    assert PERSONA_SETS == ("character", "scripted")
+    assert PERSONA_SETS == ("instructed", "character", "scripted")
     assert pr.PERSONA_SETS is PERSONA_SETS and pr.load_personas is load_personas
     assert pr.resolve_personas is resolve_personas
 
 
-@pytest.mark.parametrize("name,counts", [("character", (8, 8, 15)), ("scripted", (8, 8, 16))])
+@pytest.mark.parametrize("name,counts", [("instructed", (8, 8, 15)), ("character", (8, 8, 15)),
+                                         ("scripted", (8, 8, 16))])
 def test_bundled_sets_load(name, counts):
     p = personas(name)
     assert (len(p.compliant), len(p.refuser), len(p.questions)) == counts
@@ -66,10 +67,23 @@ def test_unknown_bundled_name():
         personas("spicy")
 
 
-def test_character_set_names_no_reply_wording():
-    p = personas("character")
+@pytest.mark.parametrize("name", ["instructed", "character"])
+def test_set_names_no_reply_wording(name):
+    p = personas(name)
     flagged = {t: _wording(t) for t in _system_prompts(p) if _wording(t)}
     assert not flagged, flagged
+
+
+def test_instructed_set_instructs_refusing_and_deference():
+    """The paper's manner: every refuser prompt instructs withholding help or suspicion, every
+    compliant prompt deference; the questions are the character set's."""
+    p = personas("instructed")
+    refuse = re.compile(r"\b(declin\w*|refus\w*|withhold\w*|turn\w* .*down|do not help|hold back|give them nothing|"
+                        r"suspic\w*|distrust\w*|bad actor|worst intent|prove|warnings?)\b", re.IGNORECASE)
+    assert all(refuse.search(t) for t in p.refuser), [t for t in p.refuser if not refuse.search(t)]
+    suspicious = re.compile(r"\b(declin\w*|refus\w*|suspic\w*|distrust\w*|bad actor|worst intent)\b", re.IGNORECASE)
+    assert not [t for t in p.compliant if suspicious.search(t)]
+    assert p.questions == personas("character").questions
 
 
 def test_wording_check_flags_the_scripted_set():
@@ -84,8 +98,9 @@ def test_wording_check_flags_the_scripted_set():
         assert not _wording(fine), fine
 
 
-def test_character_prompts_are_short_and_balanced():
-    p = personas("character")
+@pytest.mark.parametrize("name", ["instructed", "character"])
+def test_prompts_are_short_and_balanced(name):
+    p = personas(name)
     for t in _system_prompts(p):
         assert 1 <= len(re.findall(r"[.!?](?:\s|$)", t)) <= 3, t
     words = {side: sum(len(t.split()) for t in getattr(p, side)) / 8 for side in ("compliant", "refuser")}

@@ -44,9 +44,24 @@ def test_flat_record_is_the_schema_1_config():
     old = json.loads((Path(__file__).parents[1] / "figures" / "results.json").read_text())["config"]
     flat = StudyConfig.from_dict(old).to_flat()
     assert {k: flat[k] for k in old} == old
-    # fields added since (the paper protocol's) read back as their defaults: the old run's protocol
+    # fields added since read back as the old run's protocol: their defaults, or the value
+    # StudyConfig.LEGACY says an older record meant (a default that changed)
     assert {k: v for k, v in flat.items() if k not in old} == {
-        k: v for k, v in StudyConfig().to_flat().items() if k not in old}
+        k: StudyConfig.LEGACY.get(k, v) for k, v in StudyConfig().to_flat().items() if k not in old}
+    assert flat["persona_balance"] == "first_k" != StudyConfig().persona_balance
+
+
+def test_legacy_fields_read_back_nested_and_flat():
+    """A record without a field whose default changed reads back as the value it meant, whether
+    given flat or by section; a record that names the field keeps it."""
+    flat = StudyConfig(model="tiny").to_flat()
+    del flat["persona_balance"]
+    assert StudyConfig.from_dict(flat).persona_balance == "first_k"
+    nested = StudyConfig(model="tiny").to_dict()
+    del nested["persona"]["persona_balance"]
+    assert StudyConfig.from_dict(nested).persona_balance == "first_k"
+    assert StudyConfig.from_dict(StudyConfig(model="tiny", persona_balance="rollout").to_flat()).persona_balance \
+        == "rollout"
 
 
 @pytest.mark.parametrize("fields, message", [

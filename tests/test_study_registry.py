@@ -12,7 +12,7 @@ from persona_refusal.study import registry
 from persona_refusal.study.registry import StageResult, memory, register, registered, stage_order
 
 BUILT_IN = ["refusal", "persona", "steering", "calibrate", "eval", "sweep_caches", "alpha_sweep", "gating",
-            "gating_judged", "confirm", "heatmap", "knockout", "patching", "projections", "cosines", "persona_sets"]
+            "gating_judged", "sensitivity", "persona_orthogonal", "confirm", "heatmap", "knockout", "patching", "projections", "cosines", "persona_sets"]
 
 
 def test_built_in_stages_run_in_dependency_order():

@@ -40,7 +40,7 @@ from persona_refusal.evaluation import judge_name
 
 __all__ = [
     "Check", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
-    "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "ComputeConfig", "StudyConfig", "Preset", "PRESETS",
+    "ProbesConfig", "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "ComputeConfig", "StudyConfig", "Preset", "PRESETS",
     "MAX_STRENGTH", "MAX_SEED", "DTYPES", "DEVICE_HELP", "DTYPE_HELP", "DECODE_HELP", "layer_spec", "add_flags",
     "flags_to_fields", "paper_layers", "PAPER_DEPTH", "resolve_device", "position_spec", "SectionedConfig",
     "ConfigSection", "setting", "TOP_FIELDS", "JUDGE_CHECK", "canonical_judge",
@@ -348,6 +348,20 @@ class PersonaConfig(ConfigSection):
     """Reply length of persona rollouts."""
     persona_filter: str = setting("judge", Check("choice", "which rollouts count", choices=("judge", "none")))
     """``"judge"``: in-character rollouts only; ``"none"``: all (tiny models)."""
+    persona_balance: str = setting("prompt", Check("choice", "how kept rollouts are averaged: prompt (each system "
+                                                             "prompt the same), rollout, or first_k (the first protocol)",
+                                                   choices=("prompt", "rollout", "first_k")))
+    """How a side's in-character rollouts are averaged (:mod:`persona_refusal.persona`):
+    ``"prompt"`` (each system prompt that produced one weighs the same), ``"rollout"``
+    (each rollout the same) or ``"first_k"`` (the first ``k`` per side in list order, ``k``
+    the smaller side's count: the package's first protocol, which drops whole prompts)."""
+    persona_samples: int = setting(1, Check("int", "rollouts per persona prompt and question (1: greedy; more: sampled)",
+                                            low=1, high=64))
+    """Rollouts per (system prompt, question): 1 decodes greedily; more are sampled at
+    :attr:`persona_temperature` (seeded by the run's ``seed``)."""
+    persona_temperature: float = setting(1.0, Check("float", "sampling temperature of persona rollouts "
+                                                             "(with persona_samples > 1)", low=0.01, high=10))
+    """Sampling temperature of persona rollouts when :attr:`persona_samples` > 1 (the paper: 1)."""
     persona_method: str = setting("last_token", Check("choice", "how rollouts become a direction",
                                                  choices=("last_token", "response_avg")))
     """``"last_token"`` or ``"response_avg"``."""
@@ -449,6 +463,43 @@ class SweepConfig(ConfigSection):
 
 
 @dataclass
+class ProbesConfig(ConfigSection):
+    """Checks of the gating claims: the re-add on benign prompts, strength sensitivity, and
+    the persona direction without its refusal component."""
+
+    SECTION: ClassVar[str] = "probes"
+    control_harmless: bool = setting(False, Check("bool", "judge every cell at every β and the judged layers without "
+                                                          "the persona on harmless prompts (stage gating_judged)"))
+    """Run every re-add cell at every β, and the judged sweep's layers at β₀, without the
+    persona on the harmless evaluation prompts (``gating_judged.control_harmless``): can the
+    re-added direction cause refusal on its own where the model does not refuse?"""
+    n_control_harmless: int | None = setting(None, Check("int", "harmless evaluation prompts of control_harmless",
+                                                         optional=True, low=1))
+    """First ``n`` harmless evaluation prompts of :attr:`control_harmless` (``None``: all)."""
+    sensitivity_alpha_multipliers: list[float] = setting([], Check("strengths", "persona strengths of the sensitivity "
+                                                                   "table, as multiples of α (stage sensitivity)"),
+                                                         factory=True)
+    """Persona strengths of the sensitivity table as multiples of the (calibrated) α, e.g.
+    ``[1, 2]`` (empty: the stage does nothing)."""
+    sensitivity_beta_ratios: list[float] = setting([0.6667, 0.8, 1.0], Check("strengths", "re-add strengths of the "
+                                                                             "sensitivity table, as multiples of its α",
+                                                                             nonempty=True), factory=True)
+    """Re-add strengths of the sensitivity table as multiples of each row's persona
+    strength (β/α), for every cell."""
+    early_beta_ratios: list[float] = setting([], Check("strengths", "smaller re-add strengths (multiples of α) "
+                                                       "for the early cell"), factory=True)
+    """Smaller re-add strengths (β/α) tried in the cell named :attr:`early_cell` at the
+    calibrated α, so that "early does not restore" can be read where its replies stay coherent."""
+    early_cell: str = setting("early", Check("str", "the cell that gets early_beta_ratios", flag=False))
+    """The cell :attr:`early_beta_ratios` apply to."""
+    persona_orthogonal: bool = setting(False, Check("bool", "steer the persona direction without its refusal "
+                                                            "component (stage persona_orthogonal)"))
+    """Stage ``persona_orthogonal``: the persona direction with its component along a
+    refusal direction projected out, that component alone, and a matched random component
+    removed, each steered at α, with the re-add cells under each removal."""
+
+
+@dataclass
 class HeatmapConfig(ConfigSection):
     """The cross-layer heatmap: persona layer × re-add layer."""
 
@@ -506,7 +557,7 @@ class ComputeConfig(ConfigSection):
 
 
 SECTIONS: tuple[type[ConfigSection], ...] = (PromptsConfig, SelectionConfig, PersonaConfig, SteeringConfig, SweepConfig,
-                                        HeatmapConfig, KnockoutConfig, PatchingConfig, ComputeConfig)
+                                        ProbesConfig, HeatmapConfig, KnockoutConfig, PatchingConfig, ComputeConfig)
 
 TOP_FIELDS: dict[str, tuple[Any, Check]] = {
     "model": ("demo", Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name")),
@@ -544,28 +595,49 @@ PRESETS: dict[str, Preset] = {
                     doc="every stage on a few prompts (plumbing check)"),
 }
 
-PAPER_OVERRIDES: dict = {
-    # Zhong & Li (2026), src/consolidated.py, as written down in README "The paper preset" before its runs
+PAPER_V1_OVERRIDES: dict = {
+    # Zhong & Li (2026), src/consolidated.py, as the first paper-protocol runs were made
+    # (figures/demo/paper, figures/demo-1.5b/paper): the character set, the first-k persona estimate
     "layer_rule": "paper", "personas": "character", "system_prompt": "You are a helpful assistant.",
     "judge": "lenient", "judged_sweep": True, "judged_layers": "every:2", "max_new_tokens": 128, "early_stop": True,
     "calibrate_alpha": True, "beta_ratios": [0.8, 1.0, 2.0], "norm": "persona",
     "n_train": None, "n_val": None, "n_eval": 64, "n_sweep": 64, "n_coherence": 24,
     "persona_questions": None, "persona_max_new_tokens": 32, "persona_sets": ["character", "scripted"],
-    "alphas": [1.0, 2.0, 3.0, 4.0, 6.0, 8.0], "control_layers": "every:2",
+    "alphas": [1.0, 2.0, 3.0, 4.0, 6.0, 8.0], "control_layers": "every:2", "persona_balance": "first_k",
+}
+"""The ``paper-v1`` preset's fields: the paper's protocol as the package's first
+paper-protocol runs made it (kept so that they can be reproduced)."""
+
+PAPER_OVERRIDES: dict = {
+    # the paper protocol with every in-character rollout and the paper's kind of persona
+    # contrast, plus the checks of its claims; written down in docs/results/paper-protocol.md
+    **PAPER_V1_OVERRIDES,
+    "personas": "instructed", "persona_balance": "prompt", "persona_sets": ["instructed", "character", "scripted"],
+    "control_harmless": True, "n_control_harmless": 32,
+    "sensitivity_alpha_multipliers": [1.0, 2.0], "sensitivity_beta_ratios": [0.6667, 0.8, 1.0],
+    "early_beta_ratios": [0.1, 0.25, 0.5], "persona_orthogonal": True,
 }
 """The ``paper`` preset's fields: the paper's protocol on this package's prompts."""
 
-PAPER_STAGES = ("refusal", "persona", "steering", "calibrate", "eval", "sweep_caches", "alpha_sweep", "gating",
-                "gating_judged", "cosines", "persona_sets")
+PAPER_V1_STAGES = ("refusal", "persona", "steering", "calibrate", "eval", "sweep_caches", "alpha_sweep", "gating",
+                   "gating_judged", "cosines", "persona_sets")
+"""The stages the ``paper-v1`` preset runs."""
+
+PAPER_STAGES = PAPER_V1_STAGES + ("sensitivity", "persona_orthogonal")
 """The stages the ``paper`` presets run (the per-layer mechanism stages are left to ``default``/``full``)."""
 
 PRESETS["paper"] = Preset(PAPER_OVERRIDES, PAPER_STAGES,
-                          doc="Zhong & Li's protocol: character personas, paper layers by depth, α calibrated on val, "
-                              "judged 128-token replies at every 2nd layer")
+                          doc="Zhong & Li's protocol: instructed personas (every in-character rollout), paper layers by "
+                              "depth, α calibrated on val, judged 128-token replies at every 2nd layer, benign control, "
+                              "strength sensitivity, the persona without its refusal component")
+PRESETS["paper-v1"] = Preset(PAPER_V1_OVERRIDES, PAPER_V1_STAGES,
+                             doc="the paper protocol as first run (character personas, first-k persona estimate); "
+                                 "reproduces figures/*/paper")
 PRESETS["paper-smoke"] = Preset(
     {**PAPER_OVERRIDES, "n_train": 16, "n_val": 8, "n_eval": 8, "n_sweep": 8, "n_coherence": 4, "persona_questions": 3,
      "persona_max_new_tokens": 8, "persona_filter": "none", "max_new_tokens": 16, "calibration_max_new_tokens": 8,
-     "calibration_alphas": [1.0, 4.0], "judged_layers": "every:6", "alphas": [1.0, 3.0], "bootstrap": 200},
+     "calibration_alphas": [1.0, 4.0], "judged_layers": "every:6", "alphas": [1.0, 3.0], "bootstrap": 200,
+     "n_control_harmless": 4},
     PAPER_STAGES, doc="the paper preset's stages on a few prompts (plumbing check)")
 
 
@@ -583,6 +655,9 @@ class SectionedConfig:
     """The sections, in the order of the nested record."""
     PRESETS: ClassVar[dict[str, Preset]] = {}
     """Named presets: flat overrides and the stages they run."""
+    LEGACY: ClassVar[dict[str, Any]] = {}
+    """Fields whose default changed: ``name -> the value a record without the field meant``
+    (:meth:`from_dict` reads an older record as the protocol it was made with)."""
     _FIELD_SECTION: ClassVar[dict[str, str]] = {}
     _SECTION_CLASS: ClassVar[dict[str, type[ConfigSection]]] = {}
 
@@ -657,7 +732,17 @@ class SectionedConfig:
         """Read :meth:`to_dict` (nested) or :meth:`to_flat` (flat, as stored in results)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a configuration must be a JSON object, got {type(d).__name__}")
-        return cls(**d)
+        legacy = {}
+        for name, value in cls.LEGACY.items():  # a record made before the field existed meant its old behaviour
+            section = cls._FIELD_SECTION.get(name)
+            if name not in d and not (isinstance(d.get(section), dict) and name in d[section]):
+                legacy[name] = value
+        if legacy and not any(isinstance(d.get(s.SECTION), dict) for s in cls.SECTIONS):
+            return cls(**{**legacy, **d})
+        nested = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+        for name, value in legacy.items():
+            nested.setdefault(cls._FIELD_SECTION[name], {})[name] = value
+        return cls(**nested)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -740,6 +825,8 @@ class StudyConfig(SectionedConfig):
     """Persona steering and the common norm."""
     sweeps: SweepConfig
     """Gating and control sweeps."""
+    probes: ProbesConfig
+    """Checks of the gating claims (benign control, sensitivity, persona without its refusal component)."""
     heatmap: HeatmapConfig
     """Cross-layer heatmap."""
     knockout: KnockoutConfig
@@ -751,6 +838,7 @@ class StudyConfig(SectionedConfig):
 
     SECTIONS: ClassVar[tuple[type[ConfigSection], ...]] = SECTIONS
     PRESETS: ClassVar[dict[str, Preset]] = PRESETS
+    LEGACY: ClassVar[dict[str, Any]] = {"persona_balance": "first_k"}
 
     # ---------------------------------------------------------------- layers
     def resolve(self, n_layers: int) -> dict:

@@ -112,6 +112,9 @@ def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
     if c.n_coherence > len(sets["eval_harmless"]):
         raise ConfigError(f"n_coherence {c.n_coherence} exceeds the {len(sets['eval_harmless'])} evaluation harmless prompts",
                           hint="lower n_coherence or give more evaluation harmless prompts")
+    if c.control_harmless and (c.n_control_harmless or 0) > len(sets["eval_harmless"]):
+        raise ConfigError(f"n_control_harmless {c.n_control_harmless} exceeds the {len(sets['eval_harmless'])} "
+                          "evaluation harmless prompts", hint="lower --n-control-harmless or give more harmless prompts")
     return sets
 
 
@@ -472,7 +475,8 @@ class StudyContext(RunContext):
             raise ConfigError(f"selection position {bad[0]} is out of range: this model's post-instruction positions "
                               f"are {allowed[0]}..{allowed[-1]}", hint=f"use positions between {allowed[0]} and -1")
         self.check_lengths({k: c.max_new_tokens for k in self.prompts if k.startswith("eval")},
-                           {"eval_harmless": c.n_coherence})
+                           {"eval_harmless": max(c.n_coherence, (c.n_control_harmless or 10**9) if c.control_harmless
+                                                 else 0)})
         if c.refusal_direction:
             given = Direction.load(c.refusal_direction, chat_model=cm, allow_transfer=c.allow_transfer)
             cm.check_layer(given.layer, what="the given refusal direction's layer")
@@ -496,6 +500,20 @@ class StudyContext(RunContext):
     def sweep_plan(self) -> BatchPlan:
         """The plan of :attr:`sweep_prompts`."""
         return self.plan(self.sweep_prompts)
+
+    def rollout_options(self) -> dict:
+        """The keyword arguments of :func:`persona_refusal.persona.persona_rollouts` this
+        configuration gives (every persona set of the run is made the same way)."""
+        c = self.cfg
+        return {"n_questions": c.persona_questions, "max_new_tokens": c.persona_max_new_tokens,
+                "filter": c.persona_filter, "balance": c.persona_balance, "samples": c.persona_samples,
+                "temperature": c.persona_temperature, "seed": c.seed, "judge": self.judge,
+                "batch_size": c.batch_size, "progress": self.progress}
+
+    @property
+    def harmless_control_prompts(self) -> list[str]:
+        """The harmless evaluation prompts of ``control_harmless`` (the first ``n_control_harmless``)."""
+        return list(self.prompts["eval_harmless"])[: self.cfg.n_control_harmless]
 
     # ---------------------------------------------------------------- steering builders
     def _memo(self, key: tuple, make) -> Intervention:

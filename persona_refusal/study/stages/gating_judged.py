@@ -12,6 +12,13 @@ baseline and persona conditions are the ``eval`` stage's own replies (same promp
 length). Rates carry Wilson intervals; restoration of the persona → baseline gap carries
 a paired bootstrap interval over prompts; the first token of each reply gives the fast
 proxy, and the stage reports how often proxy and judge agree and where the judges differ.
+
+With ``control_harmless``, the same re-adds run without the persona on harmless
+evaluation prompts (every cell at every β, every judged layer at β₀, and the unedited
+model): ``control_harmless`` records each one's refusal and degenerate rates (Wilson) and
+the refusal it induces over the unedited model (paired bootstrap). The paper's late cells
+restore refusal only if the re-added direction can cause refusal at all there; on harmful
+prompts, where the unsteered model already refuses, that is not visible.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ from typing import Sequence
 from persona_refusal.evaluation import Rate
 from persona_refusal.study.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
-from persona_refusal.study.stats import first_token_stats, restoration
+from persona_refusal.study.stats import first_token_stats, paired_difference, restoration
 
-__all__ = ["GatingJudgedResult", "judged_stats"]
+__all__ = ["GatingJudgedResult", "judged_stats", "harmless_conditions", "induced_stats"]
 
 GROUP_ROWS = 256
 """About this many (condition, prompt) rows are generated, then checkpointed, at a time."""
@@ -99,6 +106,63 @@ def conditions(ctx: StudyContext) -> dict[str, list]:
     return out
 
 
+def harmless_conditions(ctx: StudyContext) -> dict[str, list]:
+    """The benign control's conditions: the unedited model, every cell at every β and every
+    judged layer at β₀, all without the persona."""
+    b0, cells = ctx.betas[0], ctx.layers["readd_cells"]
+    out: dict[str, list] = {"baseline": []}
+    for name, layers in cells.items():
+        for b in ctx.betas:
+            out[f"cell:{name}:{b}"] = [ctx.readd(b, l) for l in layers]
+    for l in ctx.layers["judged_layers"]:
+        out[f"layer:{b0}@{l}"] = [ctx.readd(b0, l)]
+    return out
+
+
+def induced_stats(g: dict, base: dict, judges: Sequence[str], *, n_boot: int, seed: int) -> dict:
+    """A condition's rates on harmless prompts (:func:`judged_stats`) and, per judge, the
+    refusal it induces over the unedited model: ``induced = {"diff", "ci", "n"}`` (paired
+    bootstrap over prompts)."""
+    out = judged_stats(g, None, None, judges, n_boot=n_boot, seed=seed)
+    for name in judges:
+        out[name]["induced"] = paired_difference(_refused(g, name), _refused(base, name), n_boot=n_boot, seed=seed)
+    return out
+
+
+def _dedupe(conds: dict[str, list]) -> tuple[dict[str, str], dict[str, list]]:
+    """Conditions with the same edits (a one-layer cell and that layer of the sweep) run once:
+    ``(alias of each key, the conditions to run)``."""
+    canon: dict[tuple, str] = {}
+    alias = {key: canon.setdefault(tuple(id(i) for i in ivs), key) for key, ivs in conds.items()}
+    return alias, {k: conds[k] for k in conds if alias[k] == k}
+
+
+def _harmless_record(ctx: StudyContext, judges: Sequence[str], kw: dict) -> dict:
+    hl = ctx.harmless_control_prompts
+    conds = harmless_conditions(ctx)
+    alias, todo = _dedupe(conds)
+    with ctx.timer("gating_judged_harmless"):
+        gens = ctx.judged("gating_judged_harmless", hl, todo, "judged control on harmless prompts",
+                          group_rows=GROUP_ROWS)
+    base = gens["baseline"]
+    cells = ctx.layers["readd_cells"]
+    rec: dict = {"n": len(hl), "prompts": "eval_harmless", "beta0": ctx.betas[0], "betas": ctx.betas,
+                 "baseline": judged_stats(base, None, None, judges, **kw), "cells": [], "layers": []}
+    for key in conds:
+        if key == "baseline":
+            continue
+        g = gens[alias[key]]
+        kind, _, rest = key.partition(":")
+        if kind == "cell":
+            name, b = rest.rsplit(":", 1)
+            rec["cells"].append({"cell": name, "layers": cells[name], "beta": float(b),
+                                 **induced_stats(g, base, judges, **kw)})
+        else:
+            b, l = rest.split("@")
+            rec["layers"].append({"layer": int(l), "beta": float(b), **induced_stats(g, base, judges, **kw)})
+    return rec
+
+
 @register("gating_judged", requires=("eval",), order=75)
 def run(ctx: StudyContext) -> GatingJudgedResult:
     """Refusal re-added per layer and per cell, judged from generated long replies."""
@@ -108,10 +172,7 @@ def run(ctx: StudyContext) -> GatingJudgedResult:
     ev = list(ctx.prompts["eval_harmful"])
     judges = list(ctx.judges)
     conds = conditions(ctx)
-    # conditions with the same edits (a one-layer cell and that layer of the sweep) run once
-    canon: dict[tuple, str] = {}
-    alias = {key: canon.setdefault(tuple(id(i) for i in ivs), key) for key, ivs in conds.items()}
-    todo = {k: conds[k] for k in conds if alias[k] == k}
+    alias, todo = _dedupe(conds)
     with ctx.timer("gating_judged"):
         ref = ctx.judged("eval", ev, {"baseline": [], "persona": [ctx.steer()]}, "eval: baseline + persona")
         gens = ctx.judged("gating_judged", ev, todo, "judged gating", group_rows=GROUP_ROWS)
@@ -144,4 +205,6 @@ def run(ctx: StudyContext) -> GatingJudgedResult:
     record["agreement"] = {"first_token_vs_judge": sum(x == y for x, y in pairs) / len(pairs) if pairs else None,
                            "n_replies": len(pairs), "judge": cfg.judge}
     record["judge_disagreements"] = [d for key, g in every if (d := _disagreements(key, g, ev, judges))]
+    if cfg.control_harmless:
+        record["control_harmless"] = _harmless_record(ctx, judges, kw)
     return GatingJudgedResult(record)

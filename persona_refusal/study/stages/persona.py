@@ -44,9 +44,7 @@ def run(ctx: StudyContext) -> PersonaResult:
             read_object(ro_path)["summary"]))
         if saved is None:
             with ctx.timer("persona"):
-                ro = persona_rollouts(cm, ctx.personas[cfg.personas], n_questions=cfg.persona_questions, max_new_tokens=cfg.persona_max_new_tokens,
-                                      filter=cfg.persona_filter, judge=ctx.judge, batch_size=cfg.batch_size,
-                                      progress=ctx.progress)
+                ro = persona_rollouts(cm, ctx.personas[cfg.personas], **ctx.rollout_options())
                 made = persona_direction(cm, ro, method=cfg.persona_method, progress=ctx.progress)
                 write_json(ro_path, {"summary": ro.summary(), "rollouts": [r.to_dict() for r in ro.rollouts]})
                 made.save(path)
@@ -54,6 +52,7 @@ def run(ctx: StudyContext) -> PersonaResult:
                      read_json(ro_path)["summary"])
         dirs, summary = saved
     record = {"layers": list(dirs.layers), "norms": dirs.norms.tolist(), "rollouts": summary,
+              "balance": cfg.persona_balance,
               "method": cfg.persona_method, "file": "directions/persona.json",
               "personas": cfg.personas if ctx.given_persona is None else None}
     return PersonaResult(record, directions=dirs)

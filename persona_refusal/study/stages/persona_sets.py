@@ -47,9 +47,7 @@ def _directions(ctx: StudyContext, name: str) -> tuple[LayerDirections, dict]:
     saved = store.read_back(f"the persona directions of set {name}", [*files, ro_path], lambda: (
         LayerDirections.load(stem, chat_model=cm), read_object(ro_path)["summary"]))
     if saved is None:
-        ro = persona_rollouts(cm, ctx.personas[name], n_questions=cfg.persona_questions,
-                              max_new_tokens=cfg.persona_max_new_tokens, filter=cfg.persona_filter, judge=ctx.judge,
-                              batch_size=cfg.batch_size, progress=ctx.progress)
+        ro = persona_rollouts(cm, ctx.personas[name], **ctx.rollout_options())
         made = persona_direction(cm, ro, method=cfg.persona_method, progress=ctx.progress)
         write_json(ro_path, {"summary": ro.summary(), "rollouts": [r.to_dict() for r in ro.rollouts]})
         made.save(stem)
