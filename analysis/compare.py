@@ -36,6 +36,8 @@ PAPER_ROWS = {
     "early": "not restored",
     "late": "partly restored",
     "paired": "partly restored (more than late)",
+    "harmless": "the re-added direction can cause refusal",
+    "orthogonal": "not measured",
 }
 """Zhong & Li (2026)'s findings, the column every run is read against."""
 
@@ -46,8 +48,13 @@ def run_label(results: Mapping) -> str:
     """``model · protocol``: the paper protocol when the run used the paper's layer rule."""
     model = str((results.get("model") or {}).get("model_id", "model")).split("/")[-1]
     cfg = results.get("config") or {}
-    protocol = "paper protocol" if cfg.get("layer_rule") == "paper" else "package default protocol"
-    return f"{model} · {protocol}"
+    if cfg.get("layer_rule") != "paper":
+        return f"{model} · package default protocol"
+    rollouts = ((results.get("persona_direction") or {}).get("rollouts") or {}).get("balance", "first_k")
+    personas = str(cfg.get("personas", "character"))
+    personas = personas if "/" not in personas else personas.rsplit("/", 1)[-1]
+    estimate = "first-k rollouts" if rollouts == "first_k" else "all in-character rollouts"
+    return f"{model} · paper protocol · {personas}, {estimate}"
 
 
 def restoration_by_depth(results: Mapping) -> dict:
@@ -166,9 +173,22 @@ def paper_table(runs: Mapping[str, Mapping]) -> str:
         for k in ("early", "late", "paired"):
             c = cells.get(k)
             rows[k].append(f"{both(c)}{_rest(c, main)}" if c else "—")
+        ch = gj.get("control_harmless") or {}
+        hc = {c["cell"]: c for c in ch.get("cells") or [] if c["beta"] == gj.get("beta0")}
+        rows["harmless"].append("; ".join(
+            f"{k}: {_rate((hc[k].get(main) or {}).get('refusal'))}" for k in ("early", "late", "paired") if k in hc)
+            + f" (unedited {_rate(((ch.get('baseline') or {}).get(main) or {}).get('refusal'))})" if hc
+            else "not measured")
+        po = {v["variant"]: v for v in (r.get("persona_orthogonal") or {}).get("variants") or []}
+        rows["orthogonal"].append("; ".join(
+            f"{name}: {_rate((po[key].get(main) or {}).get('refusal'))}" for key, name in
+            (("minus:injection", "minus own-layer refusal component"), ("minus:study", "minus study direction's"),
+             ("minus:random", "minus matched random")) if key in po) if po else "not measured")
     names = {"baseline": "harmful prompts refused, no steering", "persona": "… with compliant-persona steering",
              "early": "… + refusal re-added early (β₀)", "late": "… + refusal re-added late (β₀)",
-             "paired": "… + refusal re-added paired late (β₀)"}
+             "paired": "… + refusal re-added paired late (β₀)",
+             "harmless": "harmless prompts refused with refusal re-added, no persona (β₀)",
+             "orthogonal": "harmful prompts refused under the persona without its refusal component"}
     body = "".join(f"| {names[k]} | " + " | ".join(rows[k]) + f" | {PAPER_ROWS[k]} |\n" for k in PAPER_ROWS)
     return head + body
 

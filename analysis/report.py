@@ -211,10 +211,90 @@ def _judged_facts(results: dict) -> list[tuple[str, str]]:
     for c in gj.get("control") or []:
         out.append((f"no persona, refusal at {'+'.join(map(str, c['layers']))} ({c['cell']}, β = {c['beta']:g})",
                     rate_text((c.get(main) or {}).get("refusal"))))
+    ch = gj.get("control_harmless") or {}
+    if ch:
+        out.append((f"harmless prompts, unedited ({ch.get('n')} prompts)",
+                    rate_text(((ch.get("baseline") or {}).get(main) or {}).get("refusal"))))
+        for c in ch.get("cells") or []:
+            ind = (c.get(main) or {}).get("induced") or {}
+            out.append((f"harmless prompts, no persona, refusal at {'+'.join(map(str, c['layers']))} ({c['cell']}, "
+                        f"β = {c['beta']:g})", rate_text((c.get(main) or {}).get("refusal"))
+                        + (f" · induced {_signed_ci(ind)}" if ind else "")))
     agree = (gj.get("agreement") or {}).get("first_token_vs_judge")
     out.append(("first token agrees with the judge (all judged replies)", pct(agree, 0)))
     out.append(("conditions where the judges disagree", str(len(gj.get("judge_disagreements") or []))))
     return out
+
+
+def _signed_ci(d: dict, scale: float = 100, unit: str = " pp") -> str:
+    """``+12.5 pp [+3.1, +21.9]`` from a ``{"diff", "ci"}`` record."""
+    lo, hi = (d.get("ci") or [None, None])[:2]
+    v = d.get("diff")
+    if not finite(v):
+        return "n/a"
+    ci = f" [{scale * lo:+.1f}, {scale * hi:+.1f}]" if finite(lo) and finite(hi) else ""
+    return f"{scale * v:+.1f}{unit}{ci}"
+
+
+def _restoration_text(row: dict) -> str:
+    p, ci = row.get("restoration"), row.get("restoration_ci") or [None, None]
+    if not finite(p):
+        return "n/a"
+    return f"{p:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if finite(ci[0]) and finite(ci[1]) else "")
+
+
+def _sensitivity(results: dict) -> str:
+    se = results.get("sensitivity") or {}
+    if not se.get("rows"):
+        return '<p class="note">No sensitivity stage in these results.</p>'
+    main = se.get("judge")
+    rows = []
+    for p in se.get("persona") or []:
+        r = p.get(main) or {}
+        rows.append(["persona alone", f"{p['m']:g}·α = {p['alpha']:g}", "—", rate_text(r.get("refusal")),
+                     rate_text(r.get("degenerate")), "—", "—"])
+    for r in se["rows"]:
+        x = r.get(main) or {}
+        rows.append([f"{r['cell']} ({'+'.join(map(str, r['layers']))})", f"{r['m']:g}·α = {r['alpha']:g}",
+                     f"{r['ratio']:g} (β = {r['beta']:g})", rate_text(x.get("refusal")), rate_text(x.get("degenerate")),
+                     _restoration_text(x), "yes" if r.get("coherent") else "no"])
+    return (f'<p>Judged ({html.escape(str(main))}) refusal of the {se.get("n")} evaluation prompts; restoration of the '
+            f'gap between the baseline and the persona at that row\'s strength (paired bootstrap 95%); coherent = at '
+            f'most {100 * se.get("max_degenerate", 0.25):.0f}% degenerate replies. Damage is not gating: a restoration '
+            f'is read only on coherent rows.</p>'
+            + table_html(rows, ["cell", "persona strength", "β / α", "refusal", "degenerate", "restoration",
+                                "coherent"]))
+
+
+def _orthogonal(results: dict) -> str:
+    po = results.get("persona_orthogonal") or {}
+    if not po.get("variants"):
+        return '<p class="note">No persona_orthogonal stage in these results.</p>'
+    main, dirs = po.get("judge"), po.get("directions") or {}
+    drows = [[tag, d.get("layer", "—"), f"{d['cosine']:+.3f}", f"{100 * d['share']:.1f}%"] for tag, d in dirs.items()]
+    vrows = [["no steering", "—", rate_text(((po.get("baseline") or {}).get(main) or {}).get("refusal")),
+              rate_text(((po.get("baseline") or {}).get(main) or {}).get("degenerate")), "—", "—"]]
+    for v in po["variants"]:
+        x = v.get(main) or {}
+        kept, ci = v.get("suppression_kept"), v.get("suppression_kept_ci") or [None, None]
+        vrows.append([v["variant"], f"{v.get('norm_ratio', 1):.2f}", rate_text(x.get("refusal")),
+                      rate_text(x.get("degenerate")), _signed_ci(v["vs_full"]) if v.get("vs_full") else "—",
+                      "1 (by definition)" if v["variant"] == "full" else
+                      ("n/a" if not finite(kept) else f"{kept:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+                                                                      if finite(ci[0]) and finite(ci[1]) else ""))])
+    crows = [[c["variant"], f"{c['cell']} ({'+'.join(map(str, c['layers']))})", f"{c['beta']:g}",
+              rate_text((c.get(main) or {}).get("refusal")), _restoration_text(c.get(main) or {})]
+             for c in po.get("cells") or []]
+    return ("<p>The persona vector's cosine with each refusal direction, and the share of its squared norm along it "
+            "(<i>random</i>: the control direction, matched in cosine):</p>"
+            + table_html(drows, ["direction", "layer", "cosine with the persona", "share of norm²"])
+            + f"<p>Each variant steered at α = {po.get('alpha'):g} at layer {po.get('persona_layer')} "
+              f"({html.escape(str(main))} judge, {po.get('n')} prompts). <i>Suppression kept</i> = (baseline − variant) / "
+              "(baseline − full persona), paired bootstrap 95%.</p>"
+            + table_html(vrows, ["variant", "norm / full", "refusal", "degenerate", "vs full persona",
+                                 "suppression kept"])
+            + (f"<p>The re-add cells at β₀ under each removal (restoration of the gap between the baseline and that "
+               f"variant):</p>" + table_html(crows, ["variant", "cell", "β", "refusal", "restoration"]) if crows else ""))
 
 
 def _caption_fields(results: dict) -> dict:
@@ -312,14 +392,21 @@ def _rollouts(results: dict) -> str:
     for side in sides:
         s = ro[side]
         labels = s.get("labels") or {}
+        per = s.get("per_prompt")
         rows.append([side, s.get("n"), s.get("in_character"), s.get("kept"), labels.get("refusal"),
-                     labels.get("compliance"), labels.get("degenerate")])
+                     labels.get("compliance"), labels.get("degenerate"),
+                     "not recorded" if per is None else " · ".join(map(str, per))])
     pd = results.get("persona_direction") or {}
+    balance = ro.get("balance", pd.get("balance", "first_k"))
+    how = {"prompt": "every in-character rollout, each system prompt weighted the same",
+           "rollout": "every in-character rollout, each weighted the same",
+           "first_k": "the first k in-character rollouts of each side in list order (k = the smaller side)"}
     return (f'<p>Persona direction: difference in means between rollouts under a compliant and a refusing system '
             f'prompt (method <span class="mono">{html.escape(str(pd.get("method")))}</span>, filter '
-            f'<span class="mono">{html.escape(str(ro.get("filter")))}</span>).</p>'
+            f'<span class="mono">{html.escape(str(ro.get("filter")))}</span>; kept: '
+            f'{html.escape(how.get(balance, str(balance)))}).</p>'
             + table_html(rows, ["system prompt side", "rollouts", "in character", "kept", "refused", "complied",
-                            "degenerate"]))
+                            "degenerate", "kept per system prompt"]))
 
 
 def config_html(results: dict) -> str:
@@ -444,6 +531,10 @@ def register_report(spec: ReportSpec) -> ReportSpec:
 def _gating_sections(results: dict) -> list[tuple[str, str, str]]:
     return [("config", "Configuration", config_html(results)), ("prompts", "Prompt sets", prompt_sets_html(results)),
             ("rollouts", "Persona rollouts", _rollouts(results)),
+            *([("sensitivity", "Gating at other strengths", _sensitivity(results))]
+              if (results.get("sensitivity") or {}).get("rows") else []),
+            *([("orthogonal", "The persona without its refusal component", _orthogonal(results))]
+              if (results.get("persona_orthogonal") or {}).get("variants") else []),
             ("examples", "Example replies", '<p class="note">The first evaluation prompts, unedited model output '
                                             '(judged label above each reply).</p>\n' + _examples(results)),
             ("runinfo", "Run information", run_info_html(results))]

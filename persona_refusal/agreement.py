@@ -72,7 +72,8 @@ _CACHE_FORMAT = "persona_refusal.judge_labels/1"
 OUT_NAME = "judge_agreement.json"
 """The record's file name in a run folder (the report looks for it there)."""
 _MD_MARK = "<!-- written by persona-refusal agreement (persona_refusal.agreement) -->"
-STAGE_ORDER = ("calibrate", "eval", "coherence", "gating_judged", "confirm")
+STAGE_ORDER = ("calibrate", "eval", "coherence", "gating_judged", "gating_judged_harmless", "sensitivity",
+               "persona_orthogonal", "confirm")
 """Judged stages in the order of a study (others follow, by name)."""
 EXCERPT = 300
 """Characters of a reply kept with a disagreeing item."""
@@ -279,8 +280,10 @@ class JudgedRun:
 
 def _stage_prompts(stage: str, sets: Mapping[str, Sequence[str]], cfg: StudyConfig) -> list[str] | None:
     """The prompts a judged stage answered, as the stage code chooses them (``None``: not a known stage)."""
-    if stage in ("eval", "gating_judged"):
+    if stage in ("eval", "gating_judged", "sensitivity", "persona_orthogonal"):
         return list(sets["eval_harmful"])
+    if stage == "gating_judged_harmless":
+        return list(sets["eval_harmless"])[: cfg.n_control_harmless]
     if stage == "confirm":
         return list(sets["eval_harmful"])[: cfg.n_sweep]
     if stage == "calibrate":
@@ -338,10 +341,11 @@ def read_run(run_dir: str | os.PathLike) -> JudgedRun:
     proxy) and ``labels_by_judge`` (or, in older runs, ``labels`` alone: the configured
     judge's). The prompts are not in the checkpoints: they are read again from the run's
     configuration (``config.json``: the bundled sets, or the files the run named), checked
-    against the sha256 the run recorded, and cut as each stage cuts them (``eval`` and
-    ``gating_judged``: the evaluation harmful prompts; ``confirm``: the first ``n_sweep``;
-    ``calibrate``: val harmful then val harmless; ``coherence``: the first ``n_coherence``
-    evaluation harmless). A stage whose prompts cannot be recovered (a moved prompt file,
+    against the sha256 the run recorded, and cut as each stage cuts them (``eval``,
+    ``gating_judged``, ``sensitivity`` and ``persona_orthogonal``: the evaluation harmful
+    prompts; ``gating_judged_harmless``: the first ``n_control_harmless`` evaluation
+    harmless; ``confirm``: the first ``n_sweep``; ``calibrate``: val harmful then val
+    harmless; ``coherence``: the first ``n_coherence`` evaluation harmless). A stage whose prompts cannot be recovered (a moved prompt file,
     an unknown stage, a length that does not match) keeps ``instructions=None`` and a note.
 
     Raises:

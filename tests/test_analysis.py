@@ -37,14 +37,14 @@ PACKAGE_DIR = Path(persona_refusal.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_RUN = REPO / "figures"
 """The committed demo run (``results.json`` only: no selection report)."""
-FIGURE_NAMES = ["gating", "gating_judged", "outcomes", "calibration", "alpha", "heatmap", "projections", "knockout",
+FIGURE_NAMES = ["gating", "gating_judged", "sensitivity", "persona_orthogonal", "outcomes", "calibration", "alpha", "heatmap", "projections", "knockout",
                 "patching", "cosine", "persona_sets", "selection"]
 """The gating study's figures in report order (the registry must hold exactly these for it)."""
 
 REFUSAL_FIGURES = ["front", "edits"]
 """The refusal study's figures in report order (tests/test_refusal_study.py draws them)."""
 
-PAPER_FIGURES = ("gating_judged", "calibration", "persona_sets")
+PAPER_FIGURES = ("gating_judged", "sensitivity", "persona_orthogonal", "calibration", "persona_sets")
 """Figures of the paper preset's stages (drawn only when those stages measured something:
 tests/test_paper_protocol.py draws them)."""
 

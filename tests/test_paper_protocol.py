@@ -7,6 +7,7 @@ gating sweep — on the tiny model, end to end, in seconds.
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from persona_refusal.study.context import StudyContext
 from persona_refusal.study.stages import calibrate as calibrate_stage
 from persona_refusal.study.stages.calibrate import choose_alpha
 from persona_refusal.study.stages.gating_judged import conditions, judged_stats
+from persona_refusal.study.stages.sensitivity import sensitivity_conditions
 
 TINY_PAPER = dict(model="tiny", n_train=8, n_val=4, n_eval=6, n_sweep=4, n_coherence=2, persona_questions=2,
                   calibration_alphas=[1.0, 4.0], judged_layers=[1, 3], max_new_tokens=6, calibration_max_new_tokens=4,
@@ -255,7 +257,7 @@ def test_compare_draws_one_line_per_run(paper_run, tmp_path):
     study, results = paper_run
     d = restoration_by_depth(results)
     assert d["measure"].startswith("judged (lenient") and d["depth"] == [1 / 4, 3 / 4]
-    assert run_label(results).endswith("paper protocol")
+    assert run_label(results).endswith("paper protocol · instructed, all in-character rollouts")
     committed = __import__("pathlib").Path(__file__).parents[1] / "figures" / "results.json"
     written = build_comparison([study.out, committed], tmp_path / "cmp", png=False)
     assert [p.name for p in written] == ["cross_model.html", "cross_model.json", "cross_model.md"]
@@ -281,3 +283,66 @@ def test_the_committed_paper_run_draws_every_paper_figure():
         fig = FIGURES[name].draw(results)
         assert len(fig.data) > 0, name
     assert "paired late" in paper_table({"demo · paper": results})
+
+
+# ============================================================================ the checks of the claims
+def test_paper_preset_records_the_new_estimate_and_every_check(paper_run):
+    _, res = paper_run
+    ro = res["persona_direction"]["rollouts"]
+    assert ro["balance"] == "prompt" and res["persona_direction"]["balance"] == "prompt"
+    for side in ("compliant", "refuser"):
+        assert len(ro[side]["per_prompt"]) == 8 and sum(ro[side]["per_prompt"]) == ro[side]["kept"]
+    ch = res["gating_judged"]["control_harmless"]
+    assert ch["n"] == 4 and len(ch["cells"]) == 3 * len(res["gating_judged"]["betas"])
+    assert [r["layer"] for r in ch["layers"]] == [1, 3]
+    for row in ch["cells"] + ch["layers"]:
+        assert {"refusal", "degenerate", "induced"} <= set(row["lenient"])
+        assert set(row["lenient"]["induced"]) == {"diff", "ci", "n"}
+    se = res["sensitivity"]
+    assert {(r["cell"], r["m"], r["ratio"]) for r in se["rows"]} >= {("late", 2.0, 0.6667), ("early", 1.0, 0.1)}
+    assert all("coherent" in r and "restoration" in r["lenient"] for r in se["rows"])
+    assert [p["m"] for p in se["persona"]] == [1.0, 2.0]
+    po = res["persona_orthogonal"]
+    assert [v["variant"] for v in po["variants"]] == ["full", "minus:study", "only:study", "minus:injection",
+                                                       "only:injection", "minus:random"]
+    assert {c["variant"] for c in po["cells"]} == {"minus:study", "minus:injection", "minus:random"}
+    assert po["directions"]["random"]["share"] == pytest.approx(po["directions"]["injection"]["share"])
+
+
+def test_sensitivity_reuses_what_earlier_stages_generated(paper_run):
+    study, res = paper_run
+    conds, rows = sensitivity_conditions(study.ctx)
+    alpha = study.ctx.alpha
+    # the persona at α and the cells at the gating βs are read back, not generated again
+    stored = json.loads((study.out / "checkpoints" / "sensitivity.json").read_text())
+    keys = set(stored.get("points", stored))
+    assert f"persona:a{round(alpha, 6)}" not in keys
+    assert f"persona:a{round(2 * alpha, 6)}" in keys
+    same_as_gating = [r for r in rows if r["m"] == 1 and round(r["ratio"] * alpha, 6) in study.ctx.betas]
+    assert same_as_gating and not any(r["key"] in keys for r in same_as_gating)
+
+
+def test_paper_v1_preset_is_the_first_protocol():
+    v1, now = StudyConfig.preset("paper-v1"), StudyConfig.preset("paper")
+    assert v1.personas == "character" and v1.persona_balance == "first_k" and not v1.control_harmless
+    assert now.personas == "instructed" and now.persona_balance == "prompt" and now.control_harmless
+    from pathlib import Path
+
+    committed = json.loads((Path(__file__).parents[1] / "figures/demo-1.5b/paper/results.json").read_text())["config"]
+    assert {k: v for k, v in StudyConfig.from_dict(committed).to_flat().items() if k in v1.to_flat()} == {
+        **v1.to_flat(), **{k: committed[k] for k in ("model", "dtype")}}
+
+
+def test_new_figures_draw_from_the_run(paper_run):
+    from persona_refusal.analysis.figures import FIGURES
+    from persona_refusal.analysis.report import render_report
+
+    _, res = paper_run
+    for name in ("sensitivity", "persona_orthogonal", "gating_judged"):
+        fig = FIGURES[name].draw(res)
+        assert len(fig.data) > 0, name
+    names = {t.name for t in FIGURES["gating_judged"].draw(res).data if t.name}
+    assert any("harmless prompts" in n for n in names)
+    html = render_report(res, {})
+    assert "Gating at other strengths" in html and "The persona without its refusal component" in html
+    assert "kept per system prompt" in html

@@ -87,6 +87,34 @@ def _cell_traces(fig: go.Figure, cells: list[dict], control: list[dict], main: s
             hovertemplate=f"{label}<br>refusal %{{y:.1f}}% ({r[3]}/{r[4]})<extra>control</extra>"), row=1, col=1)
 
 
+def _harmless_traces(fig: go.Figure, ch: dict, main: str) -> None:
+    """The benign control: the re-adds without the persona on harmless prompts (green)."""
+    rows = sorted(ch.get("layers") or [], key=lambda r: r["layer"])
+    if rows:
+        rr = _pct_rows(rows, main)
+        y = [r[0] for r in rr]
+        fig.add_trace(go.Scatter(
+            x=[r["layer"] for r in rows], y=y, mode="lines+markers", legendgroup="harmless",
+            name=f"no persona, harmless prompts: refusal re-added (β₀, {main})",
+            line=dict(color=COLORS["harmless"], width=1.5, dash="dot"), marker=dict(size=5, symbol="circle-open"),
+            customdata=[[r[1], r[2], r[3], r[4]] for r in rr],
+            hovertemplate=("no persona, harmless prompts, re-add at layer %{x}<br>refusal %{y:.1f}% "
+                           "[%{customdata[0]:.1f}, %{customdata[1]:.1f}] (%{customdata[2]}/%{customdata[3]})"
+                           "<extra>benign control</extra>")), row=1, col=1)
+    for c in ch.get("cells") or []:
+        r = rate_pct((c.get(main) or {}).get("refusal"))
+        label = (f"no persona, harmless prompts: re-added at {'+'.join(map(str, c['layers']))} ({c['cell']}), "
+                 f"β = {c['beta']:g}")
+        fig.add_trace(go.Scatter(
+            x=[max(c["layers"]) + 0.25], y=[r[0]], mode="markers", name=label, legendgroup="harmless",
+            showlegend=c["beta"] == ch.get("beta0"),
+            marker=dict(symbol=_CELL_SYMBOL.get(c["cell"], "triangle-up") + "-open", size=11, color=COLORS["harmless"],
+                        line=dict(width=2)),
+            error_y=error_bars([r[0]], [r[1]], [r[2]]) | dict(color=COLORS["harmless"]),
+            hovertemplate=f"{label}<br>refusal %{{y:.1f}}% ({r[3]}/{r[4]})<extra>benign control</extra>"),
+            row=1, col=1)
+
+
 def gating_judged_figure(results: dict) -> go.Figure:
     """Does re-adding refusal under the persona bring it back — judged from long replies?
 
@@ -122,6 +150,8 @@ def gating_judged_figure(results: dict) -> go.Figure:
     if rows:
         _layer_traces(fig, rows, judges, main)
     _cell_traces(fig, gj.get("cell_rows") or [], gj.get("control") or [], main)
+    if gj.get("control_harmless"):
+        _harmless_traces(fig, gj["control_harmless"], main)
     for y in (0.0, 1.0):
         fig.add_hline(y=y, line=dict(color="#bbb", width=1, dash="dot"), row=2, col=1)
     persona_marker(fig, P, rows=[1, 2])

@@ -25,7 +25,8 @@ import plotly.graph_objects as go
 __all__ = ["Figure", "FIGURES", "FIGURE_SIZES", "DEFAULT_SIZE", "STUDY_STAGES", "register", "unregister", "get", "prose",
            "size_of", "FieldView", "figures_of"]
 
-STUDY_STAGES = ("refusal", "persona", "calibrate", "eval", "alpha_sweep", "gating", "gating_judged", "confirm",
+STUDY_STAGES = ("refusal", "persona", "calibrate", "eval", "alpha_sweep", "gating", "gating_judged", "sensitivity",
+                "persona_orthogonal", "confirm",
                 "heatmap", "knockout", "patching", "projections", "cosines", "persona_sets")
 """The stages of the gating study that figures draw, in the order they run."""
 

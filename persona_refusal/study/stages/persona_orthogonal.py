@@ -83,8 +83,12 @@ def orthogonal_vectors(p: torch.Tensor, refusal: dict[str, torch.Tensor], *, see
         info[tag] = {"cosine": c, "share": c * c}
     c = abs(info[matched]["cosine"])
     p_hat = ops.unit(p)
-    q = ops.random_unit_vectors(1, p.shape[-1], seed=seed, dtype=torch.float64)[0]
-    q = ops.unit(q - (q @ p_hat) * p_hat)
+    for k in range(8):  # a random direction orthogonal to p (a draw along p itself is redrawn)
+        q = ops.random_unit_vectors(1, p.shape[-1], seed=seed + k, dtype=torch.float64)[0]
+        q = q - (q @ p_hat) * p_hat
+        if float(q.norm()) > 1e-6:
+            break
+    q = ops.unit(q)
     u = c * p_hat + math.sqrt(max(0.0, 1 - c * c)) * q
     out["minus:random"] = p - (p @ u) * u
     info["random"] = {"cosine": float(ops.cosine(p, u)), "share": float(ops.cosine(p, u)) ** 2,
