@@ -297,6 +297,19 @@ def _orthogonal(results: dict) -> str:
                f"variant):</p>" + table_html(crows, ["variant", "cell", "β", "refusal", "restoration"]) if crows else ""))
 
 
+def _claims(results: dict) -> str:
+    from persona_refusal.analysis.verdicts import paper_verdicts
+
+    rows = []
+    for v in paper_verdicts(results).values():
+        rep = {True: "reproduced", False: "not reproduced", None: "—"}[v["reproduced"]]
+        rows.append([v["claim"], v["verdict"], rep, v["evidence"]])
+    return ('<p>Each claim of Zhong &amp; Li (2026) read from these results by a rule fixed before the runs '
+            '(<span class="mono">persona_refusal.analysis.verdicts</span>): the headline judge, the evaluation '
+            'prompts, β₀ for the cells; intervals are Wilson (rates) and paired bootstrap (restoration).</p>'
+            + table_html(rows, ["claim", "verdict", "against the paper", "evidence"]))
+
+
 def _caption_fields(results: dict) -> dict:
     agree = results.get("first_token_agreement") or {}
     return {
@@ -530,6 +543,7 @@ def register_report(spec: ReportSpec) -> ReportSpec:
 
 def _gating_sections(results: dict) -> list[tuple[str, str, str]]:
     return [("config", "Configuration", config_html(results)), ("prompts", "Prompt sets", prompt_sets_html(results)),
+            *([("claims", "The paper's claims", _claims(results))] if results.get("gating_judged") else []),
             ("rollouts", "Persona rollouts", _rollouts(results)),
             *([("sensitivity", "Gating at other strengths", _sensitivity(results))]
               if (results.get("sensitivity") or {}).get("rows") else []),
