@@ -613,7 +613,7 @@ class ModelJudge:
         cm = self.chat_model
         ids = self.answer_token_ids
         texts = cm.format([self.prompt(i, r) for i, r in zip(instructions, replies)], JUDGE_SYSTEM)
-        lengths = [len(x) for x in cm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = [len(x) for x in cm.encode(texts)]
         for k, n in enumerate(lengths):
             if n > cm.n_ctx:
                 raise ConfigError(f"the judge question about reply {k + 1} is {n} tokens, longer than the context "

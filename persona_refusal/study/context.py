@@ -292,7 +292,7 @@ class RunContext:
         for key, ps in self.prompts.items():
             texts = list(ps)[: limit_of.get(key)]
             reserve = reserve_of.get(key, 0)
-            ids = cm.tokenizer(cm.format(texts), add_special_tokens=False)["input_ids"]
+            ids = cm.encode(cm.format(texts))
             for i, x in enumerate(ids):
                 if len(x) + reserve > cm.n_ctx:
                     raise ConfigError(
