@@ -480,7 +480,7 @@ def read_json_checked(path: str | os.PathLike, error: type, *, missing: str, hin
 # ---------------------------------------------------------------- the checked reader of user files
 def read_user_bytes(path: str | os.PathLike, *, what: str = "file", flag: str | None = None,
                     error: type = ConfigError, hint: str | None = None, limit: int = MAX_USER_FILE,
-                    kind_hint: str | None = None) -> bytes:
+                    kind_hint: str | None = None, label: str | None = None) -> bytes:
     """The bytes of a file a user handed the package, by the one reading rule: it must be
     a regular file (a folder, a named pipe, a device is refused *before* it is opened, and
     the file is opened without blocking and checked again, so a pipe swapped in cannot
@@ -493,7 +493,7 @@ def read_user_bytes(path: str | os.PathLike, *, what: str = "file", flag: str | 
         persona_refusal.errors.ConfigError: cases file /no/such.jsonl (--cases) does not exist (check the path)
     """
     p = Path(os.fspath(path)).expanduser()
-    shown = f"{what} {p}" + (f" ({flag})" if flag else "")
+    shown = (label if label is not None else f"{what} {p}") + (f" ({flag})" if flag else "")
     give = kind_hint or f"give the path of a regular {what}"
     try:
         st = p.stat()
@@ -511,7 +511,7 @@ def read_user_bytes(path: str | os.PathLike, *, what: str = "file", flag: str | 
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise error(f"cannot read {shown}: {e.strerror}", hint="check its permissions") from None
+        raise error(f"cannot read {what} {p}: {e.strerror}", hint="check its permissions") from None
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(f.fileno()).st_mode
         if not stat.S_ISREG(mode):
