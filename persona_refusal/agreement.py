@@ -48,9 +48,9 @@ import torch
 
 from persona_refusal.errors import ConfigError, PersonaRefusalError, RunFolderError
 from persona_refusal.evaluation import JUDGES, LABELS, Judge, Rate, get_judge, judge_name, judge_responses
-from persona_refusal.storage import (MAX_JSON_DEPTH, atomic_write_text, canonical_json, check_output, file_kind,
-                                     json_depth, read_json, read_user_json, read_user_text, sha256_bytes, sha256_file, sha256_json,
-                                     write_json)
+from persona_refusal.storage import (MAX_JSON_DEPTH, atomic_write_text, canonical_json, check_fields, check_output,
+                                     file_kind, json_depth, read_json, read_user_bytes, read_user_json, read_user_text,
+                                     sha256_bytes, sha256_file, sha256_json, write_json)
 from persona_refusal.study.config import StudyConfig
 from persona_refusal.study.context import study_prompts
 from persona_refusal.study.store import LOCK, MANIFEST, RUN_ENTRIES, read_object
@@ -357,15 +357,18 @@ def read_run(run_dir: str | os.PathLike) -> JudgedRun:
     """
     d = _check_dir(run_dir)
     cfg_path = d / "config.json"
+    if file_kind(cfg_path) not in (None, "file"):  # a pipe, a link: refused by the reader, never opened blocking
+        read_user_bytes(cfg_path, what="run record", error=RunFolderError,
+                        kind_hint="give the --out folder of a `persona-refusal run`")
     try:
-        record = read_object(cfg_path)
-        if not {"config", "inputs", "resolved", "model"} <= set(record):
+        record = read_user_json(cfg_path, what="run record", error=RunFolderError)
+        if not isinstance(record, dict) or not {"config", "inputs", "resolved", "model"} <= set(record):
             raise ValueError("not a run record")
     except (ValueError, OSError, RecursionError):
         raise RunFolderError(f"{d} is not a run folder: it has no readable config.json of a persona_refusal run",
                              hint="give the --out folder of a `persona-refusal run`") from None
-    record = read_user_json(cfg_path, what="run record", error=RunFolderError, fields=RUN_RECORD_FIELDS,
-                            hint="give the --out folder of a `persona-refusal run`, as the run wrote it")
+    check_fields(record, RUN_RECORD_FIELDS, where=f"run record {cfg_path}", error=RunFolderError,
+                 hint="give the --out folder of a `persona-refusal run`, as the run wrote it")
     try:
         headline = judge_name((record.get("config") or {}).get("judge", "strict"))
     except ConfigError:  # a judge name of another version
@@ -566,6 +569,8 @@ def output_paths(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if out is not None and not os.fspath(out).strip():
         raise ConfigError(f"--out is empty ({os.fspath(out)!r})",
                           hint="give --out a file path, e.g. --out agreement.json")
+    if out is not None:
+        check_output(out, ours=lambda q: True, example="agreement.json")  # a trailing slash, a parent that is a file
     p = Path(out) if out is not None else Path(run_dir) / OUT_NAME
     stem = p.name[:-5] if p.name.endswith(".json") else p.name
     return {"json": p, "md": p.with_name(stem + ".md"), "labels": p.with_name(stem + ".labels.json")}

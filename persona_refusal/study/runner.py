@@ -251,7 +251,9 @@ def load_results(path: str | os.PathLike) -> dict:
     return kind.results(data)
 
 
-RESULTS_FIELDS = {"model": dict, "config": dict, "model.n_layers": int, "model.model_id": str, "steering": dict,
-                  "calibration": dict, "gating_judged": dict, "gating": list, "gating_confirm": list,
-                  "baseline": dict, "persona": dict, "refusal_direction": dict, "prompt_sets": dict}
+_N = type(None)
+RESULTS_FIELDS = {"model": dict, "config": dict, "model.n_layers": int, "model.model_id": str,
+                  "steering": (dict, _N), "calibration": (dict, _N), "gating_judged": (dict, _N), "gating": (list, _N),
+                  "gating_confirm": (list, _N), "baseline": (dict, _N), "persona": (dict, _N),
+                  "refusal_direction": (dict, _N), "prompt_sets": (dict, _N)}
 """Types of the top-level fields of a ``results.json`` that readers (figures, compare) rely on."""
