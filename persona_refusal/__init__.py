@@ -54,7 +54,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'persona_refusal' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f"persona_refusal.{module}"), name)
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
 

@@ -21,7 +21,7 @@ from typing import Sequence
 from persona_refusal.errors import ConfigError, PersonaRefusalError
 from persona_refusal.prompts import PERSONA_SETS
 from persona_refusal.results import RefusalResults
-from persona_refusal.storage import check_output, read_user_json
+from persona_refusal.storage import check_fields, check_output, read_user_json
 from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, SectionedConfig, StudyConfig, add_flags,
                                           flags_to_fields, resolve_device)
 from persona_refusal.study.refusal.config import RefusalConfig
@@ -168,8 +168,11 @@ def _config_from_args(args, config: type[SectionedConfig] = StudyConfig):
         if not str(args.config).strip():
             raise ConfigError(f"--config is empty ({args.config!r})", hint="give the path of a JSON file")
         path = Path(args.config)
-        loaded = read_user_json(path, what="config file", hint=f'write it as {{"field": value, ...}} with '
-                                f'{config.__name__} fields', fields={"*": dict, "preset": str})
+        shape = f'write it as {{"field": value, ...}} with {config.__name__} fields'
+        loaded = read_user_json(path, what="config file", hint=shape)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object", hint=shape)
+        check_fields(loaded, {"preset": str}, where=f"config file {path}", hint=shape)
         fields.update(loaded)
         named = fields.pop("preset", None)
         if named is not None:

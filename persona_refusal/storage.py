@@ -373,13 +373,13 @@ def atomic_open(path: str | os.PathLike, *, private: bool = False, _note: bool =
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if _note:  # listed before it exists: a crash never leaves a run's file unlisted
+            note_written(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if _note:
-        note_written(path)
 
 
 def _umask() -> int:
@@ -461,9 +461,9 @@ def read_json_checked(path: str | os.PathLike, error: type, *, missing: str, hin
         persona_refusal.errors.RunFolderError: no such file
     """
     p = Path(path)
-    if not p.is_file():
+    if file_kind(p) in (None, "a folder") or (file_kind(p) == "a symbolic link" and not p.exists()):
         raise error(missing, hint=hint)
-    data = read_user_bytes(p, what="file", error=error, hint=hint)
+    data = read_user_bytes(p, what="JSON file", error=error, hint=hint)  # a pipe or device: refused, never opened
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -648,7 +648,7 @@ def read_user_json(path: str | os.PathLike, *, what: str = "JSON file", flag: st
         except RecursionError:  # pragma: no cover (the depth check comes first)
             raise error(f"{what} {where} holds JSON nested too deeply to read", hint=give) from None
         except ValueError as e:
-            raise error(f"{what} {where} is not valid JSON ({e})", hint=give) from None
+            raise error(f"{what} {where} is not valid JSON ({e})", hint="fix the file") from None
         if fields:
             check_fields(value, fields, where=f"{what} {where}", error=error, hint=give)
         return value

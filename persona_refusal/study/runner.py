@@ -29,7 +29,7 @@ from persona_refusal.errors import RunFolderError
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PromptSet
 from persona_refusal.results import GatingResults
-from persona_refusal.storage import check_fields, read_json_checked, write_json
+from persona_refusal.storage import read_json_checked, write_json
 from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
 from persona_refusal.study.config import SectionedConfig, StudyConfig, resolve_device
 from persona_refusal.study.context import StudyContext, model_dtype
@@ -246,14 +246,4 @@ def load_results(path: str | os.PathLike) -> dict:
     kind = kind_of_schema(data.get("schema")) if isinstance(data, dict) and isinstance(data.get("schema"), str) else None
     if kind is None:
         raise RunFolderError(f"{p} is not a persona_refusal results file")
-    check_fields(data, RESULTS_FIELDS, where=str(p), error=RunFolderError,
-                 hint="rebuild it with persona-refusal run (results.json is written by the run, not by hand)")
     return kind.results(data)
-
-
-_N = type(None)
-RESULTS_FIELDS = {"model": dict, "config": dict, "model.n_layers": int, "model.model_id": str,
-                  "steering": (dict, _N), "calibration": (dict, _N), "gating_judged": (dict, _N), "gating": (list, _N),
-                  "gating_confirm": (list, _N), "baseline": (dict, _N), "persona": (dict, _N),
-                  "refusal_direction": (dict, _N), "prompt_sets": (dict, _N)}
-"""Types of the top-level fields of a ``results.json`` that readers (figures, compare) rely on."""
