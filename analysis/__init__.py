@@ -47,7 +47,8 @@ from persona_refusal.analysis.figures import size_of
 from persona_refusal.analysis.report import build_report, render_report
 from persona_refusal.analysis import refusal_report as _refusal_report  # noqa: F401  (registers the refusal study's report)
 from persona_refusal.errors import RunFolderError
-from persona_refusal.storage import atomic_write_bytes, atomic_write_text
+from persona_refusal.storage import (MANIFEST, atomic_write_bytes, atomic_write_text, check_output, file_kind,
+                                     note_written, read_user_bytes)
 
 __all__ = [*_figures.__all__, "make_figures", "build_figures", "build_report", "find_browser"]
 
@@ -124,12 +125,34 @@ def _check_folder(p: Path, hint: str) -> None:
 
 
 def _move_in(src: Path, dest: Path) -> None:
-    """Every file of ``src`` renamed into ``dest`` (or ``src`` renamed to ``dest`` when absent)."""
+    """Every file of ``src`` renamed into ``dest`` (or ``src`` renamed to ``dest`` when absent),
+    each recorded in the run folder's manifest; a link, pipe or folder in the way is refused."""
+    names = sorted(f.name for f in src.iterdir())
+    for name in names:
+        kind = file_kind(dest / name)
+        if kind not in (None, "file"):
+            raise RunFolderError(f"{dest / name} is {kind}; the figures are written only as regular files",
+                                 hint="move it away, then build the figures again")
     if not dest.exists():
         os.rename(src, dest)
-        return
-    for f in sorted(src.iterdir()):
-        os.replace(f, dest / f.name)
+    else:
+        for name in names:
+            os.replace(src / name, dest / name)
+    for name in names:
+        note_written(dest / name)
+
+
+def _is_run_folder(p: Path) -> bool:
+    """Whether ``p`` holds a run (a manifest, a run record or results)."""
+    return any(file_kind(p / n) is not None for n in (MANIFEST, "config.json", "results.json"))
+
+
+def _our_copy(p: Path) -> bool:
+    """A file ``--copy-to`` wrote before: a report of this package, or a PNG figure."""
+    if p.suffix == ".png":
+        with open(p, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return p.name == "report.html" and b"results schema persona_refusal." in read_user_bytes(p, what="report")
 
 
 def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str | os.PathLike | None = None) -> list[Path]:
@@ -159,10 +182,23 @@ def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str 
             raise RunFolderError("the copy_to folder is empty ('')", hint="give copy_to / --copy-to a folder path")
         dest = Path(copy_to)
         _check_folder(dest, "give copy_to / --copy-to a folder path")
+        check_output(dest, flag="--copy-to", folder=True, error=RunFolderError)
+        if _is_run_folder(dest) and dest.resolve() != run_dir.resolve():
+            raise RunFolderError(f"--copy-to {dest} is the folder of another run; its report and figures are not "
+                                 f"replaced", hint="give --copy-to a folder that holds no run, e.g. figures/")
     results, figs = make_figures(run_dir, strict=True)  # raises on a malformed entry: nothing written yet
     report_text = render_report(results, figs, source=run_dir / "results.json")
+    if dest is not None:  # before anything is written
+        for name in [f"{n}.png" for n in figs] + ["report.html"]:
+            check_output(dest / name, flag="--copy-to", ours=_our_copy, writer="persona-refusal figures",
+                         error=RunFolderError)
     out_dir = run_dir / "figures"
     _check_folder(out_dir, "move that file away, then build the figures again")
+    for p in (out_dir, run_dir / "report.html"):
+        kind = file_kind(p)
+        if kind not in (None, "file", "a folder"):
+            raise RunFolderError(f"{p} is {kind}; the figures are written only as regular files and folders",
+                                 hint="move it away, then build the figures again")
     pages = {}
     for name, fig in figs.items():
         w, h = size_of(name)
@@ -194,6 +230,7 @@ def build_figures(run_dir: str | os.PathLike, *, png: bool = True, copy_to: str 
         atomic_write_text(tmp / "report.html", report_text)
         _move_in(staged, out_dir)
         os.replace(tmp / "report.html", run_dir / "report.html")
+        note_written(run_dir / "report.html")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -23,9 +23,9 @@ import plotly.io as pio
 from persona_refusal.analysis import find_browser
 from persona_refusal.analysis.figures._style import error_bars, legend_below, style
 from persona_refusal.analysis.drawing import study_of
-from persona_refusal.errors import RunFolderError
+from persona_refusal.errors import PersonaRefusalError, RunFolderError
 from persona_refusal.formatting import finite
-from persona_refusal.storage import atomic_write_bytes, atomic_write_text
+from persona_refusal.storage import atomic_write_bytes, atomic_write_text, check_output, read_user_bytes
 from persona_refusal.study.runner import load_results
 
 __all__ = ["run_label", "restoration_by_depth", "cross_model_figure", "paper_table", "build_comparison"]
@@ -193,6 +193,20 @@ def paper_table(runs: Mapping[str, Mapping]) -> str:
     return head + body
 
 
+def _our_comparison(p: Path) -> bool:
+    """A file ``compare`` wrote before (by its content: a plotly page, the JSON of depths,
+    the Markdown table, a PNG)."""
+    head = read_user_bytes(p, what="file")[:1 << 20]
+    if p.suffix == ".png":
+        return head.startswith(b"\x89PNG\r\n\x1a\n")
+    if p.suffix == ".json":
+        data = json.loads(head.decode("utf-8"))
+        return isinstance(data, dict) and all(isinstance(v, dict) and "depth" in v for v in data.values())
+    if p.suffix == ".md":
+        return b"|" in head
+    return b"plotly" in head
+
+
 def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                      labels: Sequence[str] | None = None, png: bool = True) -> list[Path]:
     """Write ``cross_model.html`` (+ ``.json`` data, + ``.png`` with a browser) into ``out``."""
@@ -205,19 +219,36 @@ def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLi
             raise RunFolderError(f"{rd} holds the results of a {study_of(res)} study: compare draws persona-gating runs",
                                  hint="give the --out folders of `persona-refusal run`; a refusal study's figures "
                                       "and report are in its own folder (persona-refusal figures DIR)")
-        label = labels[i] if labels and i < len(labels) else run_label(res)
+        try:
+            label = labels[i] if labels and i < len(labels) else run_label(res)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            raise RunFolderError(f"{rd}: results.json has a malformed entry ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:100]})",
+                                 hint="rebuild it with persona-refusal run, or leave that run out") from None
         while label in runs:
             label += "′"
         runs[label] = res
-    fig = cross_model_figure(runs)
-    out = Path(out)
+    try:  # every value drawn before anything is written; a malformed entry is one line
+        fig = cross_model_figure(runs)
+        data = {label: restoration_by_depth(r) | {"source": str(rd)}
+                for (label, r), rd in zip(runs.items(), run_dirs)}
+        table = paper_table(runs)
+    except PersonaRefusalError:
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, ZeroDivisionError) as e:
+        raise RunFolderError(f"a results.json of {', '.join(map(str, run_dirs))} has a malformed entry "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:100]})",
+                             hint="rebuild it with persona-refusal run, or leave that run out") from None
+    out = check_output(out, flag="--out", folder=True, error=RunFolderError, example="figures")
+    names = ["cross_model.html", "cross_model.json", "cross_model.md", "cross_model.png"]
+    for name in names:
+        check_output(out / name, flag="--out", ours=_our_comparison, writer="persona-refusal compare",
+                     error=RunFolderError)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "cross_model.html", out / "cross_model.json", out / "cross_model.md"]
     atomic_write_text(written[0], pio.to_html(fig, include_plotlyjs="cdn", full_html=True))
-    data = {label: restoration_by_depth(r) | {"source": str(rd)}
-            for (label, r), rd in zip(runs.items(), run_dirs)}
     atomic_write_text(written[1], json.dumps(data, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(written[2], paper_table(runs))
+    atomic_write_text(written[2], table)
     if png and find_browser():
         png_path = out / "cross_model.png"
         atomic_write_bytes(png_path, pio.to_image(fig, format="png", width=1100, height=650))

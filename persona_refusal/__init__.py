@@ -23,49 +23,90 @@ maths), :mod:`~persona_refusal.directions`, :mod:`~persona_refusal.interventions
 that imports plotly.
 """
 
-from persona_refusal.activations import cache_activations, mean_activations
-from persona_refusal.control_vectors import export_control_vector, import_control_vector
-from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
-from persona_refusal.errors import (
-    ChecksumError,
-    ConfigError,
-    DirectionMismatchError,
-    ModelLoadError,
-    PersonaRefusalError,
-    PromptLoadError,
-    RunFolderError,
-)
-from persona_refusal.evaluation import (
-    JUDGES,
-    LenientJudge,
-    ModelJudge,
-    Rate,
-    SubstringJudge,
-    decided_by,
-    get_judge,
-    generate,
-    is_degenerate,
-    is_refusal,
-    judge_responses,
-    kl_divergence_on,
-    last_logits,
-    refusal_scores,
-)
-from persona_refusal.interventions import (
-    Ablate,
-    AddVector,
-    AffineEdit,
-    Intervention,
-    Patch,
-    apply,
-    orthogonalize_weights,
-)
-from persona_refusal.extraction import extract_directions
-from persona_refusal.export import export_orthogonalized
-from persona_refusal.models import ChatModel, load_chat_model
-from persona_refusal.prompts import (PERSONA_SETS, PromptSet, bundled, load_borderline, load_personas, load_prompts, personas,
-                                     resolve_personas)
-from persona_refusal.selection import SelectionReport, select_refusal_direction
+from typing import TYPE_CHECKING
+
+# The public names, each from its module. They are imported when first used (PEP 562), so
+# that ``import persona_refusal`` (and the command line's first instruction) costs nothing:
+# torch and the model stack load only when a name that needs them is touched.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["cache_activations", "mean_activations"], "activations"),
+    **dict.fromkeys(["export_control_vector", "import_control_vector"], "control_vectors"),
+    **dict.fromkeys(["Direction", "DirectionGrid", "LayerDirections"], "directions"),
+    **dict.fromkeys(["ChecksumError", "ConfigError", "DirectionMismatchError", "ModelLoadError", "PersonaRefusalError",
+                     "PromptLoadError", "RunFolderError"], "errors"),
+    **dict.fromkeys(["JUDGES", "LenientJudge", "ModelJudge", "Rate", "SubstringJudge", "decided_by", "get_judge",
+                     "generate", "is_degenerate", "is_refusal", "judge_responses", "kl_divergence_on", "last_logits",
+                     "refusal_scores"], "evaluation"),
+    **dict.fromkeys(["Ablate", "AddVector", "AffineEdit", "Intervention", "Patch", "apply", "orthogonalize_weights"],
+                    "interventions"),
+    "extract_directions": "extraction",
+    "export_orthogonalized": "export",
+    **dict.fromkeys(["ChatModel", "load_chat_model"], "models"),
+    **dict.fromkeys(["PERSONA_SETS", "PromptSet", "bundled", "load_borderline", "load_personas", "load_prompts",
+                     "personas", "resolve_personas"], "prompts"),
+    **dict.fromkeys(["SelectionReport", "select_refusal_direction"], "selection"),
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'persona_refusal' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # what a type checker and an editor see
+    from persona_refusal.activations import cache_activations, mean_activations
+    from persona_refusal.control_vectors import export_control_vector, import_control_vector
+    from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
+    from persona_refusal.errors import (
+        ChecksumError,
+        ConfigError,
+        DirectionMismatchError,
+        ModelLoadError,
+        PersonaRefusalError,
+        PromptLoadError,
+        RunFolderError,
+    )
+    from persona_refusal.evaluation import (
+        JUDGES,
+        LenientJudge,
+        ModelJudge,
+        Rate,
+        SubstringJudge,
+        decided_by,
+        get_judge,
+        generate,
+        is_degenerate,
+        is_refusal,
+        judge_responses,
+        kl_divergence_on,
+        last_logits,
+        refusal_scores,
+    )
+    from persona_refusal.interventions import (
+        Ablate,
+        AddVector,
+        AffineEdit,
+        Intervention,
+        Patch,
+        apply,
+        orthogonalize_weights,
+    )
+    from persona_refusal.extraction import extract_directions
+    from persona_refusal.export import export_orthogonalized
+    from persona_refusal.models import ChatModel, load_chat_model
+    from persona_refusal.prompts import (PERSONA_SETS, PromptSet, bundled, load_borderline, load_personas, load_prompts, personas,
+                                         resolve_personas)
+    from persona_refusal.selection import SelectionReport, select_refusal_direction
 
 __version__ = "0.1.0"
 

@@ -221,7 +221,7 @@ def plan_batches(
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if conditions is not None and len(conditions) != len(texts):
         raise ConfigError("conditions must give one condition per prompt")
-    ids = chat_model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    ids = chat_model.encode(list(texts))
     lengths = torch.tensor([len(x) for x in ids])
     for i, n in enumerate(lengths.tolist()):
         if n == 0:

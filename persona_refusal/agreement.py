@@ -48,8 +48,9 @@ import torch
 
 from persona_refusal.errors import ConfigError, PersonaRefusalError, RunFolderError
 from persona_refusal.evaluation import JUDGES, LABELS, Judge, Rate, get_judge, judge_name, judge_responses
-from persona_refusal.storage import (atomic_write_text, canonical_json, read_json, sha256_bytes, sha256_file, sha256_json,
-                                     write_json)
+from persona_refusal.storage import (MAX_JSON_DEPTH, atomic_write_text, canonical_json, check_fields, check_output,
+                                     file_kind, json_depth, read_json, read_user_bytes, read_user_json, read_user_text,
+                                     sha256_bytes, sha256_file, sha256_json, write_json)
 from persona_refusal.study.config import StudyConfig
 from persona_refusal.study.context import study_prompts
 from persona_refusal.study.store import LOCK, MANIFEST, RUN_ENTRIES, read_object
@@ -293,6 +294,12 @@ def _stage_prompts(stage: str, sets: Mapping[str, Sequence[str]], cfg: StudyConf
     return None
 
 
+RUN_RECORD_FIELDS = {"*": dict, "config": dict, "inputs": dict, "resolved": dict, "model": dict,
+                     "prompt_sets": dict, "config.seed": int, "config.bootstrap": int, "config.judge": str,
+                     "model.model_id": (str, type(None))}
+"""The types of the fields of a run's ``config.json`` that the agreement reads."""
+
+
 def _recover_prompts(record: dict) -> tuple[tuple[StudyConfig, dict] | None, str | None]:
     """The run's configuration and prompt sets, read again and checked against the recorded sha256."""
     try:
@@ -354,13 +361,18 @@ def read_run(run_dir: str | os.PathLike) -> JudgedRun:
     """
     d = _check_dir(run_dir)
     cfg_path = d / "config.json"
+    if file_kind(cfg_path) not in (None, "file"):  # a pipe, a link: refused by the reader, never opened blocking
+        read_user_bytes(cfg_path, what="run record", error=RunFolderError,
+                        kind_hint="give the --out folder of a `persona-refusal run`")
     try:
-        record = read_object(cfg_path)
-        if not {"config", "inputs", "resolved", "model"} <= set(record):
+        record = read_user_json(cfg_path, what="run record", error=RunFolderError)
+        if not isinstance(record, dict) or not {"config", "inputs", "resolved", "model"} <= set(record):
             raise ValueError("not a run record")
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
         raise RunFolderError(f"{d} is not a run folder: it has no readable config.json of a persona_refusal run",
                              hint="give the --out folder of a `persona-refusal run`") from None
+    check_fields(record, RUN_RECORD_FIELDS, where=f"run record {cfg_path}", error=RunFolderError,
+                 hint="give the --out folder of a `persona-refusal run`, as the run wrote it")
     try:
         headline = judge_name((record.get("config") or {}).get("judge", "strict"))
     except ConfigError:  # a judge name of another version
@@ -561,24 +573,29 @@ def output_paths(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if out is not None and not os.fspath(out).strip():
         raise ConfigError(f"--out is empty ({os.fspath(out)!r})",
                           hint="give --out a file path, e.g. --out agreement.json")
+    if out is not None:
+        check_output(out, ours=lambda q: True, example="agreement.json")  # a trailing slash, a parent that is a file
     p = Path(out) if out is not None else Path(run_dir) / OUT_NAME
     stem = p.name[:-5] if p.name.endswith(".json") else p.name
     return {"json": p, "md": p.with_name(stem + ".md"), "labels": p.with_name(stem + ".labels.json")}
 
 
 def _check_outputs(run_dir: Path, paths: dict[str, Path]) -> None:
-    """Never write over a file of the run, a folder, or a file this command did not write."""
+    """Never write over a file of the run, a folder, or a file this command did not write
+    (and, by the storage rule, never through a link, into a pipe or a device)."""
     protected = [(run_dir / n).resolve() for n in (*RUN_ENTRIES, MANIFEST, LOCK)]
     for kind, p in paths.items():
         r = p.resolve()
         if any(r == q or r.is_relative_to(q) for q in protected):
             raise ConfigError(f"--out {paths['json']} would write {p}, a file of the run",
                               hint="give --out a new file name, e.g. --out agreement.json")
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():
             raise ConfigError(f"{p} is a folder", hint="give --out a file path, e.g. --out agreement.json")
-        if p.exists() and not _ours(p, kind):
+        if file_kind(p) == "file" and not _ours(p, kind):
             raise ConfigError(f"{p} exists and was not written by persona-refusal agreement",
                               hint="move it away, or give --out another file name")
+        check_output(p, ours=lambda q, k=kind: _ours(q, k), writer="persona-refusal agreement",
+                     example="agreement.json")
 
 
 def _ours(path: Path, kind: str) -> bool:
@@ -790,13 +807,13 @@ def labelled_replies(path: str | os.PathLike | None = None) -> list[dict]:
     """
     p = Path(path) if path is not None else LABELLED_REPLIES
     rows = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the labelled replies {p}: {e}", hint="give a .jsonl file") from None
-    for i, line in enumerate(lines, 1):
+    text = read_user_text(p, what="labelled-replies file", flag="--cases", hint="give a .jsonl file")
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        if json_depth(line) > MAX_JSON_DEPTH:
+            raise ConfigError(f"{p} line {i} holds JSON nested {json_depth(line)} deep",
+                              hint="one flat JSON object per line")
         try:
             row = json.loads(line)
         except ValueError:

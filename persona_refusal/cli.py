@@ -21,6 +21,7 @@ from typing import Sequence
 from persona_refusal.errors import ConfigError, PersonaRefusalError
 from persona_refusal.prompts import PERSONA_SETS
 from persona_refusal.results import RefusalResults
+from persona_refusal.storage import check_fields, check_output, read_user_json
 from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, SectionedConfig, StudyConfig, add_flags,
                                           flags_to_fields, resolve_device)
 from persona_refusal.study.refusal.config import RefusalConfig
@@ -133,7 +134,8 @@ def _study_parser(sub, name: str, help_text: str, config: type[SectionedConfig],
     """The subcommand of one study: a preset, a config file, the output folder, a subset of
     stages, and one flag per field of its configuration (``config``)."""
     r = sub.add_parser(name, help=help_text)
-    r.add_argument("--preset", default="default", help="; ".join(f"{k}: {v.doc}" for k, v in config.PRESETS.items()))
+    r.add_argument("--preset", default=None, help="; ".join(f"{k}: {v.doc}" for k, v in config.PRESETS.items())
+                   + " (default: the config file's \"preset\", else default)")
     r.add_argument("--config", help=f"JSON file of {config.__name__} fields, flat or by section (flags override it)")
     r.add_argument("--out", default=out, help=f"output folder (default: {out})")
     r.add_argument("--stages", type=_names, help=f"run only these stages (and those they need), e.g. {example}")
@@ -161,24 +163,25 @@ def _nonempty(value: str | None, flag: str, example: str) -> None:
 
 def _config_from_args(args, config: type[SectionedConfig] = StudyConfig):
     fields: dict = {}
-    if args.config:
+    preset = args.preset
+    if args.config is not None:
+        if not str(args.config).strip():
+            raise ConfigError(f"--config is empty ({args.config!r})", hint="give the path of a JSON file")
         path = Path(args.config)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist", hint="check the path")
-        if not path.is_file():  # a folder, a named pipe (reading it would block), a device
-            raise ConfigError(f"config file {path} is not a regular file", hint="give the path of a JSON file")
-        try:
-            loaded = json.loads(path.read_text())
-        except ValueError as e:
-            raise ConfigError(f"config file {path} is not valid JSON ({e})", hint="fix the file") from None
-        except RecursionError:
-            raise ConfigError(f"config file {path} holds JSON nested too deeply to read",
-                              hint=f'write it as {{"field": value, ...}} with {config.__name__} fields') from None
+        shape = f'write it as {{"field": value, ...}} with {config.__name__} fields'
+        loaded = read_user_json(path, what="config file", hint=shape)
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object",
-                              hint=f'write it as {{"field": value, ...}} with {config.__name__} fields')
+            raise ConfigError(f"config file {path} must hold a JSON object", hint=shape)
+        check_fields(loaded, {"preset": str}, where=f"config file {path}", hint=shape)
         fields.update(loaded)
-        fields.pop("preset", None)
+        named = fields.pop("preset", None)
+        if named is not None:
+            if named not in config.PRESETS:
+                raise ConfigError(f"config file {path}: unknown preset {named!r}",
+                                  hint=f"use one of {sorted(config.PRESETS)}, or leave \"preset\" out")
+            if preset is None:
+                preset = named
+    args.preset = preset if preset is not None else "default"
     fields.update(flags_to_fields(args, config))
     for path_field in [n for n in config.field_names() if config.check_of(n).kind == "path"]:
         value = fields.get(path_field)
@@ -351,6 +354,8 @@ def _cmd_judge_check(args) -> int:
 
     if args.out is not None:
         _nonempty(args.out, "--out", "judge_check.json")
+        check_output(args.out, ours=_judge_check_record, writer="persona-refusal judge-check",
+                     example="judge_check.json")
     cases = labelled_replies(args.cases)  # a bad file fails before a judge model loads
     names = list(dict.fromkeys(judge_name(j) for j in (args.judge or ["strict", "lenient"])))
     judges = {n: get_judge(n, device=resolve_device(args.device), dtype=args.dtype, progress=not args.quiet)
@@ -368,9 +373,18 @@ def _cmd_judge_check(args) -> int:
         for w in r["wrong"]:
             _say(f"      wrong: {w['label']} judged {w['judge']}: {(w.get('note') or w['reply'][:60])}")
     if args.out is not None:
-        write_json(Path(args.out), rec)
+        write_json(Path(args.out), {"format": JUDGE_CHECK_FORMAT, **rec})
         _say(f"written: {args.out}")
     return 0
+
+
+JUDGE_CHECK_FORMAT = "persona_refusal.judge_check/1"
+"""The ``format`` of the record ``judge-check --out`` writes (it replaces only such a file)."""
+
+
+def _judge_check_record(path: Path) -> bool:
+    data = read_user_json(path, what="judge-check record")
+    return isinstance(data, dict) and data.get("format") == JUDGE_CHECK_FORMAT
 
 
 def _cmd_ablation_demo(args) -> int:
@@ -420,6 +434,7 @@ def _cmd_export_vector(args) -> int:
                           "runs/demo/directions/refusal")
     if not args.out.strip():
         raise ConfigError(f"--out is empty ({args.out!r})", hint="give --out the .gguf file to write, e.g. --out refusal.gguf")
+    check_output(args.out, ours=lambda p: True, example="refusal.gguf")  # the storage rule, before anything loads
     layers = parse_layers(args.layers) if args.layers is not None else None
     if args.model is not None and not args.model.strip():
         raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
@@ -465,10 +480,11 @@ def _cmd_export_model(args) -> int:
     if not args.direction.strip():
         raise ConfigError(f"--direction is empty ({args.direction!r})",
                           hint="give a saved direction, e.g. --direction runs/demo/directions/refusal")
+    check_output(args.out, folder=True, example="exports/demo-orthogonalized")  # before the model loads
     t0 = time.perf_counter()
     out = export_orthogonalized(args.model, args.direction, args.out, allow_transfer=args.allow_transfer,
                                 dtype=args.dtype, progress=not args.quiet)
-    marker = json.loads((out / "persona_refusal_export.json").read_text())
+    marker = read_user_json(out / "persona_refusal_export.json", what="export marker")
     _say(f"wrote {out} ({time.perf_counter() - t0:.0f} s): {marker['source']['model_id']} with direction "
          f"{marker['direction']['name']!r} projected out of its weights ({args.dtype}"
          f"{'; tied embeddings untied' if marker['untied_embeddings'] else ''})\n"
@@ -515,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e.strerror or e}{where} (check the path and its permissions)", file=sys.stderr, flush=True)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr, flush=True)
+        print("interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     finally:
         if previous is not None:
@@ -523,12 +539,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point.
+    """Run the CLI and exit with its code (the console script is
+    :func:`persona_refusal.console.entry`, which also catches a Ctrl-C during the imports).
 
     Example:
         >>> entry()        # doctest: +SKIP
     """
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # after main's own handler: while it printed, or before it began
+        print("interrupted", file=sys.stderr, flush=True)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

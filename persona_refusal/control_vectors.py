@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from persona_refusal.directions import (
+    _check_shared,
     Direction,
     DirectionGrid,
     LayerDirections,
@@ -63,7 +64,8 @@ from persona_refusal.directions import (
     as_number,
 )
 from persona_refusal.errors import ConfigError, DirectionMismatchError
-from persona_refusal.storage import atomic_write_bytes, read_json
+from persona_refusal.storage import (MAX_JSON_DEPTH, atomic_write_bytes, check_output, file_kind, json_depth, read_json,
+                                     read_user_json)
 
 if TYPE_CHECKING:
     from persona_refusal.models import ChatModel
@@ -225,10 +227,12 @@ def _layer_list(layers: Any) -> tuple[int, ...]:
 
 
 def _check_out(path: Path) -> None:
-    """Refuse to replace anything but a control vector this package wrote at ``path``."""
-    if path.is_dir():
+    """Refuse to replace anything but a control vector this package wrote at ``path`` (and,
+    by the storage rule, a link, a pipe, a folder or a path with a trailing slash)."""
+    if file_kind(path) == "a folder":
         raise ConfigError(f"{path} is a folder", hint="give the path of the .gguf file to write")
-    if not path.exists():
+    check_output(path, ours=lambda p: True, example="refusal.gguf")
+    if file_kind(path) is None:
         return
     try:
         fields = _fields(gguf.GGUFReader(path))
@@ -307,6 +311,10 @@ def export_control_vector(
     if bad:
         raise ConfigError(f"scale {scale:g} makes the vector at layers {bad} overflow float32",
                           hint="use a smaller scale")
+    lost = [i + 1 for (i, v), src in zip(rows.items(), vectors) if bool((v == 0).all()) and bool((src != 0).any())]
+    if lost:
+        raise ConfigError(f"scale {scale:g} makes the vector at layers {lost} zero in float32, which writes a control "
+                          f"vector that does nothing", hint="use a larger scale")
 
     with tempfile.TemporaryDirectory(prefix="persona_refusal_cvec_") as tmp:
         staged = Path(tmp) / "control_vector.gguf"
@@ -404,9 +412,15 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
         (16,)
     """
     p = Path(path)
-    if not p.is_file():
-        raise DirectionMismatchError(f"control vector {p} " + ("is a folder" if p.is_dir() else "does not exist"),
-                                     hint="give the path of a .gguf control-vector file")
+    if not p.is_file() or file_kind(p) != "file":
+        kind = file_kind(p)
+        if kind == "a symbolic link" and p.is_file():
+            pass  # a link to a regular file is read (reading never writes through it)
+        else:
+            what = ("does not exist" if not p.exists() and kind is None else "is a folder" if p.is_dir()
+                    else f"is {kind if kind != 'a symbolic link' else 'a link to ' + (file_kind(p.resolve()) or 'nothing')}, "
+                         f"not a regular file")
+            raise DirectionMismatchError(f"control vector {p} {what}", hint="give the path of a .gguf control-vector file")
     try:
         reader = gguf.GGUFReader(p)
         fields = _fields(reader)
@@ -481,6 +495,9 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
     provenance: dict = {}
     raw = _meta(fields, "provenance", text, "text", p)
     if raw is not None:
+        if json_depth(raw) > MAX_JSON_DEPTH:
+            raise ConfigError(f"control vector {p}: {_P}provenance holds JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                              hint="write a flat provenance record")
         try:
             provenance = json.loads(raw)
         except ValueError as e:
@@ -498,6 +515,7 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
     }
     order = sorted(rows)
     try:
+        _check_shared({**shared, "provenance": provenance})  # what Direction.load checks: the saved file reads back
         out = LayerDirections(vectors=torch.stack([rows[i] for i in order]), layers=tuple(package_layer(i) for i in order),
                               position=position, provenance=provenance, **shared)
     except ConfigError as e:
@@ -538,6 +556,13 @@ def read_directions(path: str | os.PathLike) -> Direction | LayerDirections:
     return cls.load(p)
 
 
+def _safely_imported(test) -> bool:
+    try:
+        return bool(test())
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
 def import_target(out: str | os.PathLike, source: str | os.PathLike) -> Path:
     """Where ``persona-refusal import-vector SOURCE --out OUT`` saves: ``OUT/<SOURCE stem>`` when
     ``OUT`` is a folder (or ends with a slash), else ``OUT`` itself (``NAME``, ``NAME.json`` or
@@ -558,18 +583,18 @@ def import_target(out: str | os.PathLike, source: str | os.PathLike) -> Path:
     else:
         target = o.with_suffix("") if o.suffix in (".json", ".safetensors") else o
     pair = [target.with_name(target.name + s) for s in (".json", ".safetensors")]
+
+    def imported() -> bool:  # the pair an earlier import wrote: its .json says so
+        meta = read_user_json(pair[0], what="direction file", fields={"provenance": dict})
+        return (isinstance(meta, dict) and meta.get("format") == LayerDirections._FORMAT
+                and isinstance(meta.get("provenance"), dict) and "control_vector" in meta["provenance"])
+
     for f in pair:
-        if f.is_dir():
+        if file_kind(f) == "a folder":
             raise ConfigError(f"{f} is a folder", hint="give --out a folder or a file name that is free")
-    if any(f.exists() for f in pair):
-        try:
-            meta = read_json(pair[0])
-        except (OSError, ValueError, RecursionError):
-            meta = None
-        imported = (isinstance(meta, dict) and meta.get("format") == LayerDirections._FORMAT
-                    and isinstance(meta.get("provenance"), dict) and "control_vector" in meta["provenance"])
-        if not imported:
-            held = next(f for f in pair if f.exists())
-            raise ConfigError(f"{held} exists and is not a control vector imported before; it is not replaced",
-                              hint="choose another --out, or move that file away")
+        check_output(f, ours=lambda _: True, example="directions/")  # links, pipes, a parent that is a file
+    held = next((f for f in pair if file_kind(f) == "file"), None)
+    if held is not None and not _safely_imported(imported):
+        raise ConfigError(f"{held} exists and is not a control vector imported before; it is not replaced",
+                          hint="choose another --out, or move that file away")
     return target

@@ -30,7 +30,7 @@ from persona_refusal.evaluation import (Judge, ModelJudge, Rate, generate_detail
 from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import bundled
-from persona_refusal.storage import write_json
+from persona_refusal.storage import claim_folder, write_json
 from persona_refusal.study.config import DTYPES, resolve_device
 
 __all__ = ["run_ablation_demo", "check_demo_args"]
@@ -52,6 +52,12 @@ def _whole(name: str, v) -> int:
     return v
 
 
+DEMO_FORMAT = "persona_refusal.demo/1"
+"""The manifest format of an ablation-demo folder (:func:`persona_refusal.storage.claim_folder`)."""
+DEMO_ENTRIES = ["refusal.json", "refusal.safetensors", "results.json"]
+"""What the demo writes in its folder."""
+
+
 def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_positions=None, max_new_tokens=32,
                     fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0), device=None, dtype=None,
                     judge="strict") -> None:
@@ -71,6 +77,7 @@ def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_pos
         p = Path(out).expanduser()
         if p.exists() and not p.is_dir():
             raise ConfigError(f"{out} exists and is not a folder", hint="give --out a folder path")
+        claim_folder(p, DEMO_FORMAT, DEMO_ENTRIES, what="the ablation demo", write=False)
         parent = p.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
@@ -243,7 +250,7 @@ def run_ablation_demo(
                      "dtype": str(cm.model.cfg.dtype).replace("torch.", "")},
     }
     if out is not None:
-        out = Path(out)
+        out = claim_folder(Path(out).expanduser(), DEMO_FORMAT, DEMO_ENTRIES, what="the ablation demo")
         refusal.save(out / "refusal")
         write_json(out / "results.json", results)
     return results

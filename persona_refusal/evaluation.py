@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -613,7 +614,7 @@ class ModelJudge:
         cm = self.chat_model
         ids = self.answer_token_ids
         texts = cm.format([self.prompt(i, r) for i, r in zip(instructions, replies)], JUDGE_SYSTEM)
-        lengths = [len(x) for x in cm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = [len(x) for x in cm.encode(texts)]
         for k, n in enumerate(lengths):
             if n > cm.n_ctx:
                 raise ConfigError(f"the judge question about reply {k + 1} is {n} tokens, longer than the context "
@@ -944,8 +945,13 @@ def generate_conditions(
 
 
 def _check_generation_args(chat_model, max_new_tokens: int, capture) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ConfigError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}",
+                          hint="use an integer of at least 1, e.g. max_new_tokens=64")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if not isinstance(capture, Mapping):
+        raise ConfigError(f"capture must map hook names to positions, got {type(capture).__name__}")
     for name in capture:
         if name not in chat_model.model.hook_dict:
             raise ConfigError(f"unknown hook point {name!r}")

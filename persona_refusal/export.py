@@ -65,7 +65,7 @@ from persona_refusal import assets, ops
 from persona_refusal.directions import Direction, check_model
 from persona_refusal.errors import ConfigError, ModelLoadError
 from persona_refusal.models import LocalSource, _hf_from_gguf, _quiet_transformer_lens, _stop_tokens, local_source
-from persona_refusal.storage import read_json, sha256_json, write_json, write_tensors
+from persona_refusal.storage import check_output, read_json, sha256_json, write_json, write_tensors
 from persona_refusal.tiny import TinySpec, build_tiny_tokenizer
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ def _check_out(out_dir: str | os.PathLike) -> tuple[Path, bool]:
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder", hint="give --out a folder path")
+    check_output(out, folder=True)  # a link, a pipe, a parent that is a file: before anything loads
     if not out.is_dir() or not any(out.iterdir()):
         return out, False
     previous = _previous_files(out)

@@ -434,8 +434,14 @@ class Patch(Intervention):
         if self.hook_name not in chat_model.model.hook_dict:
             raise ConfigError(f"unknown hook point {self.hook_name!r}")
         pos = _position_index(self.positions)
+        if not isinstance(self.source, torch.Tensor):
+            raise ConfigError(f"patch source must be a tensor, got {type(self.source).__name__}",
+                              hint="cache it with cache_activations")
         if self.source.ndim != 3 or self.source.shape[1] != len(pos):
             raise ConfigError(f"patch source must be [n_prompts, {len(pos)}, d], got {tuple(self.source.shape)}")
+        if self.source.shape[2] != chat_model.d_model:
+            raise ConfigError(f"patch source has width {self.source.shape[2]} but {chat_model.model_id} has d_model "
+                              f"{chat_model.d_model}", hint="cache the source with this model")
         if not bool(torch.isfinite(self.source).all()):
             raise ConfigError(f"patch source for {self.hook_name} holds NaN or inf", hint="cache it from a run with finite activations")
 

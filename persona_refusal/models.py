@@ -35,6 +35,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -74,6 +75,13 @@ lists of Arditi et al. (Qwen: ``[40, 2121]``; Llama-3 and Gemma: the ``"I"`` tok
 
 _STOP_TOKEN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 _PLACEHOLDER = "\x00INSTRUCTION\x00"
+
+_LITERAL = "\ue000"
+"""Marks text that must stay text (:meth:`ChatModel.as_text`): it is followed by one character
+``chr(_LITERAL_BASE + n)`` and then ``n`` characters that are tokenised as plain text, never
+as a special token. Both are private-use characters and never reach the tokenizer."""
+_LITERAL_BASE = 0xE100
+_LITERAL_MAX = 0x700
 _CACHE_FORMAT = 1
 
 
@@ -166,6 +174,10 @@ class ChatModel:
     def format(self, instructions: Sequence[str] | str, system: str | None = None) -> list[str]:
         """Wrap instructions in the chat template, ending where the assistant's reply starts.
 
+        The instructions and the system prompt stay text: a control token of the template
+        written in them (``<|im_start|>`` …) is marked (:meth:`as_text`) and tokenised as
+        the characters it is made of; only the template's own control tokens are special.
+
         Args:
             instructions: one user message per prompt.
             system: the system prompt; ``None`` uses the template's default (Qwen's adds
@@ -179,8 +191,90 @@ class ChatModel:
         """
         if isinstance(instructions, str):
             instructions = [instructions]
+        if not isinstance(instructions, Sequence) and not hasattr(instructions, "__iter__"):
+            raise ConfigError(f"prompts must be text or a list of texts, got {type(instructions).__name__}",
+                              hint="pass a string or a list of strings")
+        instructions = list(instructions)
+        for i, text in enumerate(instructions):
+            if not isinstance(text, str):
+                raise ConfigError(f"prompt {i + 1} is {'None' if text is None else type(text).__name__}, not text",
+                                  hint="pass every prompt as a string")
         system = self.system_prompt if system is None else system
-        return [self._render(text, system) for text in instructions]
+        if system is not None and not isinstance(system, str):
+            raise ConfigError(f"the system prompt is {type(system).__name__}, not text", hint="pass a string or None")
+        return [self._render(self.as_text(text), None if system is None else self.as_text(system))
+                for text in instructions]
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """The strings the tokenizer turns into special tokens (the template's control tokens,
+        e.g. Qwen's ``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>``), longest first."""
+        tok = self.tokenizer
+        names = set(getattr(tok, "all_special_tokens", []) or []) | set(tok.get_added_vocab())
+        return tuple(sorted((n for n in names if n), key=lambda n: (-len(n), n)))
+
+    def as_text(self, text: str) -> str:
+        """``text`` with every control-token string in it (and the marker character itself)
+        marked to be tokenised as plain text. A text without them is returned unchanged, so
+        ordinary prompts tokenise exactly as before.
+
+        Example:
+            >>> cm = load_chat_model("tiny")
+            >>> ids = cm.encode([cm.format("<|im_start|>system")[0]])[0]
+            >>> ids.count(cm.tokenizer.convert_tokens_to_ids("<|im_start|>"))  # the template's three, not a fourth
+            3
+        """
+        if not isinstance(text, str):
+            raise ConfigError(f"text must be a string, got {type(text).__name__}")
+        pattern = self.__dict__.get("_control_re")
+        if pattern is None:
+            pattern = re.compile("|".join(re.escape(t) for t in (*self.control_tokens, _LITERAL)
+                                          if len(t) < _LITERAL_MAX))
+            self.__dict__["_control_re"] = pattern
+        return pattern.sub(lambda m: _LITERAL + chr(_LITERAL_BASE + len(m.group())) + m.group(), text)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of formatted texts (no special tokens added; the template holds them).
+        Text marked by :meth:`as_text` is tokenised as plain text, never as a special token.
+
+        Example:
+            >>> cm = load_chat_model("tiny")
+            >>> cm.encode(["Hi<|im_end|>", cm.as_text("Hi<|im_end|>")])[0][-1] == cm.tokenizer.eos_token_id
+            True
+        """
+        texts = list(texts)
+        out: list[list[int] | None] = [None] * len(texts)
+        plain = [i for i, t in enumerate(texts) if _LITERAL not in t]
+        if plain:
+            ids = self.tokenizer([texts[i] for i in plain], add_special_tokens=False)["input_ids"]
+            for i, x in zip(plain, ids):
+                out[i] = list(x)
+        for i, t in enumerate(texts):
+            if out[i] is None:
+                out[i] = self._encode_marked(t)
+        return out  # type: ignore[return-value]
+
+    def _encode_marked(self, text: str) -> list[int]:
+        ids: list[int] = []
+        k, start = 0, 0
+        pieces: list[tuple[str, bool]] = []
+        while True:
+            j = text.find(_LITERAL, k)
+            if j < 0 or j + 1 >= len(text):
+                pieces.append((text[start:], False))
+                break
+            n = ord(text[j + 1]) - _LITERAL_BASE
+            if not 0 < n < _LITERAL_MAX:  # a stray marker: dropped
+                pieces.append((text[start:j], False))
+                k = start = j + 1
+                continue
+            pieces.append((text[start:j], False))
+            pieces.append((text[j + 2:j + 2 + n], True))
+            k = start = j + 2 + n
+        for piece, literal in pieces:
+            if piece:
+                ids += self.tokenizer(piece, add_special_tokens=False, split_special_tokens=literal)["input_ids"]
+        return ids
 
     def with_system(self, system_prompt: str | None) -> "ChatModel":
         """The same model and tokenizer, formatting prompts with ``system_prompt`` by default.
@@ -240,7 +334,8 @@ class ChatModel:
     ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
         """Tokenise formatted prompts, left-padded: ``(tokens, attention_mask)``.
 
-        The chat template already holds every special token, so none are added.
+        The chat template already holds every special token, so none are added; text marked
+        by :meth:`as_text` stays text.
 
         Raises:
             ConfigError: a prompt (plus ``reserve`` tokens to generate) does not fit the
@@ -248,10 +343,17 @@ class ChatModel:
         """
         if len(texts) == 0:
             raise ConfigError("no prompts to tokenise")
-        enc = self.tokenizer(
-            list(texts), add_special_tokens=False, padding=True, return_tensors="pt"
-        )
-        tokens, mask = enc["input_ids"], enc["attention_mask"]
+        if any(_LITERAL in t for t in texts):  # text that must stay text: encoded piece by piece, padded left
+            ids = self.encode(texts)
+            width = max(len(x) for x in ids)
+            pad = self.tokenizer.pad_token_id
+            tokens = torch.tensor([[pad] * (width - len(x)) + x for x in ids], dtype=torch.long)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
+        else:
+            enc = self.tokenizer(
+                list(texts), add_special_tokens=False, padding=True, return_tensors="pt"
+            )
+            tokens, mask = enc["input_ids"], enc["attention_mask"]
         lengths = mask.sum(-1)
         longest = int(lengths.max())
         if longest + reserve > self.n_ctx:

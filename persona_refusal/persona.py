@@ -346,8 +346,9 @@ def _response_means(chat_model, rollouts: PersonaRollouts, prompts: Personas, ba
     for r in rollouts.rollouts:
         system = (prompts.compliant if r.side == "compliant" else prompts.refuser)[r.system_index]
         prompt = chat_model.format([questions[r.question_index]], system=system)[0]
-        ids = chat_model.tokenizer(r.reply, add_special_tokens=False)["input_ids"]
-        texts.append(prompt + r.reply)
+        reply = chat_model.as_text(r.reply)  # a reply stays text: a control token in it is not parsed
+        ids = chat_model.encode([reply])[0]
+        texts.append(prompt + reply)
         n_resp.append(max(1, len(ids)))
     layers = rollouts.layers
     names = [chat_model.hook_name(l) for l in layers]

@@ -46,14 +46,13 @@ import io
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from persona_refusal.errors import ConfigError, PromptLoadError
-from persona_refusal.storage import sha256_json
+from persona_refusal.storage import MAX_JSON_DEPTH, json_depth, read_user_bytes, sha256_json
 
 __all__ = ["PromptSet", "bundled", "load_prompts", "load_borderline", "personas", "prompt_hash", "SPLITS", "Personas",
            "PERSONA_SETS", "load_personas", "resolve_personas", "BUNDLED_SPLITS"]
@@ -121,6 +120,21 @@ class PromptSet(Sequence[str]):
     def head(self, n: int | None) -> "PromptSet":
         """The first ``n`` prompts (all if ``n`` is ``None``)."""
         return self if n is None or n >= len(self) else self[:n]
+
+    def take(self, n: int | None, field: str, flag: str | None = None) -> "PromptSet":
+        """The first ``n`` prompts (all if ``n`` is ``None``) for the setting ``field``: more
+        than the set holds is a :class:`~persona_refusal.errors.ConfigError` (a run never
+        records a size it did not use).
+
+        Example:
+            >>> bundled("harmful", "val").take(10**5, "n_val", "--n-val")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            persona_refusal.errors.ConfigError: n_val 100000 exceeds the ... prompts of harmful/val (lower n_val (--n-val) or give more prompts)
+        """
+        if n is not None and n > len(self):
+            raise ConfigError(f"{field} {n} exceeds the {len(self)} prompts of {self.source or self.name}",
+                              hint=f"lower {field}{f' ({flag})' if flag else ''} or give more prompts")
+        return self.head(n)
 
     def describe(self) -> dict:
         """Name, size and hash, for results."""
@@ -471,43 +485,22 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 """Where a .txt line ends: universal newlines (``open()``'s text mode), not every character
 ``str.splitlines`` breaks at (form feed, U+2028, ... stay inside the prompt)."""
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
 _REGULAR_HINT = "give the path of a regular .csv, .json, .jsonl or .txt file"
 
 
-def _not_regular(p: Path, mode: int, kind: str = "prompt file", hint: str = _REGULAR_HINT) -> PromptLoadError:
-    what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return PromptLoadError(f"{p} is {what}, not a {kind}", hint=hint)
-
-
 def _read_regular_file(p: Path, *, kind: str = "prompt file", hint: str = _REGULAR_HINT) -> bytes:
-    """The bytes of ``p``, refusing anything but a regular file *before* reading it: a named
-    pipe would block forever, a device never end. The file is opened non-blocking and
-    checked again, so a pipe swapped in after the first check cannot block either."""
-    try:
-        mode = p.stat().st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(p, mode, kind, hint)
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise PromptLoadError(f"cannot read {kind} {p}: {e.strerror}", hint="check its permissions") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(p, mode, kind, hint)
-        try:
-            return f.read()
-        except OSError as e:
-            raise PromptLoadError(f"cannot read {kind} {p}: {e.strerror}", hint="check its permissions") from None
+    """The bytes of ``p`` by the package's one reading rule
+    (:func:`persona_refusal.storage.read_user_bytes`): a regular file only, refused *before*
+    it is read (a named pipe would block forever, a device never end), with a size bound."""
+    return read_user_bytes(p, what=kind, error=PromptLoadError, kind_hint=hint, label=str(p))
 
 
 _TOO_DEEP = "a prompt file is a list of strings or of flat records"
 
 
 def _parse_json(text: str, p: Path):
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise PromptLoadError(f"{p} holds JSON nested too deeply to read", hint=_TOO_DEEP)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -522,6 +515,8 @@ def _parse_jsonl(text: str, p: Path) -> tuple[list, list[str]]:
     out, where = [], []
     for i, line in enumerate(text.split("\n"), 1):
         if line.strip():
+            if json_depth(line) > MAX_JSON_DEPTH:
+                raise PromptLoadError(f"{p} line {i} holds JSON nested too deeply to read", hint=_TOO_DEEP)
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError as e:

@@ -53,6 +53,7 @@ RANKS: dict[str, int] = {
     "demo": 15,
     "analysis": 16,
     "cli": 17,
+    "console": 17,  # the console script: catches Ctrl-C, then imports the command line
     "": 18,  # persona_refusal/__init__.py: re-exports the public API, the top
 }
 """Rank of each module, by its name below ``persona_refusal`` (first component for
@@ -62,6 +63,8 @@ subpackages: every ``persona_refusal.study.*`` module has the study rank, every
 DEFERRED_OK: dict[str, str] = {
     "cli": "the command line defers heavy imports (torch, the model stack) so that --help and "
            "argument errors answer at once",
+    "console": "the console script imports the command line inside its try block, so that a Ctrl-C "
+               "during those imports is caught",
 }
 """Modules allowed to import ``persona_refusal`` modules inside functions, and why."""
 

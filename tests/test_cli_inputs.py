@@ -101,7 +101,7 @@ def _bounded(argv: list, cwd: Path, env: dict, timeout: float = 240.0) -> Result
 @pytest.mark.parametrize("flag, expected", [
     ("--train-harmful", r"error: /.*/pipe\.txt is a named pipe \(FIFO\), not a prompt file \(give the path of a "
                         r"regular \.csv, \.json, \.jsonl or \.txt file\)"),
-    ("--config", r"error: config file pipe\.txt is not a regular file \(give the path of a JSON file\)"),
+    ("--config", r"error: config file pipe\.txt is a named pipe \(FIFO\), not a config file \(give the path of a regular config file\)"),
 ], ids=["prompt file", "config file"])
 def test_a_named_pipe_is_refused_without_blocking(cli_env, tmp_path, flag, expected):
     work = tmp_path / "work"

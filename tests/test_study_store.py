@@ -19,6 +19,7 @@ import persona_refusal as pr
 from persona_refusal.directions import Direction
 from persona_refusal.study import RunStore, Study, StudyConfig, run_study
 from persona_refusal.study import store as store_module
+from persona_refusal.storage import write_json
 from persona_refusal.study.store import LOCK, MANIFEST
 
 SMOKE = dict(n_train=8, n_val=4, n_eval=6, n_sweep=4, n_coherence=2, alphas=[1.0, 3.0], persona_questions=2)
@@ -127,13 +128,17 @@ def test_force_removes_only_what_the_run_owns(tmp_path):
     (run / "data" / "x.csv").write_text("a,b\n")
     with RunStore(run, {"config": 1}) as store:
         store.put("eval", "a", 1)
-        (run / "directions").mkdir()
-        (run / "directions" / "refusal.json").write_text("{}")
-        (run / "results.json").write_text("{}")
+        write_json(run / "directions" / "refusal.json", {})  # written by the package: listed in the manifest
+        write_json(run / "results.json", {})
+    (run / "directions" / "my_notes.txt").write_text("mine too\n")  # a user's file inside a run folder
+    assert sorted(json.loads((run / MANIFEST).read_text())["files"]) == [
+        "checkpoints/eval.json", "config.json", "directions/refusal.json", "results.json"]
     with RunStore(run, {"config": 2}, force=True):
         pass
     assert (run / "notes.txt").read_text() == "mine\n" and (run / "data" / "x.csv").read_text() == "a,b\n"
-    assert not (run / "directions").exists() and not (run / "results.json").exists()
+    assert not (run / "directions" / "refusal.json").exists() and not (run / "results.json").exists()
+    assert (run / "directions" / "my_notes.txt").read_text() == "mine too\n"
+    assert not (run / "checkpoints" / "eval.json").exists()
     assert json.loads((run / "config.json").read_text()) == {"config": 2}
 
 
@@ -176,7 +181,7 @@ def test_force_keeps_the_inputs_it_was_handed(tmp_path):
     run = tmp_path / "run"
     with RunStore(run, {"config": 1}):
         Direction(vector=torch.ones(4), layer=1, name="r").save(run / "directions" / "refusal")
-        (run / "directions" / "other.json").write_text("{}")
+        write_json(run / "directions" / "other.json", {})  # written by the run (listed in its manifest)
     kept = {p.name: p.read_bytes() for p in (run / "directions").glob("refusal.*")}
     with RunStore(run, {"config": 2}, force=True, keep=[run / "directions" / n for n in kept]):
         pass

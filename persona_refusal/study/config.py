@@ -167,6 +167,7 @@ class Check:
             layer_spec(name, v, 1)  # the syntax; ranges are checked once the model's depth is known
             return
         self._check_ints(name, v)
+        layer_spec(name, v, 1)  # a negative layer fails now, as in a spec
 
     def _check_cells(self, name: str, v: Any) -> None:
         if not isinstance(v, dict) or not v:
@@ -940,6 +941,10 @@ def paper_layers(n_layers: int) -> dict:
                             "paired": sorted({out_of(22), out_of(24)})}}
 
 
+_NEGATIVE_LAYER = ("layers are numbered from 0 in every layer flag and spec (a list, from:N); negative numbers do "
+                   "not count from the end: use 0..L-1")
+
+
 def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) -> list[int]:
     """Resolve a layer list or a spec string (``all``, ``every:N``, ``from:N``, ``below:F``).
 
@@ -950,6 +955,9 @@ def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) 
     if spec is None:
         spec = default
     if not isinstance(spec, str):
+        negative = [l for l in spec if isinstance(l, int) and l < 0]
+        if negative:
+            raise ConfigError(f"{name} {negative}: a negative number is never a layer", hint=_NEGATIVE_LAYER)
         return [int(l) for l in spec]
     layers = list(range(n_layers))
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
@@ -963,11 +971,16 @@ def layer_spec(name: str, spec: Any, n_layers: int, default: str | None = None) 
                     raise ConfigError(f"{name}: every:{arg} needs a step of at least 1", hint="use every:N with N >= 1")
                 layers = [l for l in layers if l % step == 0]
             elif kind == "from":
+                if int(arg) < 0:
+                    raise ConfigError(f"{name}: from:{arg} names a negative layer", hint=_NEGATIVE_LAYER)
                 layers = [l for l in layers if l >= int(arg)]
             elif kind == "below":
                 frac = float(arg)
                 if not math.isfinite(frac):
                     raise ValueError(arg)
+                if frac < 0:
+                    raise ConfigError(f"{name}: below:{arg} is a negative fraction of the depth",
+                                      hint="use below:F with F between 0 and 1, e.g. below:0.8")
                 layers = [l for l in layers if l < frac * n_layers]
             else:
                 raise ValueError(kind)

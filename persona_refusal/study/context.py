@@ -94,16 +94,16 @@ def study_prompts(config: StudyConfig) -> dict[str, PromptSet]:
     file fails in a second rather than after a minute of model loading."""
     c = config
 
-    def get(path, label, split, n):
+    def get(path, label, split, n, field=None):
         ps = load_prompts(path, label=label) if path else bundled(label, split)
-        return ps.head(n)
+        return ps.take(n, field, f"--{field.replace('_', '-')}") if field else ps
 
     sets = {
-        "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train),
-        "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train),
-        "val_harmful": get(c.val_harmful, "harmful", "val", c.n_val),
-        "val_harmless": get(c.val_harmless, "harmless", "val", c.n_val),
-        "eval_harmful": get(c.eval_harmful, "harmful", "test", c.n_eval),
+        "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train, "n_train"),
+        "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train, "n_train"),
+        "val_harmful": get(c.val_harmful, "harmful", "val", c.n_val, "n_val"),
+        "val_harmless": get(c.val_harmless, "harmless", "val", c.n_val, "n_val"),
+        "eval_harmful": get(c.eval_harmful, "harmful", "test", c.n_eval, "n_eval"),
         "eval_harmless": get(c.eval_harmless, "harmless", "test", None),
     }
     if c.n_sweep > len(sets["eval_harmful"]):
@@ -292,10 +292,17 @@ class RunContext:
         """Every prompt of each set fits the context window with the tokens it will generate
         (``reserve_of[role]``; only the first ``limit_of[role]`` prompts of a set are read)."""
         cm = self.cm
+        frame = len(cm.encode(cm.format([""]))[0])  # the template and system prompt alone
+        most = max([0, *reserve_of.values()])
+        if frame + most > cm.n_ctx and cm.system_prompt:
+            raise ConfigError(f"the system prompt (system_prompt, --system-prompt) makes the chat template around an "
+                              f"empty prompt {frame} tokens{f' (+{most} to generate)' if most else ''}, longer than "
+                              f"the context window of {cm.n_ctx} tokens",
+                              hint="shorten the system prompt" + (", or lower --max-new-tokens" if most else ""))
         for key, ps in self.prompts.items():
             texts = list(ps)[: limit_of.get(key)]
             reserve = reserve_of.get(key, 0)
-            ids = cm.tokenizer(cm.format(texts), add_special_tokens=False)["input_ids"]
+            ids = cm.encode(cm.format(texts))
             for i, x in enumerate(ids):
                 if len(x) + reserve > cm.n_ctx:
                     raise ConfigError(

@@ -243,7 +243,7 @@ def load_results(path: str | os.PathLike) -> dict:
         p = p / "results.json"
     data = read_json_checked(p, RunFolderError, missing=f"no results.json at {p}",
                              hint="run `persona-refusal run --out DIR` first")
-    kind = kind_of_schema(data.get("schema")) if isinstance(data, dict) else None
+    kind = kind_of_schema(data.get("schema")) if isinstance(data, dict) and isinstance(data.get("schema"), str) else None
     if kind is None:
         raise RunFolderError(f"{p} is not a persona_refusal results file")
     return kind.results(data)

@@ -16,7 +16,12 @@ Nothing lost
   that already holds one of those names without being a run is refused). ``--force``
   removes only those entries, never anything else in the folder, and never a file the
   command was handed as input (``keep``). A folder written by an older version (a
-  ``config.json`` run record, no manifest) is adopted as a run.
+  ``config.json`` run record, no manifest) is adopted as a run. Every file written below an
+  owned entry is added to the manifest's ``files`` (:func:`persona_refusal.storage.note_written`),
+  and inside the owned folders (``checkpoints/``, ``directions/``, ``figures/``) ``--force``
+  removes only those files: a file a user put there is kept.
+* **No links.** The lock file is opened without following links; an owned entry that is a
+  link, a pipe or a device is refused before anything is written.
 * **One run at a time.** The store holds an exclusive ``flock`` on ``OUT/.lock`` (the
   holder's pid inside) from opening to :meth:`RunStore.close`; a second store on the folder,
   in this process or another, gets a one-line :class:`RunFolderError`. The kernel releases
@@ -28,6 +33,7 @@ Nothing lost
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -38,7 +44,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from persona_refusal.errors import RunFolderError
-from persona_refusal.storage import canonical_json, read_json, write_json
+from persona_refusal.storage import (MANIFEST, canonical_json, check_output, file_kind, manifest_files, open_nofollow,
+                                     read_json, write_json)
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -53,8 +60,6 @@ T = TypeVar("T")
 
 RUN_ENTRIES = ("checkpoints", "config.json", "directions", "figures", "report.html", "results.json")
 """The top-level names a run writes in its folder (``figures/`` and ``report.html``: the CLI)."""
-MANIFEST = ".persona_refusal_run.json"
-"""The ownership record: which of :data:`RUN_ENTRIES` this run created (``--force`` removes only those)."""
 LOCK = ".lock"
 """Held (``flock``, the holder's pid inside) while a store is open; removed on close."""
 _MANIFEST_FORMAT = "persona_refusal.run/1"
@@ -81,7 +86,7 @@ class _FolderLock:
         if fcntl is None:  # pragma: no cover
             return
         for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644, error=RunFolderError)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -170,6 +175,12 @@ class RunStore:
         self._lock: _FolderLock | None = None
         if self.out.exists() and not self.out.is_dir():
             raise RunFolderError(f"{self.out} exists and is not a folder", hint="give --out a folder path")
+        check_output(self.out, folder=True, error=RunFolderError)
+        for name in (*RUN_ENTRIES, MANIFEST, LOCK):
+            kind = file_kind(self.out / name)
+            if kind not in (None, "file", "a folder"):
+                raise RunFolderError(f"{self.out / name} is {kind}; a run writes only regular files and folders "
+                                     f"it created", hint="remove it, or use another --out folder")
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = _FolderLock(self.out)
         try:
@@ -205,10 +216,13 @@ class RunStore:
                 self.resumed = self.ckpt.is_dir() and any(self.ckpt.iterdir())
         elif force:
             self._clear(owned, keep)
-        if claim:  # only now: a refused folder is left as it was
-            write_json(self.out / MANIFEST, {"format": _MANIFEST_FORMAT, "owned": owned,
+        if claim or manifest_files(self.out) is None:  # only now: a refused folder is left as it was
+            files = sorted(str(q.relative_to(self.out).as_posix()) for n in owned if (self.out / n).is_dir()
+                           for q in (self.out / n).rglob("*") if file_kind(q) == "file")
+            write_json(self.out / MANIFEST, {"format": _MANIFEST_FORMAT, "owned": owned, "files": files,
                                              "note": "written by persona_refusal: --force removes only these "
-                                                     "entries of this folder"})
+                                                     "entries of this folder, and in its folders only the files "
+                                                     "listed"})
         self.ckpt.mkdir(parents=True, exist_ok=True)
         write_json(cfg_path, config)
 
@@ -239,8 +253,29 @@ class RunStore:
             return False
 
     def _clear(self, owned: Iterable[str], keep: list[Path]) -> None:
-        """Remove the owned entries, except the files in ``keep`` (and the folders holding them)."""
+        """Remove the owned entries, except the files in ``keep`` (and the folders holding them).
+        Inside an owned folder only the files the manifest lists are removed (a folder of an
+        older version, whose manifest lists no files, is removed whole)."""
         kept = {p.resolve() for p in keep}
+        listed = manifest_files(self.out)
+        if listed is not None:
+            for rel in listed:
+                p = self.out / rel
+                if rel.split("/")[0] in owned and ".." not in rel.split("/") and file_kind(p) == "file" \
+                        and p.resolve() not in kept:
+                    p.unlink()
+            for name in owned:
+                p = self.out / name
+                if file_kind(p) == "a folder":
+                    for sub in sorted((q for q in p.rglob("*") if q.is_dir() and not q.is_symlink()), reverse=True):
+                        with contextlib.suppress(OSError):
+                            sub.rmdir()  # only empty ones
+                    with contextlib.suppress(OSError):
+                        p.rmdir()
+                elif file_kind(p) == "file" and p.resolve() not in kept:
+                    p.unlink()
+            self._cache.clear()
+            return
 
         def remove(p: Path) -> None:
             r = p.resolve()

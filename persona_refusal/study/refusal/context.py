@@ -38,22 +38,22 @@ def refusal_prompts(config: RefusalConfig) -> dict[str, PromptSet]:
     ``n_front``). Cheap: the CLI calls it before loading the model."""
     c = config
 
-    def get(path, label, split, n=None):
+    def get(path, label, split, n=None, field=None):
         if label == "borderline":
             ps = load_borderline(path) if path else bundled(label, split)
         else:
             ps = load_prompts(path, label=label) if path else bundled(label, split)
-        return ps.head(n)
+        return ps.take(n, field, f"--{field.replace('_', '-')}") if field else ps
 
     sets = {
-        "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train),
-        "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train),
+        "train_harmful": get(c.train_harmful, "harmful", "train", c.n_train, "n_train"),
+        "train_harmless": get(c.train_harmless, "harmless", "train", c.n_train, "n_train"),
         "val_harmful": get(c.val_harmful, "harmful", "val"),
         "val_harmless": get(c.val_harmless, "harmless", "val"),
         "val_borderline": get(c.val_borderline, "borderline", "val"),
-        "test_harmful": get(c.test_harmful, "harmful", "test", c.n_test),
-        "test_harmless": get(c.test_harmless, "harmless", "test", c.n_test),
-        "test_borderline": get(c.borderline, "borderline", "test", c.n_borderline),
+        "test_harmful": get(c.test_harmful, "harmful", "test", c.n_test, "n_test"),
+        "test_harmless": get(c.test_harmless, "harmless", "test", c.n_test, "n_test"),
+        "test_borderline": get(c.borderline, "borderline", "test", c.n_borderline, "n_borderline"),
     }
     for field, role, flag in (("n_val", "val_harmful", "--n-val"), ("n_val", "val_harmless", "--n-val"),
                               ("n_front", "val_harmful", "--n-front")):
