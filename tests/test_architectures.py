@@ -291,3 +291,34 @@ def test_only_special_tokens_end_a_turn(tmp_path):
     assert turn in stops and plain not in stops
     GenerationConfig(eos_token_id=[tok.eos_token_id, turn]).save_pretrained(folder)
     assert turn in models._inspect(folder, "x", {}).eos_ids
+
+
+# ----------------------------------------------------------------------------- the command line
+from clitools import assert_one_line_error, cli, cli_env  # noqa: E402,F401  (fixtures)
+
+_NO_WEIGHTS = '''
+from persona_refusal import models
+def _refuse(*a, **k):
+    raise SystemExit("weights were read")
+models._hf_weights = _refuse
+'''
+
+
+def test_run_on_a_base_model_stops_in_one_line_before_converting(cli, tmp_path):
+    folder = write_folder("qwen3", tmp_path / "base")
+    _strip_template(folder)
+    out = tmp_path / "out"
+    res = cli(["run", "--model", folder, "--preset", "smoke", "--quiet", "--out", out], cwd=tmp_path,
+              setup=_NO_WEIGHTS)
+    line = assert_one_line_error(res, out)
+    assert line.startswith("error: local:base has no chat template: it looks like a base model")
+    assert "--chat-template FILE" in line and not out.exists()
+
+
+def test_info_takes_the_model_as_a_flag_or_positionally(cli, sources, tmp_path):
+    by_flag = cli(["info", "--model", sources["gemma3", "gguf"]], cwd=tmp_path)
+    assert by_flag.rc == 0, by_flag.stderr
+    assert "TransformerLens configuration: Gemma3ForCausalLM: the configuration of google/gemma-3-" in by_flag.stdout
+    assert "decoding path: reference: norms after attention and MLP" in by_flag.stdout
+    positional = cli(["info", "tiny"], cwd=tmp_path)
+    assert positional.rc == 0 and "decoding path: packed" in positional.stdout
