@@ -887,9 +887,9 @@ def _load_local_cached(src: LocalSource, *, key: str, device, dtype, n_ctx, cach
             log.warning("converted-weights cache %s is unreadable (%s); converting again", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
     match, seen = _precheck(src, template)
-    build = (lambda: (src.weights(), seen.tokenizer)) if src.weights is not None else src.build
+    build = (lambda: (src.weights(), seen.tokenizer)) if seen is not None and src.weights is not None else src.build
     cfg, state, tokenizer, match, reference = _convert_checked(build, match)
-    stops = _stop_tokens(tokenizer, seen.eos_ids)
+    stops = _stop_tokens(tokenizer, seen.eos_ids if seen is not None else ())
     meta = {
         "format": _CACHE_FORMAT,
         "model_id": src.model_id,
@@ -924,7 +924,7 @@ def _load_local_cached(src: LocalSource, *, key: str, device, dtype, n_ctx, cach
     return cm
 
 
-def _precheck(src: LocalSource, template: tuple[str, str] | None) -> tuple[ConfigMatch | None, Inspection]:
+def _precheck(src: LocalSource, template: tuple[str, str] | None) -> tuple[ConfigMatch | None, Inspection | None]:
     """What is checked before any weight is read: the architecture has a TransformerLens
     configuration, the tokenizer a chat template (or one is given). One-line
     :class:`ModelLoadError` otherwise."""
@@ -1070,7 +1070,8 @@ def _load_hub(name: str, *, device, dtype, n_devices, n_ctx) -> ChatModel:
     model.tokenizer = tokenizer
     optimize_layout(model)
     checksum = _weights_fingerprint(model)
-    return ChatModel(model, tokenizer, model_id=official, checksum=checksum, source="hub")
+    return ChatModel(model, tokenizer, model_id=official, checksum=checksum, source="hub",
+                     tl_config=f"{model.cfg.original_architecture}: TransformerLens' configuration of {official}")
 
 
 def _weights_fingerprint(model) -> str:
