@@ -316,7 +316,7 @@ def test_run_on_a_base_model_stops_in_one_line_before_converting(cli, tmp_path):
 
 
 def test_info_takes_the_model_as_a_flag_or_positionally(cli, tmp_path):
-    by_flag = cli(["info", "--model", write_gguf("gemma3", tmp_path / "g3.gguf")], cwd=tmp_path)
+    by_flag = cli(["info", "--model", write_folder("gemma3", tmp_path / "g3")], cwd=tmp_path)
     assert by_flag.rc == 0, by_flag.stderr
     assert "TransformerLens configuration: Gemma3ForCausalLM: the configuration of google/gemma-3-" in by_flag.stdout
     assert "decoding path: reference: norms after attention and MLP" in by_flag.stdout
