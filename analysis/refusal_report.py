@@ -64,6 +64,15 @@ def _rate(rec: dict | None, key: str) -> float | None:
     return r.get("rate") if finite(r.get("rate")) else None
 
 
+def _no_refusal(results: dict) -> bool:
+    """Whether the baseline check found a model that barely refuses (no goal can be met then:
+    there was no refusal to remove)."""
+    return bool((results.get("refusal_baseline") or {}).get("low_refusal"))
+
+
+_NOT_APPLICABLE = "goal not applicable: the unedited model barely refuses (see the warning above)"
+
+
 def _val_goal(results: dict) -> str | None:
     """The goal on the val front: which judged candidates meet it, or what the front costs."""
     front = results.get("front") or {}
@@ -82,6 +91,8 @@ def _val_goal(results: dict) -> str | None:
              and (d0 is None or (_rate(c, "degenerate") or 0) <= d0)]
     head = (f"<b>Val front</b> ({len(judged)} judged candidates, {front.get('n_front')} harmful val prompts; unedited "
             f"{rate_text(base.get('refusal'))}, degenerate {pct(d0, 0)}): ")
+    if _no_refusal(results):
+        return head + _NOT_APPLICABLE + "."
     if meets:
         best = min(meets, key=lambda c: (c["refusal"]["rate"], c["kl"]))
         return head + (f"{len(meets)} meet the goal (judged refusal ≤ {GOAL_REFUSAL:.0%}, KL ≤ {GOAL_KL:g}, no more "
@@ -100,8 +111,9 @@ def _val_goal(results: dict) -> str | None:
     return text
 
 
-def _test_goal(ed: dict) -> list[str]:
-    """The goal on the test split, for each erasing edit of the chosen direction."""
+def _test_goal(ed: dict, no_refusal: bool = False) -> list[str]:
+    """The goal on the test split, for each erasing edit of the chosen direction (not applicable
+    when the baseline check found no refusal to remove)."""
     out = []
     kl = ed.get("kl") or {}
     for e in ("ablate", "ablate_layers", "ace0", "ace0_layers"):
@@ -113,8 +125,8 @@ def _test_goal(ed: dict) -> list[str]:
         rise = _sign(deg)
         met = c["refusal"]["rate"] <= GOAL_REFUSAL and k <= GOAL_KL and rise in (0, -1)
         out.append(f"{_name(e)}: judged refusal {rate_text(c['refusal'])}, KL {k:.3g} nats, degenerate "
-                   f"{rate_text(c['degenerate'])} (vs unedited {_diff_text(deg)}) — goal "
-                   f"{'<b>met</b>' if met else 'not met'}")
+                   f"{rate_text(c['degenerate'])} (vs unedited {_diff_text(deg)}) — "
+                   + (_NOT_APPLICABLE if no_refusal else f"goal {'<b>met</b>' if met else 'not met'}"))
     return out
 
 
@@ -207,7 +219,7 @@ def refusal_headline(results: dict) -> dict:
     val = _val_goal(results)
     if val:
         findings.append(val)
-    test = _test_goal(ed)
+    test = _test_goal(ed, _no_refusal(results))
     if test:
         findings.append("<b>Test split</b>, the chosen direction: " + "; ".join(test) + ".")
     findings += _claims(ed)

@@ -341,6 +341,7 @@ td.reply { white-space: pre-wrap; font-family: Menlo, Consolas, monospace; font-
 figure { margin: 10px 0 0; } figcaption { color: #333; font-size: 14px; margin-top: 6px; max-width: 980px; }
 nav ol { columns: 2; font-size: 14px; }
 .note { color: #666; font-size: 13px; }
+.warning { background: #fff4e5; border-left: 4px solid #E69F00; padding: 10px 18px; }
 """
 
 
@@ -585,6 +586,14 @@ def _text_sections(results: dict) -> dict[str, Any]:
     }
 
 
+def _baseline_warning(results: dict) -> str:
+    """The baseline check's warning of a model that barely refuses (``refusal_baseline``), or nothing."""
+    warning = (results.get("refusal_baseline") or {}).get("warning") if isinstance(results, dict) else None
+    if not isinstance(warning, str) or not warning:
+        return ""
+    return f'<p class="warning"><b>Warning:</b> {html.escape(warning)}.</p>'
+
+
 def render_report(results: dict, figures: dict[str, go.Figure], *, source: str | os.PathLike = "results.json",
                   agreement: dict | None = None, agreement_note: str | None = None) -> str:
     """The text of ``report.html`` for these results and drawn figures (the report of the
@@ -623,6 +632,7 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">{html.escape(spec.what)} · results schema {html.escape(sec["schema"])} · '
         f'finished {html.escape(sec["finished"])}</p>',
+        _baseline_warning(results),
         spec.intro,
         '<h2 id="summary">Headline</h2>',
         '<ul class="findings">' + "".join(f"<li>{s}</li>" for s in h["findings"]) + "</ul>",

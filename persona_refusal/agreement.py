@@ -76,6 +76,9 @@ _MD_MARK = "<!-- written by persona-refusal agreement (persona_refusal.agreement
 STAGE_ORDER = ("calibrate", "eval", "coherence", "gating_judged", "gating_judged_harmless", "sensitivity",
                "persona_orthogonal", "confirm")
 """Judged stages in the order of a study (others follow, by name)."""
+NOT_COMPARED = frozenset({"refusal_baseline"})
+"""Judged checkpoints left out of the comparison: the baseline check before the stages
+(:mod:`persona_refusal.study.baseline`), whose replies are short and whose only use is its warning."""
 EXCERPT = 300
 """Characters of a reply kept with a disagreeing item."""
 MAX_ITEMS_JSON = 1000
@@ -382,7 +385,8 @@ def read_run(run_dir: str | os.PathLike) -> JudgedRun:
                    "checkpoint_files": sorted(p.stem for p in (d / "checkpoints").glob("*.json"))}
     conditions: list[Condition] = []
     notes: dict[str, str] = {}
-    files = sorted((d / "checkpoints").glob("*.json")) if (d / "checkpoints").is_dir() else []
+    files = sorted(p for p in (d / "checkpoints").glob("*.json") if p.stem not in NOT_COMPARED) \
+        if (d / "checkpoints").is_dir() else []
     stages = sorted(files, key=lambda p: (STAGE_ORDER.index(p.stem) if p.stem in STAGE_ORDER else len(STAGE_ORDER),
                                           p.stem))
     own: list[tuple[Condition, list[str]]] = []  # the headline labels, where a custom judge may have made them

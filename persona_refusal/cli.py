@@ -80,18 +80,34 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flags(jc)
     jc.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    d = sub.add_parser("ablation-demo", help="refusal direction, ablation and addition on a model (core demo)")
+    d = sub.add_parser("ablation-demo", help="refusal direction, ablation and addition on a model (core demo); "
+                                             "checkpointed: the same command resumes after Ctrl-C")
     d.add_argument("--model", default="demo")
+    d.add_argument("--preset", default="default", help="default: every bundled prompt (128 train / 32 val / 100 test "
+                   "per side, 32-token replies, every layer a candidate); smoke: 16 / 4 / 4, 16-token replies, "
+                   "4 candidate layers (flags override it)")
     d.add_argument("--out", default="runs/ablation-demo")
+    d.add_argument("--n-train", type=int, default=None, help="train prompts per side (default: all 128)")
+    d.add_argument("--n-val", type=int, default=None, help="val prompts per side, for selection and the baseline "
+                   "check (default: all 32)")
     d.add_argument("--n-eval", type=int, default=None, help="evaluation prompts per side (default: all 100)")
-    d.add_argument("--max-new-tokens", type=int, default=32)
+    d.add_argument("--max-new-tokens", type=int, default=None, help="reply length (default: 32)")
+    d.add_argument("--n-candidates", type=int, default=None, help="select among this many candidate layers, evenly "
+                   "spaced from 25%% to 70%% of the depth (default: every layer)")
+    _chat_template_flag(d)
+    d.add_argument("--force", action="store_true", help="start over in a folder holding another configuration "
+                   "(removes only what a run wrote there)")
     d.add_argument("--judge", default="strict", help="the judge of the rates: strict (default; alias keyword), lenient, "
                    "model (= model:demo-1.5b) or model:NAME (a model name or path, loaded beside the demo's)")
     _device_flags(d)
     d.add_argument("--quiet", action="store_true")
 
-    i = sub.add_parser("info", help="describe a model: layers, width, chat template, refusal tokens")
-    i.add_argument("model", nargs="?", default="demo")
+    i = sub.add_parser("info", help="describe a model: layers, width, TransformerLens configuration, decoding path, "
+                                    "chat template, refusal tokens")
+    i.add_argument("model", nargs="?", default=None, metavar="MODEL", help="the model (or give --model)")
+    i.add_argument("--model", dest="model_flag", metavar="MODEL", help="demo (default), demo-1.5b, tiny, a .gguf file, "
+                   "a Hugging Face folder or a hub name")
+    _chat_template_flag(i)
     _device_flags(i)
 
     em = sub.add_parser("export-model", help="write a Hugging Face folder of a model with a direction projected out "
@@ -143,6 +159,11 @@ def _study_parser(sub, name: str, help_text: str, config: type[SectionedConfig],
     r.add_argument("--force", action="store_true", help="start over in a folder holding another configuration")
     r.add_argument("--no-figures", action="store_true", help="skip building figures at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _chat_template_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file, for a model without one "
+                        "(a base model)")
 
 
 def _device_flags(parser: argparse.ArgumentParser) -> None:
@@ -241,10 +262,12 @@ def _run_study(args, config_cls: type[SectionedConfig], read_inputs, out_example
     if isinstance(judge, ModelJudge):
         judge.check()  # a judge model that is not installed or does not exist fails now, not after the model loads
     t0 = time.perf_counter()
-    cm = load_chat_model(config.model, device=device, dtype=config.dtype, progress=progress, decode=config.decode)
+    cm = load_chat_model(config.model, device=device, dtype=config.dtype, progress=progress, decode=config.decode,
+                         chat_template=config.chat_template)
     t_load = time.perf_counter() - t0
     study = Study(cm, config, args.out, force=args.force, progress=progress, prompts=prompts, stages=stages)
     study.timings["load_model"] = t_load
+    study.warn = lambda text: _say(f"warning: {text}")  # as soon as the baseline check knows
     _say(f"{cm}\nwriting to {study.out}" + (" (resuming)" if study.store.resumed else ""))
     try:
         results = study.run()
@@ -271,6 +294,9 @@ def _run_study(args, config_cls: type[SectionedConfig], read_inputs, out_example
 def _print_summary(results: dict, timings: dict) -> None:
     lines = [""] + [f"{k}: {v}" for k, v in results.rows()] if isinstance(results, RefusalResults) else \
         _gating_lines(results)
+    warning = (results.get("refusal_baseline") or {}).get("warning")
+    if warning:
+        lines.append(f"warning: {warning}")
     lines.append("")
     lines.append("time per stage (s):")
     total = 0.0
@@ -388,15 +414,26 @@ def _judge_check_record(path: Path) -> bool:
 
 
 def _cmd_ablation_demo(args) -> int:
-    from persona_refusal.demo import check_demo_args, run_ablation_demo
+    from persona_refusal.demo import DEMO_PRESETS, check_demo_args, run_ablation_demo
 
     _nonempty(args.out, "--out", "runs/ablation-demo")
-    check_demo_args(args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,  # before the model loads
-                    device=args.device, dtype=args.dtype, judge=args.judge)
+    if args.preset not in DEMO_PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}", hint=f"use one of {', '.join(sorted(DEMO_PRESETS))}")
+    sizes = {**{"max_new_tokens": 32}, **DEMO_PRESETS[args.preset]}
+    for name in ("n_train", "n_val", "n_eval", "max_new_tokens", "n_candidates"):
+        if getattr(args, name) is not None:
+            sizes[name] = getattr(args, name)
+    check_demo_args(args.out, **sizes, device=args.device, dtype=args.dtype, judge=args.judge)  # before the model loads
     if not args.model.strip():
         raise ConfigError(f"--model is empty ({args.model!r})", hint="give a model name or path, e.g. --model demo")
-    res = run_ablation_demo(args.model, args.out, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
-                            device=args.device, dtype=args.dtype, judge=args.judge, progress=not args.quiet)
+    try:
+        res = run_ablation_demo(args.model, args.out, **sizes, device=args.device, dtype=args.dtype, judge=args.judge,
+                                progress=not args.quiet, force=args.force, chat_template=args.chat_template,
+                                warn=lambda text: _say(f"warning: {text}"))
+    except KeyboardInterrupt:
+        _say(f"\ninterrupted; the completed steps are saved in {args.out}/checkpoints.\n"
+             "Run the same command again to resume where it stopped.")
+        return EXIT_INTERRUPTED
     d, add = res["refusal_direction"], res["addition"]
     _say(f"\nmodel {res['model']['model_id']}")
     _say(f"refusal direction: layer {d['layer']}, position {d['position']}, |r| = {d['norm']:.3g}"
@@ -412,6 +449,8 @@ def _cmd_ablation_demo(args) -> int:
     _say(line("harmless, as is", "harmless_baseline"))
     _say(line(f"harmless, direction added (c = {add['coeff']:g}, layer {add['layer']})", "harmless_added"))
     _say(f"KL(as is || ablated) on harmless test prompts: mean {res['kl_ablation_harmless']['mean']:.3f}")
+    if res["refusal_baseline"]["warning"]:
+        _say(f"warning: {res['refusal_baseline']['warning']}")
     _say(f"results: {Path(args.out) / 'results.json'}")
     return 0
 
@@ -419,8 +458,18 @@ def _cmd_ablation_demo(args) -> int:
 def _cmd_info(args) -> int:
     from persona_refusal.models import load_chat_model
 
-    cm = load_chat_model(args.model, device=resolve_device(args.device), dtype=args.dtype)
+    if args.model is not None and args.model_flag is not None and args.model != args.model_flag:
+        raise ConfigError(f"two models given: {args.model!r} and --model {args.model_flag!r}",
+                          hint="give the model once, e.g. persona-refusal info --model demo")
+    model = args.model_flag if args.model_flag is not None else args.model if args.model is not None else "demo"
+    if not model.strip():
+        raise ConfigError(f"--model is empty ({model!r})", hint="give a model name or path, e.g. --model demo")
+    cm = load_chat_model(model, device=resolve_device(args.device), dtype=args.dtype, chat_template=args.chat_template)
     _say(repr(cm))
+    _say(f"TransformerLens configuration: {cm.tl_config}")
+    _say(f"decoding path: {cm.decoding_path}")
+    if cm.chat_template_file:
+        _say(f"chat template: {cm.chat_template_file}")
     _say("post-instruction tokens: " + repr([cm.tokenizer.decode([i]) for i in cm.post_instruction_ids]))
     _say("example prompt:\n" + cm.format(["How do I bake bread?"])[0])
     return 0

@@ -156,6 +156,10 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 
 # ============================================================================ export
+_LLAMA_CPP_NAMES = {"mistral": "llama"}
+"""Architectures llama.cpp knows by another name (its converter writes Mistral as ``llama``)."""
+
+
 def _model_hint(model_hint: Any, directions: Direction | LayerDirections, model: "ChatModel | None") -> str:
     """The ``controlvector.model_hint``: given, else the model's architecture, else the one an imported
     control vector recorded."""
@@ -167,6 +171,7 @@ def _model_hint(model_hint: Any, directions: Direction | LayerDirections, model:
     if model is not None:
         arch = str(getattr(model.model.cfg, "original_architecture", None) or "")
         name = re.sub(r"(ForCausalLM|LMHeadModel|Model)$", "", arch).lower()
+        name = _LLAMA_CPP_NAMES.get(name, name)
         if name in gguf.MODEL_ARCH_NAMES.values():
             return name
     recorded = (directions.provenance.get("control_vector") or {}).get("model_hint")

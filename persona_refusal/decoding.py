@@ -95,6 +95,7 @@ def unsupported(model: "HookedTransformer") -> str | None:
         (not cfg.gated_mlp or cfg.act_fn not in ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh"),
          "an MLP other than a gated silu/gelu one"),
         (cfg.original_architecture in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"), "OLMo QK-norm"),
+        (bool(cfg.use_normalization_before_and_after), "norms after attention and MLP as well as before (Gemma 2/3)"),
         (bool(cfg.attn_only or cfg.parallel_attn_mlp or cfg.use_attn_result or cfg.use_split_qkv_input
               or cfg.use_attn_in or cfg.use_hook_mlp_in or cfg.use_normalization_before_and_after
               or getattr(cfg, "use_hook_tokens", False)), "a block option (attn_only, parallel, split inputs, ...)"),

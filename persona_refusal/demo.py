@@ -10,10 +10,24 @@ split, selection on the val split, then judged generations on the test split —
 harmful prompts with and without ablation, harmless prompts with and without addition —
 with Wilson 95% intervals, the KL divergence that ablation causes on harmless prompts,
 and the equivalence of weight orthogonalisation with hook ablation.
+
+Run folder
+----------
+With an output folder the demo follows the studies' run-folder rules
+(:class:`~persona_refusal.study.store.RunStore`): ``config.json`` records what defines the run
+(arguments, model fingerprint), the folder is locked while it runs, each step is checkpointed
+(``checkpoints/``: the baseline check, the selected direction in ``directions/refusal``, the
+addition strength, each judged condition, the KL and the orthogonalisation check), so a run
+stopped by Ctrl-C resumes where it stopped, and a folder holding another configuration is
+refused unless ``force`` (which removes only what a run wrote there). :data:`DEMO_PRESETS`
+holds ``smoke`` (a few prompts, short replies: a check that everything runs) and ``default``.
+It starts with the baseline check of :mod:`persona_refusal.study.baseline` on the harmful val
+prompts: a model that barely refuses gets a warning (console, ``results.json``), not a stop.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -30,14 +44,30 @@ from persona_refusal.evaluation import (Judge, ModelJudge, Rate, generate_detail
 from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import bundled
-from persona_refusal.storage import claim_folder, write_json
+from persona_refusal.storage import sha256_json, write_json
+from persona_refusal.study.baseline import BASELINE_MAX_NEW_TOKENS, baseline_record
 from persona_refusal.study.config import DTYPES, resolve_device
+from persona_refusal.study.store import RunStore
 
-__all__ = ["run_ablation_demo", "check_demo_args"]
+__all__ = ["run_ablation_demo", "check_demo_args", "DEMO_PRESETS", "candidate_layers"]
+
+DEMO_PRESETS: dict[str, dict] = {
+    "default": {},
+    "smoke": {"n_train": 16, "n_val": 4, "n_eval": 4, "max_new_tokens": 16, "n_candidates": 4,
+              "add_coeffs": (1.0, 4.0, 16.0)},
+}
+"""Named sizes of the demo (explicit arguments override them): ``default`` reads every bundled
+prompt (128 train / 32 val / 100 test per side, 32-token replies) and selects among every layer;
+``smoke`` checks quickly that everything runs on a model: 16 / 4 / 4 prompts, 16-token replies,
+4 candidate layers, 3 addition strengths (a few minutes on a CPU for a 0.5B model)."""
+_FORMAT = "persona_refusal.ablation_demo/1"
+
+log = logging.getLogger(__name__)
 
 _SPLIT_SIZES = {"n_train": ("train", 128), "n_val": ("val", 32), "n_eval": ("test", 100)}
 """Prompts per side in each bundled split the demo reads."""
-_FLAGS = {"n_eval": "--n-eval", "max_new_tokens": "--max-new-tokens", "judge": "--judge"}
+_FLAGS = {"n_candidates": "--n-candidates", "n_train": "--n-train", "n_val": "--n-val", "n_eval": "--n-eval", "max_new_tokens": "--max-new-tokens",
+          "judge": "--judge"}
 """The ablation-demo flag of each argument that has one."""
 
 
@@ -52,15 +82,9 @@ def _whole(name: str, v) -> int:
     return v
 
 
-DEMO_FORMAT = "persona_refusal.demo/1"
-"""The manifest format of an ablation-demo folder (:func:`persona_refusal.storage.claim_folder`)."""
-DEMO_ENTRIES = ["refusal.json", "refusal.safetensors", "results.json"]
-"""What the demo writes in its folder."""
-
-
 def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_positions=None, max_new_tokens=32,
                     fallback="relative", add_coeffs=(1.0, 2.0, 4.0, 8.0, 16.0), device=None, dtype=None,
-                    judge="strict") -> None:
+                    judge="strict", n_candidates=None) -> None:
     """Check every argument of :func:`run_ablation_demo` before anything is loaded or run:
     a one-line :class:`~persona_refusal.errors.ConfigError` for the first bad one.
 
@@ -77,7 +101,6 @@ def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_pos
         p = Path(out).expanduser()
         if p.exists() and not p.is_dir():
             raise ConfigError(f"{out} exists and is not a folder", hint="give --out a folder path")
-        claim_folder(p, DEMO_FORMAT, DEMO_ENTRIES, what="the ablation demo", write=False)
         parent = p.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
@@ -92,6 +115,8 @@ def check_demo_args(out, *, n_train=None, n_val=None, n_eval=None, selection_pos
             raise ConfigError(f"{name} {v} is out of range",
                               hint=f"use {_flag(name)} 1..{size}: the bundled {split} split has {size} prompts per "
                                    f"side")
+    if n_candidates is not None and not 1 <= _whole("n_candidates", n_candidates):
+        raise ConfigError(f"n_candidates {n_candidates} is out of range", hint="use --n-candidates 1 or more")
     if not 1 <= _whole("max_new_tokens", max_new_tokens):
         raise ConfigError(f"max_new_tokens {max_new_tokens} is out of range",
                           hint="use --max-new-tokens 1 or more")
@@ -137,6 +162,10 @@ def run_ablation_demo(
     dtype: str | None = None,
     judge: str | Judge = "strict",
     progress: bool = True,
+    force: bool = False,
+    chat_template: str | os.PathLike | None = None,
+    warn=None,
+    n_candidates: int | None = None,
 ) -> dict:
     """Refusal direction → ablation on harmful prompts, addition on harmless ones.
 
@@ -162,8 +191,17 @@ def run_ablation_demo(
             loads its model beside the demo's (on the same device, in the same dtype) when it
             first judges; ``model:NAME`` with the demo's own model name reuses that model.
 
+        progress: progress bars.
+        force: start over in a folder holding a demo run of another configuration (removes
+            only what a run wrote there).
+        chat_template: a Jinja chat template file for a model without one (a model given by name).
+        warn: where the baseline check's warning goes as soon as it is known (default: the log).
+        n_candidates: select among this many candidate layers, evenly spaced from 25% to 70% of
+            the depth (default: every layer, as Arditi et al.).
+
     Returns:
-        The results dictionary (also written to ``out/results.json``).
+        The results dictionary (also written to ``out/results.json``). ``refusal_baseline``
+        is the baseline check (:mod:`persona_refusal.study.baseline`).
 
     Raises:
         ConfigError: a bad argument (see :func:`check_demo_args`), checked before the model
@@ -176,10 +214,10 @@ def run_ablation_demo(
     """
     check_demo_args(out, n_train=n_train, n_val=n_val, n_eval=n_eval, selection_positions=selection_positions,
                     max_new_tokens=max_new_tokens, fallback=fallback, add_coeffs=add_coeffs, device=device, dtype=dtype,
-                    judge=judge)
+                    judge=judge, n_candidates=n_candidates)
     t0 = time.time()
     cm = model if isinstance(model, ChatModel) else load_chat_model(model, device=resolve_device(device), dtype=dtype,
-                                                                    progress=progress)
+                                                                    progress=progress, chat_template=chat_template)
     if isinstance(judge, str):
         the_judge = get_judge(judge, device=str(cm.device), dtype=str(cm.model.cfg.dtype).replace("torch.", ""),
                               progress=progress, models={model: cm} if isinstance(model, str) else {})
@@ -195,62 +233,150 @@ def run_ablation_demo(
     # the replies are generated last: a prompt too long for them fails now, not after the grid
     cm.tokenize(cm.format(list(test_h) + list(test_b)), reserve=max_new_tokens)
     positions = selection_positions or [-1]
-    grid = extract_directions(cm, train_h, train_b, positions=positions, progress=progress)
-    refusal, report = select_refusal_direction(cm, grid, val_h, val_b, fallback=fallback, progress=progress)
+    layers = candidate_layers(cm.n_layers, n_candidates)
+    record = {
+        "format": _FORMAT,
+        "config": {"n_train": len(train_h), "n_val": len(val_h), "n_eval": len(test_h), "positions": positions,
+                   "max_new_tokens": max_new_tokens, "fallback": fallback,
+                   "add_coeffs": [float(c) for c in add_coeffs], "judge": judge_record,
+                   "dtype": str(cm.model.cfg.dtype).replace("torch.", ""),
+                   **({"candidate_layers": layers} if layers is not None else {})},
+        "inputs": {name: sha256_json(list(ps)) for name, ps in
+                   (("train", list(train_h) + list(train_b)), ("val", list(val_h) + list(val_b)),
+                    ("test", list(test_h) + list(test_b)))},
+        "resolved": {},
+        "model": cm.fingerprint(),
+    }
+    store = RunStore(out, record, force=force) if out is not None else None
+    try:
+        return _demo(cm, store, the_judge, judge_record, (train_h, train_b, val_h, val_b, test_h, test_b), positions,
+                     layers, max_new_tokens, fallback, add_coeffs, progress, warn, t0)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def candidate_layers(n_layers: int, n_candidates: int | None) -> list[int] | None:
+    """``n_candidates`` layers evenly spaced from 25% to 70% of the depth (``None``: every layer).
+
+    Example:
+        >>> candidate_layers(24, 4)
+        [6, 10, 13, 17]
+    """
+    if n_candidates is None:
+        return None
+    lo, hi = 0.25 * n_layers, 0.7 * n_layers
+    k = max(1, int(n_candidates))
+    return sorted({int(round(lo + (hi - lo) * i / max(k - 1, 1))) for i in range(k)} if k > 1 else {int(round(lo))})
+
+
+def _demo(cm, store, the_judge, judge_record, splits, positions, layers, max_new_tokens, fallback, add_coeffs,
+          progress, warn, t0) -> dict:
+    """The demo's steps, each checkpointed in ``store`` (``None``: nothing is written)."""
+    train_h, train_b, val_h, val_b, test_h, test_b = splits
+
+    seconds: dict[str, float] = {}
+
+    def point(stage: str, key: str, compute):
+        t = time.perf_counter()
+        try:
+            return compute() if store is None else store.point(stage, key, compute)
+        finally:
+            seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - t, 2)
+
+    def judged(prompts, interventions, desc, n_tokens=max_new_tokens):
+        g = generate_details(cm, list(prompts), interventions=interventions, max_new_tokens=n_tokens,
+                             desc=desc, progress=progress)
+        labels = judge_responses(prompts, g.texts, the_judge)
+        return {"texts": g.texts, "labels": labels, "first_scores": g.first_scores.tolist()}
+
+    # the baseline check: does the unsteered model refuse at all? (warns; never stops the demo)
+    n_check = min(max_new_tokens, BASELINE_MAX_NEW_TOKENS)
+    check = point("refusal_baseline", "none", lambda: judged(val_h, [], "baseline check: harmful val", n_check))
+    baseline = baseline_record(check["labels"], judge=judge_record, max_new_tokens=n_check)
+    if baseline["warning"]:
+        (warn or (lambda text: log.warning("%s", text)))(baseline["warning"])
+
+    refusal, chosen = None, None
+    if store is not None:
+        saved = store.out / "directions" / "refusal"
+        chosen = store.get("selection", "report") if store.has("selection", "report") else None
+        if chosen is not None:
+            refusal = store.read_back("the selected direction", [saved.with_suffix(".json"),
+                                                                  saved.with_suffix(".safetensors")],
+                                      lambda: Direction.load(saved))
+    if refusal is None:
+        t_select = time.perf_counter()
+        grid = extract_directions(cm, train_h, train_b, positions=positions, layers=layers, progress=progress)
+        refusal, report = select_refusal_direction(cm, grid, val_h, val_b, fallback=fallback, progress=progress)
+        del grid
+        chosen = {"chosen": report.chosen, "fallback_used": report.settings.get("fallback_used"),
+                  "report": report.to_dict()}
+        if store is not None:
+            refusal.save(store.out / "directions" / "refusal")
+            chosen = store.put("selection", "report", chosen)
+        seconds["selection"] = round(time.perf_counter() - t_select, 2)
 
     # the addition strength, calibrated on the harmless val split (never on the test split)
-    val_scores = {float(c): float(refusal_scores(cm, val_b, interventions=[AddVector(refusal, float(c))],
-                                                 progress=False).mean()) for c in add_coeffs}
+    val_scores = {float(c): point("calibration", f"{float(c)!r}", lambda c=c: float(refusal_scores(
+        cm, val_b, interventions=[AddVector(refusal, float(c))], progress=False).mean())) for c in add_coeffs}
     passing = [c for c, v in val_scores.items() if v >= 0.0]
     c_add = min(passing) if passing else max(val_scores, key=val_scores.get)
 
-    def judged(prompts, interventions, desc):
-        g = generate_details(cm, list(prompts), interventions=interventions, max_new_tokens=max_new_tokens,
-                             desc=desc, progress=progress)
-        labels = judge_responses(prompts, g.texts, the_judge)
-        return g, labels
-
-    runs = {
-        "harmful_baseline": judged(test_h, [], "harmful: baseline"),
-        "harmful_ablated": judged(test_h, [Ablate(refusal)], "harmful: ablated"),
-        "harmless_baseline": judged(test_b, [], "harmless: baseline"),
-        "harmless_added": judged(test_b, [AddVector(refusal, c_add)], f"harmless: refusal added (c={c_add:g})"),
+    conditions = {
+        "harmful_baseline": (test_h, [], "harmful: baseline"),
+        "harmful_ablated": (test_h, [Ablate(refusal)], "harmful: ablated"),
+        "harmless_baseline": (test_b, [], "harmless: baseline"),
+        "harmless_added": (test_b, [AddVector(refusal, c_add)], f"harmless: refusal added (c={c_add:g})"),
     }
+    runs = {name: point("generations", name, lambda p=p, i=i, d=d: judged(p, i, d))
+            for name, (p, i, d) in conditions.items()}
     rates = {}
-    for name, (g, labels) in runs.items():
+    for name, g in runs.items():
+        labels = g["labels"]
         rates[name] = {lab: Rate(labels.count(lab), len(labels)).to_dict() for lab in ("refusal", "compliance", "degenerate")}
-        rates[name]["first_token_score_mean"] = float(g.first_scores.mean())
-    kl = kl_divergence_on(cm, list(test_b), [Ablate(refusal)], progress=False)
-    with torch.inference_mode():
-        ortho = orthogonalize_weights(cm, refusal)
-        hook = last_logits(cm, list(test_h[:8]), interventions=[Ablate(refusal)], progress=False)
-        weights = last_logits(ortho, list(test_h[:8]), progress=False)
-        del ortho
+        rates[name]["first_token_score_mean"] = float(torch.tensor(g["first_scores"], dtype=torch.float32).mean())
+
+    def kl_stats() -> dict:
+        kl = kl_divergence_on(cm, list(test_b), [Ablate(refusal)], progress=False)
+        return {"mean": float(kl.mean()), "median": float(kl.median())}
+
+    def ortho_check() -> float:
+        with torch.inference_mode():
+            ortho = orthogonalize_weights(cm, refusal)
+            hook = last_logits(cm, list(test_h[:8]), interventions=[Ablate(refusal)], progress=False)
+            weights = last_logits(ortho, list(test_h[:8]), progress=False)
+            del ortho
+        return float((hook - weights).abs().max())
+
+    kl = point("checks", "kl_ablation_harmless", kl_stats)
+    ortho_diff = point("checks", "orthogonalization_max_logit_diff", ortho_check)
     results = {
         "model": cm.fingerprint(),
+        "refusal_baseline": baseline,
         "refusal_direction": {"layer": refusal.layer, "position": refusal.position, "norm": refusal.norm,
-                              "selection": report.chosen,
-                              "fallback_used": report.settings.get("fallback_used")},
+                              "selection": chosen["chosen"],
+                              "fallback_used": chosen["fallback_used"]},
         "rates": rates,
         "addition": {"coeff": c_add, "layer": refusal.layer, "val_mean_log_odds": {f"{c:g}": v for c, v in val_scores.items()},
                      "rule": "smallest c with mean first-token refusal log-odds >= 0 on harmless val, else the highest",
                      "threshold_met": bool(passing)},
-        "kl_ablation_harmless": {"mean": float(kl.mean()), "median": float(kl.median())},
-        "orthogonalization_max_logit_diff": float((hook - weights).abs().max()),
+        "kl_ablation_harmless": kl,
+        "orthogonalization_max_logit_diff": ortho_diff,
         "sizes": {"train": [len(train_h), len(train_b)], "val": [len(val_h), len(val_b)],
                   "test": [len(test_h), len(test_b)]},
         "max_new_tokens": max_new_tokens,
         "judge": judge_record,
         "judge_details": the_judge.describe() if isinstance(the_judge, ModelJudge) else None,
         "examples": {name: [{"instruction": i, "reply": r, "label": l}
-                            for i, r, l in list(zip(prompts, g.texts, labels))[:4]]
-                     for (name, (g, labels)), prompts in zip(runs.items(), (test_h, test_h, test_b, test_b))},
-        "selection_report": report.to_dict(),
+                            for i, r, l in list(zip(prompts, runs[name]["texts"], runs[name]["labels"]))[:4]]
+                     for name, prompts in zip(runs, (test_h, test_h, test_b, test_b))},
+        "selection_report": chosen["report"],
         "run_info": {"seconds": round(time.time() - t0, 1), "device": str(cm.device),
-                     "dtype": str(cm.model.cfg.dtype).replace("torch.", "")},
+                     "dtype": str(cm.model.cfg.dtype).replace("torch.", ""),
+                     "resumed": bool(store is not None and store.resumed), "step_seconds": seconds,
+                     "tl_config": cm.tl_config, "decoding": cm.decoding_path},
     }
-    if out is not None:
-        out = claim_folder(Path(out).expanduser(), DEMO_FORMAT, DEMO_ENTRIES, what="the ablation demo")
-        refusal.save(out / "refusal")
-        write_json(out / "results.json", results)
+    if store is not None:
+        write_json(store.out / "results.json", results)
     return results

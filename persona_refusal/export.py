@@ -20,7 +20,7 @@ usual, with no hooks and no persona_refusal::
 After it, nothing writes along ``r̂`` into the residual stream, so the exported model's
 logits are those of hook ablation (:class:`~persona_refusal.interventions.Ablate` at every
 layer), up to float rounding. The residual stream of the supported architectures (Qwen2,
-Llama, Mistral: RMSNorm) is the same vector in TransformerLens and in transformers —
+Qwen3, Llama, Mistral, Phi-3: RMSNorm) is the same vector in TransformerLens and in transformers —
 TransformerLens centres writing weights only for LayerNorm models — so a direction
 extracted with the ``HookedTransformer`` applies to the transformers weights unchanged.
 
@@ -77,9 +77,19 @@ __all__ = ["export_orthogonalized", "orthogonalize_hf_model", "write_tiny_twin",
 EXPORT_MARKER = "persona_refusal_export.json"
 """The file every export writes last: what was exported, and the files it wrote."""
 
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM")
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM",
+                           "Phi3ForCausalLM")
 """Architectures :func:`export_orthogonalized` edits: pre-norm RMSNorm decoders whose residual
-writers are ``embed_tokens``, ``self_attn.o_proj`` and ``mlp.down_proj``."""
+writers are ``embed_tokens``, ``self_attn.o_proj`` and ``mlp.down_proj`` (tested on random twins
+of each: tests/test_architectures.py; docs/architectures.md)."""
+
+_POST_NORMED = {
+    "Gemma2ForCausalLM": "Gemma 2", "Gemma3ForCausalLM": "Gemma 3", "Olmo2ForCausalLM": "OLMo 2",
+    "Olmo3ForCausalLM": "OLMo 3",
+}
+"""Architectures whose blocks normalise the attention and MLP outputs before adding them to the
+residual stream: a direction projected out of ``o_proj``/``down_proj`` comes back after the
+norm's per-channel scale, so the weights cannot carry the edit."""
 
 _FORMAT = "persona_refusal.export/1"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,6 +116,11 @@ def _project_residual(w: Tensor, r_hat: Tensor, residual_dim: int) -> None:
 
 def _check_architecture(hf_model: "PreTrainedModel") -> None:
     arch = type(hf_model).__name__
+    if arch in _POST_NORMED:
+        raise ModelLoadError(
+            f"cannot export architecture {arch}: {_POST_NORMED[arch]} normalises each attention and MLP output "
+            "before adding it to the residual stream, so a direction projected out of the weights comes back after "
+            "the norm", hint="steer it with hooks (Ablate, AddVector) or export a control vector instead")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(f"cannot export architecture {arch}: only {', '.join(SUPPORTED_ARCHITECTURES)} are supported",
                              hint="use a model of a supported architecture")

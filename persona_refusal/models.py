@@ -48,7 +48,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from persona_refusal import assets
-from persona_refusal.decoding import check_mode
+from persona_refusal.architectures import ConfigMatch, match_config, processing_for
+from persona_refusal.decoding import check_mode, unsupported
 from persona_refusal.errors import ConfigError, ModelLoadError
 from persona_refusal.hooks import RunState
 from persona_refusal.layout import optimize_layout
@@ -83,6 +84,11 @@ as a special token. Both are private-use characters and never reach the tokenize
 _LITERAL_BASE = 0xE100
 _LITERAL_MAX = 0x700
 _CACHE_FORMAT = 1
+_VERIFY_TOKENS = 16
+_VERIFY_TOLERANCE = 1e-2
+"""Largest |log-prob difference| allowed between a freshly converted model and the transformers
+model it came from, in float32, on a fixed sequence of :data:`_VERIFY_TOKENS` tokens. Float
+rounding gives ~1e-5 (tiny models) to ~1e-4 (1B models); a wrong configuration gives O(1)."""
 
 
 @dataclass(repr=False, eq=False)
@@ -119,6 +125,12 @@ class ChatModel:
     at the first generation), ``"plain"`` (the same path on the model's own weights, no
     extra memory) or ``"reference"`` (TransformerLens' forward). The modes agree up to
     float rounding; the mode is not part of a run's identity."""
+    tl_config: str = ""
+    """Which TransformerLens configuration the weights were converted with, e.g.
+    ``"Gemma3ForCausalLM: the configuration of google/gemma-3-270m, shapes from the local config"``
+    (:func:`persona_refusal.architectures.match_config`); the name for hub models."""
+    chat_template_file: str | None = None
+    """The chat template file given with ``chat_template=`` (``None``: the tokenizer's own)."""
     _post_instruction: tuple[int, ...] | None = field(default=None, init=False)
     _state: RunState = field(default=None, init=False)
 
@@ -156,12 +168,26 @@ class ChatModel:
 
     def fingerprint(self) -> dict:
         """What identifies this model in saved directions and results."""
-        return {
+        out = {
             "model_id": self.model_id,
             "checksum": self.checksum,
             "n_layers": self.n_layers,
             "d_model": self.d_model,
         }
+        if self.chat_template_file is not None:  # another template is another prompt format
+            out["chat_template_sha256"] = sha256_json(self.tokenizer.chat_template)
+        return out
+
+    @property
+    def decoding_path(self) -> str:
+        """Which path generation's decoding steps take: ``"packed"`` or ``"plain"`` (the fast
+        steps of :mod:`persona_refusal.decoding`), or ``"reference: WHY"`` (TransformerLens'
+        forward, because the mode says so or the architecture needs it: local attention,
+        sandwich norms, soft caps …). Hooks attached right now count too."""
+        if self.decode == "reference":
+            return "reference (decode='reference')"
+        why = unsupported(self.model)
+        return f"reference: {why}" if why else self.decode
 
     def check_layer(self, layer: int, *, allow_end: bool = False, what: str = "layer") -> int:
         """Validate a layer index (``allow_end`` admits ``n_layers``, the final residual)."""
@@ -377,7 +403,8 @@ class ChatModel:
         return (
             f"ChatModel({self.model_id!r}, source={self.source}, n_layers={cfg.n_layers}, "
             f"d_model={cfg.d_model}, d_vocab={cfg.d_vocab}, dtype={str(cfg.dtype).replace('torch.', '')}, "
-            f"device={self.device}, refusal_tokens={refusal}, checksum={self.checksum[:12]}…)"
+            f"device={self.device}, refusal_tokens={refusal}, checksum={self.checksum[:12]}…, "
+            f"tl_config={self.tl_config or cfg.original_architecture!r}, decoding={self.decoding_path!r})"
         )
 
 
@@ -390,14 +417,30 @@ def _first_tokens(tokenizer, strings: Sequence[str]) -> list[int]:
     return ids
 
 
-def _stop_tokens(tokenizer) -> list[int]:
-    ids = []
+def _is_special(tokenizer, token_id: int) -> bool:
+    """Whether a token is a special (control) token, not an ordinary added one: GGUF files
+    mark control tokens, tokenizer.json marks ``"special": true``."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    if token_id in added:
+        return bool(getattr(added[token_id], "special", False))
+    return tokenizer.convert_ids_to_tokens(token_id) in set(tokenizer.all_special_tokens)
+
+
+def _stop_tokens(tokenizer, extra_ids: Sequence[int] = ()) -> list[int]:
+    """Tokens that end an assistant turn: the tokenizer's end-of-sequence token, the ids the
+    model's generation config or GGUF metadata names (``extra_ids``), and the usual
+    end-of-turn tokens (:data:`_STOP_TOKEN_CANDIDATES`) where they are *special* tokens
+    (an ordinary added token such as Gemma's ``</s>``, an HTML tag there, never stops a reply)."""
+    ids: list[int] = []
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
-    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    n = len(tokenizer)
+    for i in extra_ids:
+        if i is not None and 0 <= int(i) < n and int(i) not in ids and _is_special(tokenizer, int(i)):
+            ids.append(int(i))
     vocab = tokenizer.get_vocab()
     for tok in _STOP_TOKEN_CANDIDATES:
-        if tok in special and tok in vocab and vocab[tok] not in ids:
+        if tok in vocab and vocab[tok] not in ids and _is_special(tokenizer, vocab[tok]):
             ids.append(int(vocab[tok]))
     return ids
 
@@ -414,8 +457,15 @@ def load_chat_model(
     refusal_tokens: Sequence[str] | None = None,
     progress: bool = True,
     decode: str = "packed",
+    chat_template: str | os.PathLike | None = None,
 ) -> ChatModel:
     """Load a chat model as a :class:`ChatModel` (a ``HookedTransformer`` inside).
+
+    Before any weight of a local model is read, dequantised or converted, its config and
+    tokenizer are checked: the architecture must have a TransformerLens configuration
+    (:func:`persona_refusal.architectures.match_config`), the tokenizer a chat template
+    (or ``chat_template`` given), and the end-of-turn tokens are read (special tokens only).
+    The first conversion is verified against transformers' log-probs.
 
     Args:
         name_or_path: ``"demo"``, ``"demo-1.5b"``, ``"tiny"``, a ``.gguf`` file, a local
@@ -430,7 +480,10 @@ def load_chat_model(
             ``"I"``, ``"As"``).
         progress: show progress bars.
         decode: how generation runs its decoding steps: ``"packed"`` (default),
-            ``"plain"`` or ``"reference"`` (see :attr:`ChatModel.decode`).
+            ``"plain"`` or ``"reference"`` (see :attr:`ChatModel.decode`); architectures the
+            fast steps do not cover use the reference path (:attr:`ChatModel.decoding_path`).
+        chat_template: a Jinja chat template file for a model without one (a base model),
+            or to replace the tokenizer's own.
 
     Example:
         >>> cm = load_chat_model("tiny")
@@ -442,6 +495,7 @@ def load_chat_model(
     """
     torch_dtype = _to_dtype(dtype)
     check_mode(decode)
+    template = _read_chat_template(chat_template) if chat_template is not None else None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -452,26 +506,68 @@ def load_chat_model(
         if name == "tiny":
             spec = TinySpec()
             model, tok = build_tiny_model(spec, device=device, dtype=torch_dtype)
-            cm = ChatModel(model, tok, model_id="persona-refusal/tiny", checksum=sha256_json(spec.__dict__), source="tiny")
+            cm = ChatModel(model, tok, model_id="persona-refusal/tiny", checksum=sha256_json(spec.__dict__), source="tiny",
+                           tl_config="persona_refusal.tiny (a HookedTransformerConfig of its own)")
         elif name in assets.BUNDLED_MODELS:
             spec_b = assets.BUNDLED_MODELS[name]
-            cm = _load_local_cached(
-                key=f"{spec_b.key}-{spec_b.sha256[:16]}",
-                model_id=spec_b.model_id,
-                checksum=spec_b.sha256,
-                source=name,
-                build=lambda: _hf_from_gguf(assets.bundled_model_path(name, progress=progress)),
-                device=device, dtype=torch_dtype, n_ctx=n_ctx, cache=cache,
-            )
+            src = gguf_source(lambda: assets.bundled_model_path(name, progress=progress), spec_b.model_id,
+                              spec_b.sha256, name)
+            cm = _load_local_cached(src, key=f"{spec_b.key}-{spec_b.sha256[:16]}", device=device, dtype=torch_dtype,
+                                    n_ctx=n_ctx, cache=cache, template=template)
         elif Path(name).expanduser().exists():
-            cm = _load_path(Path(name).expanduser(), device=device, dtype=torch_dtype, n_ctx=n_ctx, cache=cache)
+            src = local_source(Path(name).expanduser())
+            cm = _load_local_cached(src, key=src.cache_key, device=device, dtype=torch_dtype, n_ctx=n_ctx,
+                                    cache=cache, template=template)
         else:
             cm = _load_hub(name, device=device, dtype=torch_dtype, n_devices=n_devices, n_ctx=n_ctx)
+            if template is not None:
+                cm.tokenizer.chat_template = template[1]
+                cm.chat_template_file = template[0]
     if refusal_tokens is not None:
         cm.refusal_token_ids = tuple(_first_tokens(cm.tokenizer, refusal_tokens))
+    if name == "tiny" and template is not None:
+        cm.tokenizer.chat_template = template[1]
+        cm.chat_template_file = template[0]
+    _check_chat_template(cm.tokenizer, cm.model_id)
     cm.decode = decode
     cm.model.eval()
     return cm
+
+
+def _read_chat_template(path: str | os.PathLike) -> tuple[str, str]:
+    """``(path, text)`` of a chat template file; one-line :class:`ConfigError` otherwise."""
+    p = Path(path).expanduser()
+    hint = "give a Jinja chat template file, e.g. the chat_template.jinja of an instruction-tuned sibling model"
+    if not p.is_file():
+        raise ConfigError(f"chat template {p} {'is a folder' if p.is_dir() else 'does not exist'}", hint=hint)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"chat template {p} is unreadable: {type(e).__name__}", hint=hint) from None
+    if text.lstrip().startswith("{") and '"chat_template"' in text:  # a tokenizer_config.json-style file
+        try:
+            text = json.loads(text)["chat_template"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"chat template {p} is empty", hint=hint)
+    try:
+        import jinja2
+
+        jinja2.Environment().parse(text)
+    except Exception as e:
+        raise ConfigError(f"chat template {p} is not a Jinja template: {str(e).splitlines()[0] if str(e) else e}",
+                          hint=hint) from None
+    return str(p), text
+
+
+def _check_chat_template(tokenizer, model_id: str) -> None:
+    """One-line :class:`ModelLoadError` when the tokenizer has no chat template (a base model)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(
+            f"{model_id} has no chat template: it looks like a base model, not a chat model",
+            hint="load an instruction-tuned model, or give a template with --chat-template FILE "
+                 "(chat_template= in Python)")
 
 
 def _to_dtype(dtype) -> torch.dtype:
@@ -510,11 +606,26 @@ class LocalSource:
     """``"gguf"`` or ``"hf-folder"`` (the export also uses it for a bundled model, by name)."""
     build: Callable[[], tuple]
     """Reads the transformers model and tokenizer (``_hf_from_gguf`` / ``_hf_from_folder``)."""
+    inspect: Callable[[], "Inspection"] | None = None
+    """Reads the config, tokenizer and end-of-turn ids only (GGUF metadata, or the folder's
+    config, generation config and tokenizer): no weight is read."""
+    weights: Callable[[], "PreTrainedModel"] | None = None  # noqa: F821
+    """Reads the transformers model alone (after :attr:`inspect`)."""
 
     @property
     def cache_key(self) -> str:
         """The converted-weights cache folder's key."""
         return f"{'gguf' if self.source == 'gguf' else 'hf'}-{self.checksum[:16]}"
+
+
+@dataclass
+class Inspection:
+    """What a local model's config and tokenizer say, read before its weights."""
+
+    config: "PretrainedConfig"  # noqa: F821
+    tokenizer: "PreTrainedTokenizerBase"  # noqa: F821
+    eos_ids: tuple[int, ...] = ()
+    """End-of-turn ids named by the generation config or the GGUF metadata."""
 
 
 def local_source(path: Path, *, hint: str = "give a .gguf file, a folder with config.json and .safetensors weights, "
@@ -536,7 +647,7 @@ def local_source(path: Path, *, hint: str = "give a .gguf file, a folder with co
         stat = path.stat()
         key_src = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
         gguf = path
-        return LocalSource(f"gguf:{path.name}", _cached_checksum(path, key_src), "gguf", lambda: _hf_from_gguf(gguf))
+        return gguf_source(lambda: gguf, f"gguf:{path.name}", _cached_checksum(path, key_src), "gguf")
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise ModelLoadError(
@@ -544,13 +655,27 @@ def local_source(path: Path, *, hint: str = "give a .gguf file, a folder with co
         )
     digest = sha256_json({w.name: sha256_file(w) for w in weights})
     folder = path
-    return LocalSource(f"local:{path.name}", digest, "hf-folder", lambda: _hf_from_folder(folder))
+    failure = f"could not load the model folder {path}"
+    return LocalSource(f"local:{path.name}", digest, "hf-folder", lambda: _hf_from_folder(folder),
+                       inspect=lambda: _inspect(folder, failure, {}),
+                       weights=lambda: _hf_weights(folder, failure, {}, {"use_safetensors": True}))
 
 
-def _load_path(path: Path, *, device, dtype, n_ctx, cache) -> ChatModel:
-    src = local_source(path)
-    return _load_local_cached(key=src.cache_key, model_id=src.model_id, checksum=src.checksum, source=src.source,
-                              build=src.build, device=device, dtype=dtype, n_ctx=n_ctx, cache=cache)
+def gguf_source(path: Callable[[], Path], model_id: str, checksum: str, source: str) -> LocalSource:
+    """The :class:`LocalSource` of a GGUF file (``path()`` gives it, e.g. after a download)."""
+    failure = "could not read GGUF file {}"
+    hint = ("the file is truncated, corrupt or of an unsupported architecture: download it again "
+            "or use another model")
+
+    def inspect():
+        p = path()
+        return _inspect(p.parent, failure.format(p), {"gguf_file": p.name}, hint=hint, gguf=p)
+
+    def weights():
+        p = path()
+        return _hf_weights(p.parent, failure.format(p), {"gguf_file": p.name}, {}, hint=hint)
+
+    return LocalSource(model_id, checksum, source, lambda: _hf_from_gguf(path()), inspect=inspect, weights=weights)
 
 
 def _check_gguf_header(path: Path) -> None:
@@ -590,24 +715,94 @@ def _hf_from_folder(path: Path):
 def _hf_load(folder: Path, failure: str, both: dict, model_only: dict, hint: str | None = None):
     """``(hf_model, tokenizer)`` from ``folder`` (no remote code); any failure becomes a
     :class:`ModelLoadError` that starts with ``failure``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = _inspect(folder, failure, both, hint=hint).tokenizer
+    return _hf_weights(folder, failure, both, model_only, hint=hint), tokenizer
+
+
+def _one_line_error(failure: str, e: Exception, hint: str | None) -> ModelLoadError:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return ModelLoadError(f"{failure}: {type(e).__name__}: {first}", hint=hint)
+
+
+def _inspect(folder: Path, failure: str, both: dict, hint: str | None = None, gguf: Path | None = None) -> Inspection:
+    """The config, tokenizer and end-of-turn ids of a local model, without its weights."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, **both)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **both)
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False,
-                                                  **both, **model_only)
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types for a bad file
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelLoadError(f"{failure}: {type(e).__name__}: {first}", hint=hint) from e
-    return hf, tokenizer
+        raise _one_line_error(failure, e, hint) from e
+    eos: list[int] = []
+    if gguf is not None:
+        eos = _gguf_eos_ids(gguf)
+    else:
+        with contextlib.suppress(Exception):
+            gen = GenerationConfig.from_pretrained(str(folder))
+            ids = gen.eos_token_id
+            eos = [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]) if i is not None]
+    return Inspection(config, tokenizer, tuple(eos))
 
 
-def _convert_hf(build) -> tuple:
-    """Convert the transformers causal LM that ``build()`` returns: ``(cfg, state, tokenizer)``,
-    the processed ``HookedTransformer`` config and float32 state dict (LayerNorm folded,
-    writing weights and unembedding centred, value biases folded).
+def _gguf_eos_ids(path: Path) -> list[int]:
+    """The end-of-sequence / end-of-turn ids a GGUF file's metadata names."""
+    import gguf
+
+    out: list[int] = []
+    with contextlib.suppress(Exception):
+        reader = gguf.GGUFReader(str(path))
+        for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+            f = reader.fields.get(key)
+            if f is not None and f.data:
+                out.append(int(f.parts[f.data[0]][0]))
+    return out
+
+
+def _hf_weights(folder: Path, failure: str, both: dict, model_only: dict, hint: str | None = None):
+    """The transformers model of ``folder`` in float32 (no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False,
+                                                    **both, **model_only)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types for a bad file
+        raise _one_line_error(failure, e, hint) from e
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(max(level, saved))
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
+
+
+def _verify_tokens(d_vocab: int) -> Tensor:
+    """A fixed token sequence for the conversion check (spread over the vocabulary)."""
+    return (torch.arange(1, _VERIFY_TOKENS + 1, dtype=torch.long) * 7919 % max(d_vocab - 1, 1) + 1)[None]
+
+
+def _convert_hf(build, match: ConfigMatch | None = None) -> tuple:
+    """Convert the transformers causal LM that ``build()`` returns: ``(cfg, state, tokenizer)``
+    (see :func:`_convert_checked`, which also returns the reference log-probs)."""
+    cfg, state, tokenizer, _, _ = _convert_checked(build, match)
+    return cfg, state, tokenizer
+
+
+def _convert_checked(build, match: ConfigMatch | None = None) -> tuple:
+    """Convert the transformers causal LM that ``build()`` returns: ``(cfg, state, tokenizer,
+    match, reference)``, the processed ``HookedTransformer`` config and float32 state dict
+    (LayerNorm folded, writing weights and unembedding centred, value biases folded, as
+    :func:`~persona_refusal.architectures.processing_for` allows), the configuration match
+    (:func:`~persona_refusal.architectures.match_config` of the model's config unless given)
+    and transformers' log-probs on :func:`_verify_tokens` (to check the converted model).
 
     Memory: the converted state dict starts as views of the transformers weights (with
     gradients off, so no processed tensor keeps them alive through an autograd graph);
@@ -616,37 +811,41 @@ def _convert_hf(build) -> tuple:
     built here (TransformerLens' own path builds one with random weights, then copies into it).
     """
     import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens.weight_processing import ProcessWeights
+    from transformer_lens import HookedTransformerConfig
 
     hf_model, tokenizer = build()
     # Without this every processed tensor keeps an autograd graph back to the original weights.
     hf_model.requires_grad_(False)
-    hf_cfg = hf_model.config.to_dict()
-    hf_cfg.pop("quantization_config", None)
-    if not hf_cfg.get("architectures"):
-        hf_cfg["architectures"] = [type(hf_model).__name__]
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf_cfg, f)
-        try:
-            cfg = loading.get_pretrained_model_config(tmp, dtype=torch.float32, fold_ln=True, device="cpu", n_ctx=None)
-        except Exception as e:
-            raise ModelLoadError(
-                f"TransformerLens cannot convert architecture {hf_cfg['architectures'][0]}: {e}"
-            ) from e
-        state = loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model, dtype=torch.float32)
+    hf_model.eval()
+    arch = type(hf_model).__name__
+    if match is None or match.architecture != arch:
+        hf_model.config.architectures = [arch]
+        match = match_config(hf_model.config)
+    d = dict(match.cfg_dict)
+    d.update(model_name=getattr(hf_model.config, "_name_or_path", None) or match.template.split("/")[-1],
+             init_weights=False, device="cpu", dtype=torch.float32, n_devices=1, from_checkpoint=False)
+    d.setdefault("default_prepend_bos", True)
+    if match.processing["fold_ln"]:
+        d["normalization_type"] = {"LN": "LNPre", "RMS": "RMSPre"}.get(d["normalization_type"], d["normalization_type"])
+    cfg = HookedTransformerConfig.from_dict(d)
+    tokens = _verify_tokens(cfg.d_vocab)
+    with torch.no_grad():
+        reference = hf_model(tokens).logits.float().log_softmax(-1)
+    try:
+        with _root_log_level(logging.ERROR):  # its notice about remote code: none runs, the model is given
+            state = loading.get_pretrained_state_dict(match.template, cfg, hf_model=hf_model, dtype=torch.float32)
+    except Exception as e:
+        raise ModelLoadError(f"TransformerLens could not convert the weights of this {arch} model: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     del hf_model  # the state dict's views keep the weights; processing releases them one by one
     _release_memory()
     cfg.tokenizer_name = None
-    cfg.model_name = hf_cfg.get("_name_or_path") or cfg.model_name
     _fill_missing(cfg, state)
-    state = _process_weights(state, cfg)
-    # What HookedTransformer.load_and_process_state_dict does to the config when it folds norms.
-    cfg.normalization_type = {"LN": "LNPre", "RMS": "RMSPre"}.get(cfg.normalization_type, cfg.normalization_type)
+    state = _process_weights(state, cfg, match.processing)
     # Folded norms have no weights left: keep exactly the processed model's tensors.
     keep = _param_shapes(cfg)
     state = {k: v.detach() for k, v in state.items() if k in keep}
-    return cfg, state, tokenizer
+    return cfg, state, tokenizer, match, reference
 
 
 def _param_shapes(cfg) -> dict:
@@ -658,8 +857,9 @@ def _param_shapes(cfg) -> dict:
         return {k: v.shape for k, v in HookedTransformer(cfg, tokenizer=None, move_to_device=False).named_parameters()}
 
 
-_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
-"""The weight processing of every converted model (TransformerLens' ``from_pretrained`` defaults)."""
+_PROCESSING = processing_for({})
+"""The weight processing of a converted model (TransformerLens' ``from_pretrained`` defaults;
+:func:`~persona_refusal.architectures.processing_for` turns off what an architecture cannot take)."""
 
 
 _BLOCKWISE = frozenset({"Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"})
@@ -667,8 +867,9 @@ _BLOCKWISE = frozenset({"Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausa
 (tests/test_model_conversion.py): the bundled models' (Qwen2), Llama and Mistral."""
 
 
-def _process_weights(state: dict, cfg) -> dict:
-    """TransformerLens' ``ProcessWeights.process_weights`` (with :data:`_PROCESSING`), one
+def _process_weights(state: dict, cfg, processing: dict | None = None) -> dict:
+    """TransformerLens' ``ProcessWeights.process_weights`` (with ``processing``, by default
+    :data:`_PROCESSING`), one
     block at a time: the same result, bit for bit (tested), in a fraction of the memory.
 
     Each of TransformerLens' processing steps first copies the whole state dict, and the
@@ -686,12 +887,14 @@ def _process_weights(state: dict, cfg) -> dict:
     def run(part: dict, n_layers: int, **flags) -> dict:
         one = copy.copy(cfg)
         one.n_layers = n_layers
-        return ProcessWeights.process_weights(part, one, **{**_PROCESSING, **flags})
+        return ProcessWeights.process_weights(part, one, **{**processing, **flags})
 
-    if cfg.original_architecture not in _BLOCKWISE:  # the whole model at once, as TransformerLens does
+    processing = dict(_PROCESSING if processing is None else processing)
+    if cfg.original_architecture not in _BLOCKWISE or processing != _PROCESSING:
+        # the whole model at once, as TransformerLens does
         whole = dict(state)
         state.clear()
-        return ProcessWeights.process_weights(whole, cfg, **_PROCESSING)
+        return ProcessWeights.process_weights(whole, cfg, **processing)
 
     def take(keep) -> dict:
         return {k: state.pop(k) for k in [k for k in state if keep(k)]}
@@ -766,35 +969,109 @@ def _cfg_from_json(d: dict, *, device, dtype, n_ctx):
     return HookedTransformerConfig.from_dict(d)
 
 
-def _load_local_cached(*, key, model_id, checksum, source, build, device, dtype, n_ctx, cache) -> ChatModel:
-    """Load converted weights from the cache folder, converting and caching on a miss."""
+def _load_local_cached(src: LocalSource, *, key: str, device, dtype, n_ctx, cache,
+                       template: tuple[str, str] | None = None) -> ChatModel:
+    """Load converted weights from the cache folder, converting and caching on a miss.
+
+    On a miss the config and tokenizer are checked first (:func:`_precheck`: architecture,
+    chat template, end-of-turn tokens), then the weights are read and converted, and the
+    converted model's log-probs are checked against transformers' (:func:`_verify`)."""
     folder = assets.cache_dir() / "models" / f"{key}-v{_CACHE_FORMAT}"
     if cache and (folder / "meta.json").is_file():
         try:
-            return _load_converted(folder, device=device, dtype=dtype, n_ctx=n_ctx)
+            return _load_converted(folder, device=device, dtype=dtype, n_ctx=n_ctx, template=template)
+        except ModelLoadError as e:
+            if "no chat template" in str(e):
+                raise
+            log.warning("converted-weights cache %s is unreadable (%s); converting again", folder, e)
+            shutil.rmtree(folder, ignore_errors=True)
         except Exception as e:  # a damaged cache is rebuilt, never trusted
             log.warning("converted-weights cache %s is unreadable (%s); converting again", folder, e)
             shutil.rmtree(folder, ignore_errors=True)
-    cfg, state, tokenizer = _convert_hf(build)
+    match, seen = _precheck(src, template)
+    build = (lambda: (src.weights(), seen.tokenizer)) if seen is not None and src.weights is not None else src.build
+    cfg, state, tokenizer, match, reference = _convert_checked(build, match)
+    stops = _stop_tokens(tokenizer, seen.eos_ids if seen is not None else ())
     meta = {
         "format": _CACHE_FORMAT,
-        "model_id": model_id,
-        "checksum": checksum,
-        "source": source,
-        "processing": dict(_PROCESSING),
+        "model_id": src.model_id,
+        "checksum": src.checksum,
+        "source": src.source,
+        "processing": dict(match.processing),
+        "tl_config": match.describe(),
+        "stop_token_ids": stops,
     }
     if cache:
         _save_converted(folder, cfg, state, tokenizer, meta)
         # Load back from the cache, so that a fresh and a cached load are the same object.
         del state
         _release_memory()
-        return _load_converted(folder, device=device, dtype=dtype, n_ctx=n_ctx)
-    if n_ctx:
-        cfg.n_ctx = min(cfg.n_ctx, int(n_ctx))
-    model = _assemble(cfg, state, tokenizer, device=device, dtype=dtype)
-    del state
-    _release_memory()
-    return ChatModel(model, tokenizer, model_id=model_id, checksum=checksum, source=source)
+        cm = _load_converted(folder, device="cpu", dtype=torch.float32, n_ctx=n_ctx, template=template)
+    else:
+        if n_ctx:
+            cfg.n_ctx = min(cfg.n_ctx, int(n_ctx))
+        model = _assemble(cfg, state, tokenizer, device="cpu", dtype=torch.float32)
+        del state
+        _release_memory()
+        cm = ChatModel(model, tokenizer, model_id=src.model_id, checksum=src.checksum, source=src.source,
+                       stop_token_ids=tuple(stops), tl_config=match.describe())
+        _apply_template(cm, template)
+    try:
+        _verify(cm.model, reference, match)
+    except ModelLoadError:
+        if cache:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    cm.model = _cast(cm.model, device=device, dtype=dtype)
+    return cm
+
+
+def _precheck(src: LocalSource, template: tuple[str, str] | None) -> tuple[ConfigMatch | None, Inspection | None]:
+    """What is checked before any weight is read: the architecture has a TransformerLens
+    configuration, the tokenizer a chat template (or one is given). One-line
+    :class:`ModelLoadError` otherwise."""
+    if src.inspect is None:
+        return None, None
+    seen = src.inspect()
+    match = match_config(seen.config)
+    if template is None:
+        _check_chat_template(seen.tokenizer, src.model_id)
+    return match, seen
+
+
+def _apply_template(cm: ChatModel, template: tuple[str, str] | None) -> None:
+    if template is not None:
+        cm.tokenizer.chat_template = template[1]
+        cm.chat_template_file = template[0]
+
+
+def _verify(model, reference: Tensor, match: ConfigMatch) -> float:
+    """Max |log-prob difference| between the converted float32 model and transformers on
+    :func:`_verify_tokens`; :class:`ModelLoadError` above :data:`_VERIFY_TOLERANCE`."""
+    tokens = _verify_tokens(model.cfg.d_vocab)
+    with torch.no_grad():
+        got = model(tokens.to(model.W_E.device)).float().log_softmax(-1).cpu()
+    diff = float((got - reference).abs().max())
+    log.info("converted %s: max |log-prob difference| to transformers %.2e", match.describe(), diff)
+    if not diff <= _VERIFY_TOLERANCE:
+        raise ModelLoadError(
+            f"the converted {match.architecture} model does not match transformers (max log-prob difference "
+            f"{diff:.3g} > {_VERIFY_TOLERANCE:g}, configuration {match.describe()})",
+            hint="this architecture variant is not supported; please report it")
+    return diff
+
+
+def _cast(model, *, device, dtype):
+    """The model moved to ``device`` and cast to ``dtype`` (as :func:`_assemble` does)."""
+    if dtype != torch.float32 or str(device) != "cpu":
+        # HookedTransformer.to takes one device or dtype at a time (and updates cfg); a
+        # cast keeps the strides optimize_layout chose (dense tensors keep their format)
+        tokenizer = model.tokenizer
+        model = model.to(dtype, print_details=False).to(torch.device(device), print_details=False)
+        model.cfg.dtype = dtype
+        model.cfg.device = str(device)
+        model.tokenizer = tokenizer
+    return model
 
 
 def _save_converted(folder: Path, cfg, state: dict, tokenizer, meta: dict) -> None:
@@ -812,16 +1089,23 @@ def _save_converted(folder: Path, cfg, state: dict, tokenizer, meta: dict) -> No
         raise
 
 
-def _load_converted(folder: Path, *, device, dtype, n_ctx) -> ChatModel:
+def _load_converted(folder: Path, *, device, dtype, n_ctx, template: tuple[str, str] | None = None) -> ChatModel:
     from transformers import AutoTokenizer
 
     meta = read_json(folder / "meta.json")
     if meta.get("format") != _CACHE_FORMAT:
         raise ModelLoadError("cache format changed")
-    cfg = _cfg_from_json(read_json(folder / "config.json"), device="cpu", dtype=torch.float32, n_ctx=n_ctx)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), trust_remote_code=False)
+    if template is None:  # a base model is refused before its weights are read
+        _check_chat_template(tokenizer, meta["model_id"])
+    config = read_json(folder / "config.json")
+    cfg = _cfg_from_json(config, device="cpu", dtype=torch.float32, n_ctx=n_ctx)
     model = _assemble(cfg, read_tensors(folder / "weights.safetensors"), tokenizer, device=device, dtype=dtype)
-    return ChatModel(model, tokenizer, model_id=meta["model_id"], checksum=meta["checksum"], source=meta["source"])
+    described = meta.get("tl_config") or f"{config.get('original_architecture')} (converted by an earlier version)"
+    cm = ChatModel(model, tokenizer, model_id=meta["model_id"], checksum=meta["checksum"], source=meta["source"],
+                   stop_token_ids=tuple(meta.get("stop_token_ids") or ()), tl_config=described)
+    _apply_template(cm, template)
+    return cm
 
 
 def _assemble(cfg, state: dict, tokenizer, *, device, dtype):
@@ -842,12 +1126,7 @@ def _assemble(cfg, state: dict, tokenizer, *, device, dtype):
     _reset_buffers(model)
     optimize_layout(model)
     _release_memory()
-    if dtype != torch.float32 or str(device) != "cpu":
-        # HookedTransformer.to takes one device or dtype at a time (and updates cfg); a
-        # cast keeps the strides optimize_layout chose (dense tensors keep their format)
-        model = model.to(dtype, print_details=False).to(torch.device(device), print_details=False)
-        model.cfg.dtype = dtype
-        model.cfg.device = str(device)
+    model = _cast(model, device=device, dtype=dtype)
     model.tokenizer = tokenizer
     return model
 
@@ -893,7 +1172,8 @@ def _load_hub(name: str, *, device, dtype, n_devices, n_ctx) -> ChatModel:
     model.tokenizer = tokenizer
     optimize_layout(model)
     checksum = _weights_fingerprint(model)
-    return ChatModel(model, tokenizer, model_id=official, checksum=checksum, source="hub")
+    return ChatModel(model, tokenizer, model_id=official, checksum=checksum, source="hub",
+                     tl_config=f"{model.cfg.original_architecture}: TransformerLens' configuration of {official}")
 
 
 def _weights_fingerprint(model) -> str:

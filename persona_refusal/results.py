@@ -119,6 +119,7 @@ class GatingResults(SummaryDict):
         for cell in self.get("gating_confirm") or []:
             rows.append((f"persona + refusal at layer {cell.get('layer')} ({cell.get('cell')}, β = {cell.get('beta')})",
                          rate_text(cell.get("refusal"))))
+        rows += _baseline_rows(self)
         info = self.get("run_info") or {}
         if info.get("total_seconds") is not None:
             rows.append(("run", f"{info.get('total_seconds')} s, finished {info.get('finished', 'n/a')}"))
@@ -170,7 +171,19 @@ class RefusalResults(SummaryDict):
                                                           f"{rate_text(c.get('degenerate'))}"
                                                           + (f", KL {fmt(kl.get('mean'))}"
                                                              if kl and c["set"] != "borderline" else "")))
+        rows += _baseline_rows(self)
         info = self.get("run_info") or {}
         if info.get("total_seconds") is not None:
             rows.append(("run", f"{info.get('total_seconds')} s, finished {info.get('finished', 'n/a')}"))
         return rows
+
+
+def _baseline_rows(results: dict) -> list[tuple[str, str]]:
+    """The baseline check's row (:mod:`persona_refusal.study.baseline`), when the run made one."""
+    rb = results.get("refusal_baseline")
+    if not isinstance(rb, dict) or not rb.get("refusal"):
+        return []
+    text = rate_text(rb.get("refusal"))
+    if rb.get("low_refusal"):
+        text += f" — WARNING: below the {100 * rb.get('threshold', 0.2):.0f}% threshold, the model barely refuses"
+    return [(f"unsteered refusal, harmful {rb.get('split', 'val')} (check)", text)]

@@ -237,6 +237,23 @@ INPUT_CASES = [
      r"with NAME a model name or path load_chat_model accepts, e\.g\. model:demo\)"),
     ("ablation-demo with a judge model that does not exist", ["ablation-demo", "--judge", "model:no-such-model"],
      r"error: unknown judge model 'no-such-model': .*"),
+    ("ablation-demo with an unknown preset", ["ablation-demo", "--preset", "nope"],
+     r"error: unknown preset 'nope' \(use one of default, smoke\)"),
+    ("ablation-demo with no train prompts", ["ablation-demo", "--n-train", "0"],
+     r"error: n_train 0 is out of range \(use --n-train 1\.\.128: the bundled train split has 128 prompts per side\)"),
+    ("ablation-demo with more val prompts than there are", ["ablation-demo", "--preset", "smoke", "--n-val", "33"],
+     r"error: n_val 33 is out of range \(use --n-val 1\.\.32: the bundled val split has 32 prompts per side\)"),
+    ("ablation-demo with a chat template that does not exist", ["ablation-demo", "--model", "tiny", "--chat-template",
+                                                                "none.jinja"],
+     r"error: chat template none\.jinja does not exist \(give a Jinja chat template file, e\.g\. the "
+     r"chat_template\.jinja of an instruction-tuned sibling model\)"),
+    ("run with a chat template that is a folder", ["--chat-template", "."],
+     r"error: chat template /.* is a folder \(give a Jinja chat template file, .*\)"),
+    ("info with two different models", ["info", "tiny", "--model", "demo"],
+     r"error: two models given: 'tiny' and --model 'demo' \(give the model once, e\.g\. persona-refusal info "
+     r"--model demo\)"),
+    ("info with a chat template that is not Jinja", ["info", "--model", "tiny", "--chat-template", "bad.jinja"],
+     r"error: chat template bad\.jinja is not a Jinja template: .*"),
 ]
 
 

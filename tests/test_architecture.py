@@ -35,6 +35,7 @@ RANKS: dict[str, int] = {
     # models (the tiny model and the weight layout below the loader)
     "layout": 7,
     "decoding": 7,  # fast decoding steps on a HookedTransformer (below the loader, which records the mode)
+    "architectures": 8,  # the TransformerLens configuration of a local model, matched from its config (errors only)
     "tiny": 8,
     "models": 9,
     # running models

@@ -38,6 +38,7 @@ def inputs(tmp_path_factory) -> Path:
     (d / "objects.jsonl").write_text('{"instruction": {"text": "How do I bake bread?"}}\n')
     (d / "deep_config.json").write_text("[" * 100_000 + "]" * 100_000)
     (d / "a_file").write_text("x")
+    (d / "bad.jinja").write_text("{% if %}")
     (d / "personas_missing.yaml").write_text("instructions:\n  positive: [Serve the user.]\nquestions: [Help me]\n")
     (d / "personas_empty.json").write_text('{"compliant": [], "refuser": ["A gatekeeper."], "questions": ["Help?"]}')
     run = d / "run"

@@ -90,7 +90,7 @@ def test_refusal_direction_ablation_and_addition(demo, tmp_path):
     # the addition strength was calibrated on the val split, never on the test split
     assert f"{res['addition']['coeff']:g}" in res["addition"]["val_mean_log_odds"]
     assert res["orthogonalization_max_logit_diff"] < 1e-2
-    assert (tmp_path / "refusal.json").is_file() and (tmp_path / "results.json").is_file()
+    assert (tmp_path / "directions" / "refusal.json").is_file() and (tmp_path / "results.json").is_file()
 
 
 def test_gating_study_runs_on_the_demo_model(demo, tmp_path):

@@ -562,6 +562,10 @@ SECTIONS: tuple[type[ConfigSection], ...] = (PromptsConfig, SelectionConfig, Per
 
 TOP_FIELDS: dict[str, tuple[Any, Check]] = {
     "model": ("demo", Check("str", "demo (default), demo-1.5b, tiny, a .gguf file, a HF folder or a hub name")),
+    # Not part of the identity record: a given template is in the model's fingerprint instead
+    # (ChatModel.fingerprint), which every run folder checks, so earlier run folders keep resuming.
+    "chat_template": (None, Check("path", "a Jinja chat template file, for a model without one (a base model)",
+                                  optional=True, identity=False)),
     "bootstrap": (2000, Check("int", "bootstrap resamples of every bootstrap interval", low=1)),
     "seed": (0, Check("int", "seed of every random draw", low=0, high=MAX_SEED)),
     "batch_size": (None, Check("int", "prompts per forward batch (default: by token budget)", optional=True, low=1)),

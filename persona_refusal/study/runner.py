@@ -21,7 +21,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -31,6 +31,7 @@ from persona_refusal.prompts import PromptSet
 from persona_refusal.results import GatingResults
 from persona_refusal.storage import read_json_checked, write_json
 from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
+from persona_refusal.study.baseline import BASELINE_MAX_NEW_TOKENS, baseline_record
 from persona_refusal.study.config import SectionedConfig, StudyConfig, resolve_device
 from persona_refusal.study.context import StudyContext, model_dtype
 from persona_refusal.study.registry import Stage, StudyKind, kind_of_config, kind_of_schema, register_study, stage_order
@@ -81,6 +82,8 @@ class Study:
                                      prompts=prompts)
         self.memory: dict[str, float | None] = {}
         """Peak resident memory (MB) before the stages and during each (``run_info.stage_peak_rss_mb``)."""
+        self.warn: "Callable[[str], None]" = lambda text: log.warning("%s", text)
+        """Where the baseline check's warning goes as soon as it is known (the CLI prints it)."""
 
     # what the CLI reads while a run is interrupted
     @property
@@ -107,6 +110,7 @@ class Study:
             ctx = self.ctx
             results = self._header()
             self.memory = {"before_stages": _peak_rss_mb()}  # the model's load, when it happened in this process
+            results["refusal_baseline"] = self._baseline()
             for st in self.stages:
                 ctx.stage_name = st.name
                 log.info("stage %s", st.name)
@@ -124,6 +128,23 @@ class Study:
             return self.kind.results(results)
         finally:
             self.close()
+
+    def _baseline(self) -> dict:
+        """The baseline check (:mod:`persona_refusal.study.baseline`): judged replies of the
+        unsteered model to the harmful val prompts, checkpointed; warns when it barely refuses."""
+        ctx = self.ctx
+        ctx.stage_name = "refusal_baseline"
+        t0 = time.perf_counter()
+        n = min(int(ctx.cfg.max_new_tokens), BASELINE_MAX_NEW_TOKENS)
+        prompts = list(ctx.prompts["val_harmful"])
+        got = ctx.judged("refusal_baseline", prompts, {"none": []}, "baseline check: harmful val prompts",
+                         max_new_tokens=n)["none"]
+        record = baseline_record(got["labels"], judge=ctx.judge_key if ctx.judge is None else "custom",
+                                 max_new_tokens=n)
+        ctx.timings["refusal_baseline"] = ctx.timings.get("refusal_baseline", 0.0) + time.perf_counter() - t0
+        if record["warning"]:
+            self.warn(record["warning"])
+        return record
 
     def close(self) -> None:
         """Release the run folder's lock (a study that is not run holds it until then)."""
