@@ -19,9 +19,9 @@ position at every layer on ``n_val`` = 12 val prompts per side; judged replies
 prompts for the ``front_judged`` = 8 most promising candidates and each position's
 per-layer directions; the test split reports ``n_test`` = 48 harmful and harmless prompts
 and ``n_borderline`` = 32 borderline ones (``--n-test 100 --n-borderline 64`` for all of
-them; ``--front-judged all --n-front 32 --n-val 32`` for the full grid). The README's
-"Cost per stage" estimates the default at about half an hour on a 2-core CPU with today's
-decoding speed, most of it decoding.
+them; ``--front-judged all --n-front 32 --n-val 32`` for the full grid). "Cost per stage" in
+docs/reference/refusal-study.md estimates the default at about half an hour on a 2-core CPU
+(at 43 decoded tokens/s), most of it decoding.
 """
 
 from __future__ import annotations
