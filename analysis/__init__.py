@@ -3,7 +3,7 @@
 Context
 -------
 This package is the only place in the project that imports plotly. Everything here works
-from a run folder written by :func:`persona_refusal.experiments.run_gating_study` — its
+from a run folder written by :func:`persona_refusal.study.run_study` — its
 ``results.json`` and ``directions/refusal_selection.json`` — and never loads a model, so
 figures can be rebuilt anywhere, at any time::
 

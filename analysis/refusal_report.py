@@ -25,7 +25,7 @@ from persona_refusal.formatting import finite, fmt, pct, rate_text
 __all__ = ["refusal_headline", "GOAL_KL", "REFUSAL_REPORT"]
 
 GOAL_KL = 0.2
-"""The issue's goal for the KL an edit may cost on harmless prompts (nats)."""
+"""The refusal study's goal for the KL an edit may cost on harmless prompts (nats)."""
 
 
 def _name(edit: str) -> str:

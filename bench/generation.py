@@ -16,7 +16,7 @@ G1. greedy decoding steps, tokens/s at R rows (``--rows``, default 32 and 64), f
     decoding step's matrix products at the best square-product rate of this machine, MKL
     or oneDNN, whichever is faster) and the *shape bound* (the same products, each timed
     alone at its shape with the faster library). Ratios of the rate to each bound;
-    target ≥ 0.6 of the peak bound (the issue's), reported also against the shape bound.
+    target ≥ 0.6 of the peak bound, reported also against the shape bound.
 G2. package decoding tokens/s / transformers ``generate`` on the same weights  ≥ 0.8
 E1. judged replies (``--judge-tokens``, default 128) of harmful and harmless val prompts
     with early stopping (``stop_when=decided_by(strict, lenient)``) / without: seconds,

@@ -1,13 +1,14 @@
-"""The gating study under its first names (kept so code written against them works).
+"""The gating study's entry points and results helpers in one import.
 
 The study lives in :mod:`persona_refusal.study`: configuration in
 :mod:`~persona_refusal.study.config`, one file per stage in
-:mod:`~persona_refusal.study.stages`. ``GatingConfig`` is :class:`StudyConfig`,
-``GatingStudy`` is :class:`Study`, ``run_gating_study`` is :func:`run_study`.
+:mod:`~persona_refusal.study.stages`. This module re-exports what code that runs the study
+or reads its ``results.json`` uses: :class:`StudyConfig`, :class:`Study`, :func:`run_study`,
+:func:`load_results`, :func:`study_prompts`, the statistics helpers and the schema name.
 
 Example:
-    >>> from persona_refusal.experiments import GatingConfig, run_gating_study
-    >>> GatingConfig.preset("smoke", model="tiny").n_sweep
+    >>> from persona_refusal.experiments import StudyConfig
+    >>> StudyConfig.preset("smoke", model="tiny").n_sweep
     8
 """
 
@@ -25,9 +26,6 @@ from persona_refusal.study import (
 )
 from persona_refusal.study.config import MAX_STRENGTH
 
-GatingConfig = StudyConfig
-GatingStudy = Study
-run_gating_study = run_study
 
-__all__ = ["GatingConfig", "GatingStudy", "run_gating_study", "RESULTS_SCHEMA", "load_results", "study_prompts",
+__all__ = ["StudyConfig", "Study", "run_study", "RESULTS_SCHEMA", "load_results", "study_prompts",
            "RunStore", "first_token_stats", "outcome_rates", "restoration", "MAX_STRENGTH"]

@@ -2,8 +2,8 @@
 
 Context
 -------
-:func:`persona_refusal.experiments.run_gating_study` writes ``results.json`` and
-:func:`persona_refusal.experiments.load_results` reads it back. Both return a
+:func:`persona_refusal.study.run_study` writes ``results.json`` and
+:func:`persona_refusal.study.load_results` reads it back. Both return a
 :class:`GatingResults`: a plain ``dict`` (index it, ``json.dump`` it, pass it to the figure
 functions of :mod:`persona_refusal.analysis`) whose ``repr`` — and, in a notebook, its
 HTML view — is a short summary instead of the whole nested dictionary::

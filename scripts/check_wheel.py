@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TORCH = os.environ.get("PERSONA_REFUSAL_TORCH", "torch==2.13.0")  # the CPU wheel (README: install notes)
+TORCH = os.environ.get("PERSONA_REFUSAL_TORCH", "torch==2.13.0")  # the CPU wheel (README: Install)
 
 
 def source_modules(root: Path = ROOT) -> list[str]:

@@ -122,7 +122,7 @@ RUN_CASES = [
     ("bad flag value", ["--n-train", "abc"],
      r"error: argument --n-train: invalid int value: 'abc' \(see `persona-refusal run --help`\)", ""),
     ("unknown preset", ["--preset", "nope"],
-     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'paper', 'paper-smoke', 'smoke'\]\)", ""),
+     r"error: unknown preset 'nope' \(use one of \['default', 'full', 'paper', 'paper-smoke', 'paper-v1', 'smoke'\]\)", ""),
     ("output folder is a file", ["--out", "a_file"],
      r"error: a_file exists and is not a folder \(give --out a folder path\)", ""),
     ("output folder cannot be created", ["--out", "a_file/run"],

@@ -284,12 +284,12 @@ def run_smoke_study(out) -> None:
     tests). Its runtime shape checks are off here: they belong to the study's own tests."""
     import jaxtyping
 
-    from persona_refusal.experiments import GatingConfig, run_gating_study
+    from persona_refusal.study import StudyConfig, run_study
 
     old = jaxtyping.config.jaxtyping_disable
     jaxtyping.config.update("jaxtyping_disable", True)
     try:
-        run_gating_study(GatingConfig.preset("smoke", model="tiny"), out, progress=False)
+        run_study(StudyConfig.preset("smoke", model="tiny"), out, progress=False)
     finally:
         jaxtyping.config.update("jaxtyping_disable", old)
 

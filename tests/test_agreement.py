@@ -131,14 +131,14 @@ def test_bootstrap_interval_is_seeded_and_holds_the_estimate():
 def _study(out: Path) -> None:
     import jaxtyping
 
-    from persona_refusal.experiments import GatingConfig, run_gating_study
+    from persona_refusal.study import StudyConfig, run_study
 
     old = jaxtyping.config.jaxtyping_disable
     jaxtyping.config.update("jaxtyping_disable", True)
     try:  # every judged stage: calibrate, eval, coherence, gating_judged, confirm
-        cfg = GatingConfig.preset("smoke", model="tiny", calibrate_alpha=True, calibration_alphas=[1.0],
-                                  judged_sweep=True, judged_layers=[2])
-        run_gating_study(cfg, out, progress=False, stages=["alpha_sweep", "confirm", "gating_judged"])
+        cfg = StudyConfig.preset("smoke", model="tiny", calibrate_alpha=True, calibration_alphas=[1.0],
+                                 judged_sweep=True, judged_layers=[2])
+        run_study(cfg, out, progress=False, stages=["alpha_sweep", "confirm", "gating_judged"])
     finally:
         jaxtyping.config.update("jaxtyping_disable", old)
 

@@ -94,11 +94,11 @@ def test_refusal_direction_ablation_and_addition(demo, tmp_path):
 
 
 def test_gating_study_runs_on_the_demo_model(demo, tmp_path):
-    from persona_refusal.experiments import GatingConfig, load_results, run_gating_study
+    from persona_refusal.study import StudyConfig, load_results, run_study
 
-    cfg = GatingConfig.preset("smoke", model="demo", kl_threshold=0.1, induce_threshold=0.0,
-                              persona_filter="none", n_train=32, n_val=16)
-    res = run_gating_study(cfg, tmp_path / "run", chat_model=demo, progress=False)
+    cfg = StudyConfig.preset("smoke", model="demo", kl_threshold=0.1, induce_threshold=0.0,
+                             persona_filter="none", n_train=32, n_val=16)
+    res = run_study(cfg, tmp_path / "run", chat_model=demo, progress=False)
     assert load_results(tmp_path / "run")["schema"] == res["schema"]
     assert len(res["gating"]) == demo.n_layers * len(cfg.betas)
     for g in res["gating"]:

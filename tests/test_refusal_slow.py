@@ -6,7 +6,7 @@ real chat model must show even at smoke size: ablating the chosen direction lowe
 harmful prompts' first-token refusal score on val and on test, ACE α = 0 and α = 1 land
 the projection where they say, and the edits that induce refusal raise the harmless
 prompts' refusal score. The run's per-stage seconds are printed (``-s``) for the cost
-table in the README.
+table in docs/reference/refusal-study.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Context
 -------
 Every figure function is pure: it takes the dictionary that
-:func:`persona_refusal.experiments.run_gating_study` writes to ``results.json`` (or, for
+:func:`persona_refusal.study.run_study` writes to ``results.json`` (or, for
 :func:`selection_figure`, the ``directions/refusal_selection.json`` report) and returns a
 :class:`plotly.graph_objects.Figure`. Nothing loads a model or touches a tensor, so a run
 folder copied to another machine still draws.

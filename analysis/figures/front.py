@@ -14,7 +14,7 @@ from persona_refusal.formatting import finite, fmt, rate_text
 __all__ = ["front_figure", "GOAL_REFUSAL", "KL_FLOOR"]
 
 GOAL_REFUSAL = 0.10
-"""The issue's goal for judged harmful refusal after an edit (drawn as a dotted line)."""
+"""The refusal study's goal for judged harmful refusal after an edit (drawn as a dotted line)."""
 KL_FLOOR = 1e-4
 """KL values below this are drawn at it on the log axis (their true value is in the hover text)."""
 SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "pentagon", "hexagon", "cross")

@@ -615,7 +615,7 @@ paper-protocol runs made it (kept so that they can be reproduced)."""
 
 PAPER_OVERRIDES: dict = {
     # the paper protocol with every in-character rollout and the paper's kind of persona
-    # contrast, plus the checks of its claims; written down in docs/results/paper-protocol.md
+    # contrast, plus the checks of its claims; written down in docs/results/paper-protocol-2.md
     **PAPER_V1_OVERRIDES,
     "personas": "instructed", "persona_balance": "prompt", "persona_sets": ["instructed", "character", "scripted"],
     "control_harmless": True, "n_control_harmless": 32,

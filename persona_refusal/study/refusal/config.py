@@ -19,9 +19,9 @@ position at every layer on ``n_val`` = 12 val prompts per side; judged replies
 prompts for the ``front_judged`` = 8 most promising candidates and each position's
 per-layer directions; the test split reports ``n_test`` = 48 harmful and harmless prompts
 and ``n_borderline`` = 32 borderline ones (``--n-test 100 --n-borderline 64`` for all of
-them; ``--front-judged all --n-front 32 --n-val 32`` for the full grid). The README's
-"Cost per stage" estimates the default at about half an hour on a 2-core CPU with today's
-decoding speed, most of it decoding.
+them; ``--front-judged all --n-front 32 --n-val 32`` for the full grid). "Cost per stage" in
+docs/reference/refusal-study.md estimates the default at about half an hour on a 2-core CPU
+(at 43 decoded tokens/s), most of it decoding.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class FrontConfig(ConfigSection):
     within the budget, then the rest by bypass. Each position's per-layer directions are
     judged as well."""
     front_max_new_tokens: int = setting(64, Check("int", "reply length of the front's judged replies", low=1))
-    """Reply length of the front's judged replies (the issue's protocol: at least 64)."""
+    """Reply length of the front's judged replies (the study's protocol: at least 64)."""
 
 
 @dataclass
@@ -119,7 +119,7 @@ class RuleConfig(ConfigSection):
     kl_budget: float = setting(0.2, Check("float", "kl_budget rule: largest KL (nats) of ablation on harmless val",
                                           low=0))
     """The ``kl_budget`` rule's budget, nats of KL on harmless val prompts (fixed a priori:
-    the issue's goal is judged refusal ≤ 10% at KL ≤ 0.2)."""
+    the study's goal is judged refusal ≤ 10% at KL ≤ 0.2)."""
     max_degenerate_rise: float = setting(0.1, Check("float", "judged rules: largest rise of the degenerate share over "
                                                              "the unedited replies", low=0, high=1))
     """``kl_budget`` and ``knee`` leave out a candidate whose ablated replies are degenerate
