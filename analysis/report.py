@@ -43,6 +43,7 @@ from persona_refusal.agreement import NOT_REFUSAL, kappa_text, read_agreement
 from persona_refusal.analysis.drawing import bad_results_error, make_figures, study_of
 from persona_refusal.analysis.figures import FIGURES, PAPER_NOTE, FieldView, size_of
 from persona_refusal.analysis.figures._style import persona_alpha
+from persona_refusal.analysis.verdicts import paper_verdicts
 from persona_refusal.formatting import finite, pct, pp, rate_parts, rate_text
 from persona_refusal.storage import atomic_write_text
 
@@ -298,8 +299,6 @@ def _orthogonal(results: dict) -> str:
 
 
 def _claims(results: dict) -> str:
-    from persona_refusal.analysis.verdicts import paper_verdicts
-
     rows = []
     for v in paper_verdicts(results).values():
         rep = {True: "reproduced", False: "not reproduced", None: "—"}[v["reproduced"]]

@@ -48,7 +48,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from persona_refusal import assets
-from persona_refusal.architectures import ConfigMatch, match_config, processing_for
+from persona_refusal.architectures import PROCESSING, ConfigMatch, match_config, processing_for
 from persona_refusal.decoding import check_mode, unsupported
 from persona_refusal.errors import ConfigError, ModelLoadError
 from persona_refusal.hooks import RunState
@@ -857,7 +857,7 @@ def _param_shapes(cfg) -> dict:
         return {k: v.shape for k, v in HookedTransformer(cfg, tokenizer=None, move_to_device=False).named_parameters()}
 
 
-_PROCESSING = processing_for({})
+_PROCESSING = dict(PROCESSING)  # processing_for({}): no architecture turns anything off
 """The weight processing of a converted model (TransformerLens' ``from_pretrained`` defaults;
 :func:`~persona_refusal.architectures.processing_for` turns off what an architecture cannot take)."""
 

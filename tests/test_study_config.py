@@ -28,7 +28,7 @@ def test_flat_and_sectioned_construction_agree():
 def test_field_names_are_unique_across_sections():
     names = [f.name for s in SECTIONS for f in dataclasses.fields(s)]
     assert len(names) == len(set(names))
-    assert set(StudyConfig.field_names()) == {"model", "bootstrap", "seed", "batch_size", *names}
+    assert set(StudyConfig.field_names()) == {"model", "chat_template", "bootstrap", "seed", "batch_size", *names}
 
 
 def test_nested_and_flat_round_trips():
@@ -101,7 +101,8 @@ def test_the_device_and_decoding_mode_are_not_part_of_a_runs_identity_and_the_dt
     a = StudyConfig(model="tiny", device="cpu")
     assert a.identity() == StudyConfig(model="tiny", device="cuda:1").identity()
     assert a.identity() == StudyConfig(model="tiny", decode="reference").identity()
-    assert set(a.to_flat()) - set(a.identity()) == {"device", "decode"}
+    # the chat template given for a base model is in the model's fingerprint instead
+    assert set(a.to_flat()) - set(a.identity()) == {"device", "decode", "chat_template"}
     assert a.identity()["dtype"] == "float32"
     assert StudyConfig(model="tiny", dtype="bfloat16").identity() != a.identity()
     assert StudyConfig.from_dict(a.identity()) == StudyConfig(model="tiny")  # the device reads back as auto
