@@ -133,7 +133,7 @@ def test_presets_and_sizes_from_the_command_line(cli, tmp_path):
     res = cli(["ablation-demo", "--n-val", "33", "--model", "tiny", "--out", tmp_path / "c"], cwd=tmp_path)
     assert "use --n-val 1..32" in assert_one_line_error(res)
     assert not any((tmp_path / x).exists() for x in "abc")
-    assert demo.DEMO_PRESETS["smoke"] == {"n_train": 16, "n_val": 4, "n_eval": 4, "max_new_tokens": 16,
+    assert demo.DEMO_PRESETS["smoke"] == {"n_train": 32, "n_val": 4, "n_eval": 4, "max_new_tokens": 16,
                                           "n_candidates": 4, "add_coeffs": (1.0, 4.0, 16.0)}
 
 
