@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "checkpointed: the same command resumes after Ctrl-C")
     d.add_argument("--model", default="demo")
     d.add_argument("--preset", default="default", help="default: every bundled prompt (128 train / 32 val / 100 test "
-                   "per side, 32-token replies, every layer a candidate); smoke: 16 / 4 / 4, 16-token replies, "
+                   "per side, 32-token replies, every layer a candidate); smoke: 32 / 4 / 4, 16-token replies, "
                    "4 candidate layers (flags override it)")
     d.add_argument("--out", default="runs/ablation-demo")
     d.add_argument("--n-train", type=int, default=None, help="train prompts per side (default: all 128)")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-eval", type=int, default=None, help="evaluation prompts per side (default: all 100)")
     d.add_argument("--max-new-tokens", type=int, default=None, help="reply length (default: 32)")
     d.add_argument("--n-candidates", type=int, default=None, help="select among this many candidate layers, evenly "
-                   "spaced from 25%% to 70%% of the depth (default: every layer)")
+                   "spaced from 30%% to 60%% of the depth (default: every layer)")
     _chat_template_flag(d)
     d.add_argument("--force", action="store_true", help="start over in a folder holding another configuration "
                    "(removes only what a run wrote there)")

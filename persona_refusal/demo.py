@@ -53,12 +53,12 @@ __all__ = ["run_ablation_demo", "check_demo_args", "DEMO_PRESETS", "candidate_la
 
 DEMO_PRESETS: dict[str, dict] = {
     "default": {},
-    "smoke": {"n_train": 16, "n_val": 4, "n_eval": 4, "max_new_tokens": 16, "n_candidates": 4,
+    "smoke": {"n_train": 32, "n_val": 4, "n_eval": 4, "max_new_tokens": 16, "n_candidates": 4,
               "add_coeffs": (1.0, 4.0, 16.0)},
 }
 """Named sizes of the demo (explicit arguments override them): ``default`` reads every bundled
 prompt (128 train / 32 val / 100 test per side, 32-token replies) and selects among every layer;
-``smoke`` checks quickly that everything runs on a model: 16 / 4 / 4 prompts, 16-token replies,
+``smoke`` checks quickly that everything runs on a model: 32 / 4 / 4 prompts, 16-token replies,
 4 candidate layers, 3 addition strengths (a few minutes on a CPU for a 0.5B model)."""
 _FORMAT = "persona_refusal.ablation_demo/1"
 
@@ -196,7 +196,7 @@ def run_ablation_demo(
             only what a run wrote there).
         chat_template: a Jinja chat template file for a model without one (a model given by name).
         warn: where the baseline check's warning goes as soon as it is known (default: the log).
-        n_candidates: select among this many candidate layers, evenly spaced from 25% to 70% of
+        n_candidates: select among this many candidate layers, evenly spaced from 30% to 60% of
             the depth (default: every layer, as Arditi et al.).
 
     Returns:
@@ -257,15 +257,16 @@ def run_ablation_demo(
 
 
 def candidate_layers(n_layers: int, n_candidates: int | None) -> list[int] | None:
-    """``n_candidates`` layers evenly spaced from 25% to 70% of the depth (``None``: every layer).
+    """``n_candidates`` layers evenly spaced from 30% to 60% of the depth, where refusal directions
+    of chat models usually are (``None``: every layer).
 
     Example:
         >>> candidate_layers(24, 4)
-        [6, 10, 13, 17]
+        [7, 10, 12, 14]
     """
     if n_candidates is None:
         return None
-    lo, hi = 0.25 * n_layers, 0.7 * n_layers
+    lo, hi = 0.3 * n_layers, 0.6 * n_layers
     k = max(1, int(n_candidates))
     return sorted({int(round(lo + (hi - lo) * i / max(k - 1, 1))) for i in range(k)} if k > 1 else {int(round(lo))})
 

@@ -133,7 +133,7 @@ def test_presets_and_sizes_from_the_command_line(cli, tmp_path):
     res = cli(["ablation-demo", "--n-val", "33", "--model", "tiny", "--out", tmp_path / "c"], cwd=tmp_path)
     assert "use --n-val 1..32" in assert_one_line_error(res)
     assert not any((tmp_path / x).exists() for x in "abc")
-    assert demo.DEMO_PRESETS["smoke"] == {"n_train": 16, "n_val": 4, "n_eval": 4, "max_new_tokens": 16,
+    assert demo.DEMO_PRESETS["smoke"] == {"n_train": 32, "n_val": 4, "n_eval": 4, "max_new_tokens": 16,
                                           "n_candidates": 4, "add_coeffs": (1.0, 4.0, 16.0)}
 
 
@@ -155,3 +155,25 @@ def test_bad_chat_template_flag_is_one_line(cli, tmp_path):
     assert "chat template" in assert_one_line_error(res) and "does not exist" in res.stderr
     with pytest.raises(ConfigError):
         demo.run_ablation_demo("tiny", None, chat_template=tmp_path / "none.jinja", **SMALL)
+
+
+def test_a_study_on_a_model_that_barely_refuses_says_so(cli, tmp_path):
+    """``run --preset smoke`` on the tiny model (it never refuses): the warning line is printed as
+    soon as the baseline check knows and again in the summary, results.json carries it, and the
+    report shows it; the refusal report says no goal applies."""
+    from analysis.refusal_report import _test_goal
+    from analysis.report import _baseline_warning
+
+    out = tmp_path / "run"
+    res = cli(["run", "--model", "tiny", "--preset", "smoke", "--quiet", "--no-figures", "--out", out], cwd=tmp_path)
+    assert res.rc == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("warning: the unsteered model refuses only")]
+    assert len(lines) == 2, res.stdout
+    rb = json.loads((out / "results.json").read_text())["refusal_baseline"]
+    assert rb["low_refusal"] is True and lines[0] == f"warning: {rb['warning']}"
+    assert "Warning:" in _baseline_warning({"refusal_baseline": rb}) and _baseline_warning({}) == ""
+    ed = {"conditions": [{"set": "harmful", "edit": "ablate", "refusal": {"rate": 0.0, "k": 0, "n": 4, "ci": [0, 0.5]},
+                          "degenerate": {"rate": 0.0, "k": 0, "n": 4, "ci": [0, 0.5]}}],
+          "kl": {"ablate": {"mean": 0.01}}}
+    assert all("goal not applicable" in line and "met" not in line.replace("not applicable", "")
+               for line in _test_goal(ed, no_refusal=True))
