@@ -137,13 +137,18 @@ def test_presets_and_sizes_from_the_command_line(cli, tmp_path):
                                           "n_candidates": 4, "add_coeffs": (1.0, 4.0, 16.0)}
 
 
-def test_the_smoke_preset_on_tiny_warns_and_fails_selection_in_one_line(cli, tmp_path):
-    """Without the stand-in selection (a subprocess): the smoke preset runs the baseline check
-    (the warning goes to stdout at once), then selection finds no direction on the random model."""
-    res = cli(["ablation-demo", "--preset", "smoke", "--model", "tiny", "--out", tmp_path / "s", "--quiet"],
-              cwd=tmp_path)
-    assert res.rc == 2 and res.stderr.startswith("error: no candidate direction passes the filters")
-    assert "warning: the unsteered model refuses only 0/4 (0%) of the harmful val prompts" in res.stdout
+def test_the_smoke_preset_runs_through_on_tiny_and_warns(cli, tmp_path):
+    """Without a stand-in selection (a subprocess): the smoke preset runs the baseline check (the
+    warning goes to stdout at once, and again at the end), selects among its 4 candidate layers
+    and finishes."""
+    out = tmp_path / "s"
+    res = cli(["ablation-demo", "--preset", "smoke", "--model", "tiny", "--out", out, "--quiet"], cwd=tmp_path)
+    assert res.rc == 0, res.stderr
+    warnings = [line for line in res.stdout.splitlines()
+                if line.startswith("warning: the unsteered model refuses only 0/4 (0%) of the harmful val prompts")]
+    assert len(warnings) == 2, res.stdout
+    r = json.loads((out / "results.json").read_text())
+    assert r["sizes"] == {"train": [32, 32], "val": [4, 4], "test": [4, 4]} and r["refusal_baseline"]["low_refusal"]
     assert pr.__name__ == "persona_refusal"
 
 
