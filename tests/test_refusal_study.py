@@ -82,7 +82,8 @@ def toy_config(folder: Path, **overrides) -> RefusalConfig:
     h, b = _write(folder, "harmful", HARMFUL), _write(folder, "harmless", HARMLESS)
     return RefusalConfig.preset("smoke", **{
         "model": "tiny", "train_harmful": h, "train_harmless": b, "val_harmful": h, "val_harmless": b,
-        "val_borderline": b, "test_harmful": h, "test_harmless": b, "borderline": b, "n_val": 8, "n_front": 4,
+        "val_borderline": b, "test_harmful": h, "test_harmless": b, "borderline": b, "n_train": len(HARMFUL), "n_val": 8,
+        "n_front": 4,
         "n_test": 4, "n_borderline": 4, "front_positions": "last:2", "front_layers": "all", "front_judged": "all",
         "front_max_new_tokens": 4, "max_new_tokens": 4, "add_coeffs": [1.0], "bootstrap": 100, **overrides})
 
