@@ -125,4 +125,6 @@ def test_paper_preset_smoke_grid_runs_on_the_demo_model(demo, tmp_path):
         for judge in ("strict", "lenient"):
             r = row[judge]["refusal"]
             assert r["ci"][0] <= r["rate"] <= r["ci"][1]
-    assert set(res["persona_sets"]["sets"]) == {"character", "scripted"}
+    assert set(res["persona_sets"]["sets"]) == {"instructed", "character", "scripted"}
+    assert res["persona_direction"]["rollouts"]["balance"] == "prompt"
+    assert gj["control_harmless"]["n"] == 4 and res["sensitivity"]["rows"] and res["persona_orthogonal"]["variants"]
