@@ -48,7 +48,7 @@ from persona_refusal.analysis.report import build_report, render_report
 from persona_refusal.analysis import refusal_report as _refusal_report  # noqa: F401  (registers the refusal study's report)
 from persona_refusal.errors import RunFolderError
 from persona_refusal.storage import (MANIFEST, atomic_write_bytes, atomic_write_text, check_output, file_kind,
-                                     note_written, read_user_bytes)
+                                     is_marked_png, mark_png, note_written, read_user_bytes)
 
 __all__ = [*_figures.__all__, "make_figures", "build_figures", "build_report", "find_browser"]
 
@@ -99,6 +99,8 @@ def _write_pngs(figs: dict[str, go.Figure], out_dir: Path) -> list[Path]:
             write(missing())
         if missing():
             raise RuntimeError("kaleido wrote no PNG for " + ", ".join(names[i] for i in missing()))
+        for p in paths:  # the mark that lets --copy-to replace them later
+            p.write_bytes(mark_png(p.read_bytes()))
     except BaseException:
         for p in paths:  # no half set of PNGs
             p.unlink(missing_ok=True)
@@ -148,10 +150,10 @@ def _is_run_folder(p: Path) -> bool:
 
 
 def _our_copy(p: Path) -> bool:
-    """A file ``--copy-to`` wrote before: a report of this package, or a PNG figure."""
+    """A file ``--copy-to`` wrote before: a report of this package, or a PNG figure of it (one
+    that carries the package's mark, :func:`~persona_refusal.storage.mark_png`)."""
     if p.suffix == ".png":
-        with open(p, "rb") as f:
-            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+        return is_marked_png(p)
     return p.name == "report.html" and b"results schema persona_refusal." in read_user_bytes(p, what="report")
 
 

@@ -25,7 +25,8 @@ from persona_refusal.analysis.figures._style import error_bars, legend_below, st
 from persona_refusal.analysis.drawing import study_of
 from persona_refusal.errors import PersonaRefusalError, RunFolderError
 from persona_refusal.formatting import finite
-from persona_refusal.storage import atomic_write_bytes, atomic_write_text, check_output, read_user_bytes
+from persona_refusal.storage import (atomic_write_bytes, atomic_write_text, check_output, is_marked_png, mark_png,
+                                     read_user_bytes)
 from persona_refusal.study.runner import load_results
 
 __all__ = ["run_label", "restoration_by_depth", "cross_model_figure", "paper_table", "build_comparison"]
@@ -195,10 +196,10 @@ def paper_table(runs: Mapping[str, Mapping]) -> str:
 
 def _our_comparison(p: Path) -> bool:
     """A file ``compare`` wrote before (by its content: a plotly page, the JSON of depths,
-    the Markdown table, a PNG)."""
-    head = read_user_bytes(p, what="file")[:1 << 20]
+    the Markdown table, a PNG carrying the package's mark)."""
     if p.suffix == ".png":
-        return head.startswith(b"\x89PNG\r\n\x1a\n")
+        return is_marked_png(p)
+    head = read_user_bytes(p, what="file")[:1 << 20]
     if p.suffix == ".json":
         data = json.loads(head.decode("utf-8"))
         return isinstance(data, dict) and all(isinstance(v, dict) and "depth" in v for v in data.values())
@@ -251,6 +252,6 @@ def build_comparison(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLi
     atomic_write_text(written[2], table)
     if png and find_browser():
         png_path = out / "cross_model.png"
-        atomic_write_bytes(png_path, pio.to_image(fig, format="png", width=1100, height=650))
+        atomic_write_bytes(png_path, mark_png(pio.to_image(fig, format="png", width=1100, height=650)))
         written.append(png_path)
     return written

@@ -45,6 +45,7 @@ import os
 import re
 import stat
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
@@ -65,6 +66,8 @@ __all__ = [
     "sha256_file",
     "sha256_bytes",
     "sha256_json",
+    "mark_png",
+    "is_marked_png",
     "canonical_json",
     "MANIFEST",
     "MAX_USER_FILE",
@@ -320,6 +323,61 @@ def _write_manifest(folder: Path, data: dict) -> None:
     with atomic_open(folder / MANIFEST, _note=False) as f:
         f.write(canonical_json(data).encode("utf-8"))
 
+
+
+# ---------------------------------------------------------------- PNGs the package wrote
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MARK = b"Software\x00persona_refusal"
+"""The text chunk (``tEXt``, keyword ``Software``) every PNG of the package carries: how
+``figures --copy-to`` tells a figure it wrote before from a user's file of the same name."""
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def mark_png(data: bytes) -> bytes:
+    """``data`` (a PNG) with the package's ``Software`` text chunk after its header chunk;
+    a PNG that carries it already is returned unchanged. Pixels are untouched.
+
+    Example:
+        >>> png = _PNG_SIGNATURE + _png_chunk(b"IHDR", bytes(13)) + _png_chunk(b"IEND", b"")
+        >>> import io, tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.png"; _ = p.write_bytes(mark_png(png))
+        >>> is_marked_png(p), mark_png(p.read_bytes()) == p.read_bytes()
+        (True, True)
+    """
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG (no signature and header chunk)")
+    end = 8 + 12 + int.from_bytes(data[8:12], "big")
+    if _has_mark(data):
+        return data
+    return data[:end] + _png_chunk(b"tEXt", _PNG_MARK) + data[end:]
+
+
+def _has_mark(data: bytes) -> bool:
+    """Whether the chunks of ``data`` before the first image data hold the package's mark."""
+    at = 8
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind == b"tEXt" and data[at + 8:at + 8 + size] == _PNG_MARK:
+            return True
+        at += 12 + size
+    return False
+
+
+def is_marked_png(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG the package wrote (it carries the mark of :func:`mark_png`);
+    reads only the chunks before the image data, never follows a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(1 << 16)
+    return head.startswith(_PNG_SIGNATURE) and _has_mark(head)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

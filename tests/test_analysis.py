@@ -15,6 +15,7 @@ import logging
 import pkgutil
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -29,7 +30,7 @@ from persona_refusal.analysis.report import CAPTIONS, headline
 from persona_refusal.errors import RunFolderError
 from persona_refusal.experiments import load_results
 from persona_refusal.formatting import rate_text
-from persona_refusal.storage import read_json
+from persona_refusal.storage import is_marked_png, mark_png, read_json
 from persona_refusal.study.registry import registered
 from conftest import run_smoke_study
 
@@ -345,7 +346,7 @@ def test_build_figures_writes_pngs(built):
         png = run / "figures" / f"{name}.png"
         assert png.is_file() and png in paths, name
         data = png.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and is_marked_png(png)
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         assert (width, height) == analysis.FIGURE_SIZES[name]
         assert (dest / f"{name}.png").read_bytes() == data
@@ -375,8 +376,32 @@ def _flaky_writer(drop_times: int):
         for i, p in enumerate(paths):
             if i == 0 and len(calls) <= drop_times:
                 continue
-            Path(p).write_bytes(b"\x89PNG\r\n\x1a\n")
+            Path(p).write_bytes(TINY_PNG)
     return write_images, calls
+
+
+TINY_PNG = b"\x89PNG\r\n\x1a\n" + b"".join(len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+                                      for kind, body in ((b"IHDR", bytes(13)), (b"IEND", b"")))
+"""A PNG of a header and an end chunk: what the stand-in for kaleido writes."""
+
+
+def test_copy_to_replaces_only_pngs_the_package_wrote(smoke_run, tmp_path, monkeypatch):
+    run = _copy_run(smoke_run, tmp_path / "run")
+    write_images, _ = _flaky_writer(0)
+    monkeypatch.setattr(analysis, "find_browser", lambda: "/usr/bin/true")
+    monkeypatch.setattr(analysis.pio, "write_images", write_images)
+    dest = tmp_path / "dest"
+    analysis.build_figures(run, png=True, copy_to=dest)
+    pngs = sorted(dest.glob("*.png"))
+    assert pngs and all(is_marked_png(p) and p.read_bytes() == mark_png(TINY_PNG) for p in pngs)
+    analysis.build_figures(run, png=True, copy_to=dest)  # its own copies are replaced
+    foreign = pngs[0]
+    foreign.write_bytes(TINY_PNG)  # a PNG of the same name the package did not write
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    with pytest.raises(RunFolderError, match=rf"{re.escape(foreign.name)} exists and was not written by "
+                                             r"persona-refusal figures; it is not replaced"):
+        analysis.build_figures(run, png=True, copy_to=dest)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
 
 
 @pytest.mark.parametrize("drop_times", [1, 2])

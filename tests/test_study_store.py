@@ -177,6 +177,23 @@ def test_a_run_of_a_version_before_manifests_is_adopted(tmp_path):
     assert (run / "notes.txt").read_text() == "mine\n"
 
 
+def test_a_first_force_on_a_run_of_a_version_before_manifests_removes_only_run_files(tmp_path):
+    run = tmp_path / "old"
+    for d in ("checkpoints", "directions", "figures/extra"):
+        (run / d).mkdir(parents=True)
+    record = {"config": {"seed": 0}, "inputs": {}, "resolved": {}, "model": {}}
+    (run / "config.json").write_text(json.dumps(record))
+    written = ["checkpoints/eval.json", "directions/refusal.safetensors", "directions/refusal.json",
+               "figures/gating.html", "figures/gating.png", "figures/plotly.min.js", "results.json", "report.html"]
+    mine = ["checkpoints/notes.txt", "directions/my_direction.pt", "figures/extra/draft.svg", "figures/README"]
+    for rel in written + mine:
+        (run / rel).write_text(rel)
+    with RunStore(run, {**record, "config": {"seed": 1}}, force=True) as store:
+        assert not store.has("eval", "a")
+    assert not any((run / rel).exists() for rel in written)
+    assert all((run / rel).read_text() == rel for rel in mine)
+
+
 def test_force_keeps_the_inputs_it_was_handed(tmp_path):
     run = tmp_path / "run"
     with RunStore(run, {"config": 1}):

@@ -16,7 +16,9 @@ Nothing lost
   that already holds one of those names without being a run is refused). ``--force``
   removes only those entries, never anything else in the folder, and never a file the
   command was handed as input (``keep``). A folder written by an older version (a
-  ``config.json`` run record, no manifest) is adopted as a run. Every file written below an
+  ``config.json`` run record, no manifest) is adopted as a run; until its manifest lists files,
+  ``--force`` removes from its folders only the files a run writes there (``*.json`` checkpoints,
+  direction files, figure pages and PNGs). Every file written below an
   owned entry is added to the manifest's ``files`` (:func:`persona_refusal.storage.note_written`),
   and inside the owned folders (``checkpoints/``, ``directions/``, ``figures/``) ``--force``
   removes only those files: a file a user put there is kept.
@@ -35,10 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -65,6 +67,10 @@ LOCK = ".lock"
 _MANIFEST_FORMAT = "persona_refusal.run/1"
 _RECORD_KEYS = {"config", "inputs", "resolved", "model"}
 """Keys every ``config.json`` run record has (a folder of an older version is recognised by them)."""
+_RUN_FILES = {"checkpoints": ("*.json",), "directions": ("*.json", "*.safetensors"),
+              "figures": ("*.html", "*.png", "plotly.min.js")}
+"""What a run writes in each of its folders: all that ``--force`` removes from the folders of a
+run whose manifest lists no files (one an older version wrote)."""
 _DAMAGE = (ValueError, KeyError, TypeError, IndexError, FileNotFoundError)
 """What reading a damaged file raises (bad JSON, not UTF-8, a missing half of a pair, wrong shape)."""
 
@@ -254,8 +260,9 @@ class RunStore:
 
     def _clear(self, owned: Iterable[str], keep: list[Path]) -> None:
         """Remove the owned entries, except the files in ``keep`` (and the folders holding them).
-        Inside an owned folder only the files the manifest lists are removed (a folder of an
-        older version, whose manifest lists no files, is removed whole)."""
+        Inside an owned folder only the files the manifest lists are removed. A folder of an
+        older version, whose manifest lists no files, loses only the files a run writes there
+        (:data:`_RUN_FILES`); anything else in its folders is kept."""
         kept = {p.resolve() for p in keep}
         listed = manifest_files(self.out)
         if listed is not None:
@@ -277,22 +284,24 @@ class RunStore:
             self._cache.clear()
             return
 
-        def remove(p: Path) -> None:
-            r = p.resolve()
-            if r in kept:
-                log.info("keeping %s: it is an input of this run", p)
-                return
-            if p.is_dir() and not p.is_symlink():
-                if any(k.is_relative_to(r) for k in kept):
-                    for child in sorted(p.iterdir()):
-                        remove(child)
-                else:
-                    shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
-
         for name in owned:
-            remove(self.out / name)
+            p = self.out / name
+            if p.resolve() in kept:
+                log.info("keeping %s: it is an input of this run", p)
+            elif file_kind(p) == "file":
+                p.unlink()
+            elif file_kind(p) == "a folder":
+                for q in sorted(p.iterdir()):
+                    if file_kind(q) == "file" and q.resolve() not in kept \
+                            and any(fnmatch.fnmatch(q.name, pat) for pat in _RUN_FILES.get(name, ())):
+                        q.unlink()
+                    elif file_kind(q) == "file" and q.resolve() in kept:
+                        log.info("keeping %s: it is an input of this run", q)
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only when nothing is left
+            elif file_kind(p) is not None:
+                raise RunFolderError(f"{p} is {file_kind(p)}; --force removes only files a run wrote",
+                                     hint="move it away, or use another --out folder")
         self._cache.clear()
 
     # ---------------------------------------------------------------- lock
