@@ -6,7 +6,7 @@ Context
 :func:`persona_refusal.study.load_results` reads it back, as :class:`GatingResults` (the
 persona-gating study) or :class:`RefusalResults` (the refusal study). Each key of
 ``results.json`` is an attribute, and so is every key of the objects inside it
-(:class:`Record`); the registered stages' result dataclasses describe which keys a study
+(:class:`Record`, in arrays that are :class:`RecordList` s); the registered stages' result dataclasses describe which keys a study
 writes (:meth:`SummaryDict.stage` rebuilds one)::
 
     >>> results = load_results("runs/demo")                  # doctest: +SKIP
@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from persona_refusal.formatting import fmt, rate_text
 
-__all__ = ["GatingResults", "RefusalResults", "SummaryDict", "Record", "typed", "stage_keys", "HEADER_KEYS"]
+__all__ = ["GatingResults", "RefusalResults", "SummaryDict", "Record", "RecordList", "typed", "stage_keys", "HEADER_KEYS"]
 
 HEADER_KEYS = ("schema", "model", "config", "resolved_layers", "prompt_sets", "judge", "randomness",
                "refusal_baseline", "run_info")
@@ -44,8 +44,8 @@ dataclass describes them: they read as :class:`Record`)."""
 
 
 def typed(value: Any) -> Any:
-    """``value`` with every JSON object in it (at any depth) made a :class:`Record`; lists
-    stay lists, numbers and strings stay as they are.
+    """``value`` with every JSON object in it (at any depth) made a :class:`Record` and
+    every array a :class:`RecordList`; numbers and strings stay as they are.
 
     Example:
         >>> r = typed({"gating": [{"layer": 3, "refusal": {"rate": 0.5}}]})
@@ -55,8 +55,41 @@ def typed(value: Any) -> Any:
     if isinstance(value, dict):
         return value if isinstance(value, Record) else Record(value)
     if isinstance(value, list):
-        return [typed(v) for v in value]
+        return value if isinstance(value, RecordList) else RecordList(value)
     return value
+
+
+class RecordList(list):
+    """A JSON array of the results: a ``list`` whose objects are :class:`Record` s, also
+    those appended, inserted or assigned later.
+
+    Example:
+        >>> rows = typed([{"layer": 1}])
+        >>> rows.append({"layer": 2}); rows += [{"layer": 3}]
+        >>> [r.layer for r in rows]
+        [1, 2, 3]
+    """
+
+    __slots__ = ()
+
+    def __init__(self, values=()) -> None:
+        super().__init__(typed(v) for v in values)
+
+    def append(self, value) -> None:
+        super().append(typed(value))
+
+    def insert(self, index, value) -> None:
+        super().insert(index, typed(value))
+
+    def extend(self, values) -> None:
+        super().extend(typed(v) for v in values)
+
+    def __iadd__(self, values):
+        self.extend(values)
+        return self
+
+    def __setitem__(self, index, value) -> None:
+        super().__setitem__(index, [typed(v) for v in value] if isinstance(index, slice) else typed(value))
 
 
 class Record(dict):
@@ -65,8 +98,8 @@ class Record(dict):
 
     A key that is not a Python name (``"harmful/ablate"``, ``"2.0"``) or that names a dict
     method (``keys``, ``items``, ``values``, ``get`` …) is read by item only. A key the
-    record lacks raises :class:`AttributeError` naming the keys it has. Item assignment
-    makes a stored object a record too.
+    record lacks raises :class:`AttributeError` naming the keys it has. An object or array
+    stored later (item assignment, ``update``, ``setdefault``) is typed too.
 
     Example:
         >>> r = Record({"k": 3, "n": 4, "ci": [0.3, 0.95]})
@@ -83,11 +116,24 @@ class Record(dict):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for k, v in self.items():
-            if isinstance(v, (dict, list)) and not isinstance(v, Record):
+            if isinstance(v, (dict, list)) and not isinstance(v, (Record, RecordList)):
                 dict.__setitem__(self, k, typed(v))
 
     def __setitem__(self, key, value) -> None:
         super().__setitem__(key, typed(value))
+
+    def update(self, *args, **kwargs) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from persona_refusal.errors import ConfigError
-from persona_refusal.results import GatingResults, Record, RefusalResults, stage_keys, typed
+from persona_refusal.results import GatingResults, Record, RecordList, RefusalResults, stage_keys, typed
 from persona_refusal.study import load_results
 from persona_refusal.study.registry import registered
 
@@ -132,3 +132,15 @@ def test_records_stay_typed_when_assigned_and_plain_json_when_dumped():
     assert GatingResults.of(r) is r and isinstance(GatingResults.of({"x": 1}), GatingResults)
     with pytest.raises(AttributeError):
         r.steering.s = 3.0  # attributes are read-only: assign items
+
+
+def test_what_is_added_to_loaded_results_is_typed_too():
+    results = copy.deepcopy(load_results(REPO / "figures"))
+    results["gating"].append(dict(results["gating"][0], beta=9.0))
+    results["gating_control"] += [{"layer": 1, "beta": 9.0}]
+    results["gating"][0] = {"layer": 0, "beta": 8.0}
+    results["sweep"].update(extra={"n": 3})
+    results.setdefault("notes", [{"a": 1}])
+    assert results.gating[-1].beta == 9.0 and results.gating_control[-1].layer == 1 and results.gating[0].beta == 8.0
+    assert results.sweep.extra.n == 3 and results.notes[0].a == 1
+    assert isinstance(results.gating, RecordList) and json.loads(json.dumps(results))["gating"][-1]["beta"] == 9.0
