@@ -1,7 +1,9 @@
 """Typed results: every committed results.json loads with attribute access, serialises as it
-was read, and rebuilds its stages' dataclasses.
+was read, rebuilds its stages' dataclasses, and redraws the figures of its committed report.
 
-The committed runs (``git ls-files '*results.json'``) are the contract: each must load.
+The committed runs (``git ls-files '*results.json'``) are the contract: each must load,
+and each figure its ``report.html`` holds must be drawn again, byte for byte, from the
+loaded results and from the plain JSON dict alike.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from persona_refusal.analysis.figures import FIGURES
+from persona_refusal.analysis.report import figure_div
 from persona_refusal.errors import ConfigError
 from persona_refusal.results import GatingResults, Record, RecordList, RefusalResults, stage_keys, typed
 from persona_refusal.study import load_results
@@ -132,6 +136,36 @@ def test_records_stay_typed_when_assigned_and_plain_json_when_dumped():
     assert GatingResults.of(r) is r and isinstance(GatingResults.of({"x": 1}), GatingResults)
     with pytest.raises(AttributeError):
         r.steering.s = 3.0  # attributes are read-only: assign items
+
+
+def _committed_figures() -> list[tuple[str, str]]:
+    """``(results.json, figure)`` for every figure a committed report shows (the selection
+    figure reads a file that the committed runs do not keep)."""
+    out = []
+    for path in COMMITTED:
+        report = (REPO / path).parent / "report.html"
+        text = report.read_text() if report.is_file() else ""
+        out += [(path, name) for name, fig in FIGURES.items() if not fig.inputs and f'id="plot-{name}"' in text]
+    return out
+
+
+@pytest.mark.parametrize("path, name", _committed_figures())
+def test_a_committed_report_figure_redraws_identically_from_the_typed_and_the_plain_results(path, name):
+    report = ((REPO / path).parent / "report.html").read_text()
+    draw = FIGURES[name].draw
+    from_typed = figure_div(name, draw(load_results(REPO / path)))
+    assert from_typed in report, f"{name} drawn from {path} differs from its committed report"
+    assert figure_div(name, draw(_raw(path))) == from_typed
+
+
+NOT_IN_A_COMMITTED_REPORT = {"sensitivity", "persona_orthogonal"}
+"""Figures of stages no committed run measured: tests/test_paper_protocol.py draws them
+from a paper run on the tiny model, typed and plain."""
+
+
+def test_every_other_figure_is_checked_against_a_committed_report():
+    checked = {name for _, name in _committed_figures()}
+    assert checked == {name for name, fig in FIGURES.items() if not fig.inputs} - NOT_IN_A_COMMITTED_REPORT
 
 
 def test_what_is_added_to_loaded_results_is_typed_too():
