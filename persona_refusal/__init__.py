@@ -45,6 +45,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PERSONA_SETS", "PromptSet", "bundled", "load_borderline", "load_personas", "load_prompts",
                      "personas", "resolve_personas"], "prompts"),
     **dict.fromkeys(["SelectionReport", "select_refusal_direction"], "selection"),
+    **dict.fromkeys(["PersonaRollouts", "persona_direction", "persona_rollouts"], "persona"),
+    **dict.fromkeys(["GatingResults", "RefusalResults"], "results"),
+    "load_results": "study.runner",
 }
 
 
@@ -107,6 +110,9 @@ if TYPE_CHECKING:  # what a type checker and an editor see
     from persona_refusal.prompts import (PERSONA_SETS, PromptSet, bundled, load_borderline, load_personas, load_prompts, personas,
                                          resolve_personas)
     from persona_refusal.selection import SelectionReport, select_refusal_direction
+    from persona_refusal.persona import PersonaRollouts, persona_direction, persona_rollouts
+    from persona_refusal.results import GatingResults, RefusalResults
+    from persona_refusal.study.runner import load_results
 
 __version__ = "0.1.0"
 
@@ -160,4 +166,10 @@ __all__ = [
     "PERSONA_SETS",
     "refusal_scores",
     "select_refusal_direction",
+    "PersonaRollouts",
+    "persona_direction",
+    "persona_rollouts",
+    "GatingResults",
+    "RefusalResults",
+    "load_results",
 ]

@@ -178,3 +178,15 @@ def test_what_is_added_to_loaded_results_is_typed_too():
     assert results.gating[-1].beta == 9.0 and results.gating_control[-1].layer == 1 and results.gating[0].beta == 8.0
     assert results.sweep.extra.n == 3 and results.notes[0].a == 1
     assert isinstance(results.gating, RecordList) and json.loads(json.dumps(results))["gating"][-1]["beta"] == 9.0
+
+
+def test_the_package_exports_the_persona_and_results_functions():
+    import persona_refusal as pr
+    from persona_refusal.persona import PersonaRollouts, persona_direction, persona_rollouts
+
+    assert pr.persona_direction is persona_direction and pr.persona_rollouts is persona_rollouts
+    assert pr.PersonaRollouts is PersonaRollouts and pr.load_results is load_results
+    assert pr.GatingResults is GatingResults and pr.RefusalResults is RefusalResults
+    for name in ("persona_direction", "persona_rollouts", "PersonaRollouts", "load_results", "GatingResults",
+                 "RefusalResults"):
+        assert name in pr.__all__ and name in dir(pr)
