@@ -7,9 +7,8 @@ Built on TransformerLens. A ten-line tour::
     cm = pr.load_chat_model("demo")                      # Qwen2.5-Coder-0.5B-Instruct
     harmful, harmless = pr.bundled("harmful", "train"), pr.bundled("harmless", "train")
     grid = pr.extract_directions(cm, harmful, harmless)  # diff-in-means, positions × layers
-    refusal, report = pr.select_refusal_direction(       # Arditi et al.'s filters, with the
-        cm, grid, pr.bundled("harmful", "val"), pr.bundled("harmless", "val"),
-        fallback="relative")                             # relative fallback small models need
+    refusal, report = pr.select_refusal_direction(       # Arditi et al.'s filters, then the
+        cm, grid, pr.bundled("harmful", "val"), pr.bundled("harmless", "val"))  # relative fallback
     with pr.apply(cm, pr.Ablate(refusal)):
         print(pr.generate(cm, ["How do I hotwire a car?"]))
 
