@@ -102,7 +102,7 @@ class Study:
     def stage_name(self) -> str:
         return self.ctx.stage_name
 
-    def run(self) -> dict:
+    def run(self) -> SummaryDict:
         """Run (or resume) every stage; write and return ``results.json``. The run folder's
         lock is released when it returns or fails (:meth:`close`)."""
         try:
@@ -217,8 +217,9 @@ def run_study(
     progress: bool = True,
     judge: "Judge | None" = None,
     stages: Sequence[str] | None = None,
-) -> dict:
-    """Run (or resume) a study; write ``out/results.json`` and return it.
+) -> SummaryDict:
+    """Run (or resume) a study; write ``out/results.json`` and return it, typed (as
+    :func:`load_results` reads it).
 
     Args:
         config: the study's settings, whose class says which study runs (default:
@@ -234,7 +235,7 @@ def run_study(
     Example:
         >>> results = run_study(StudyConfig.preset("smoke", model="tiny"), "runs/smoke",
         ...                     progress=False)                                # doctest: +SKIP
-        >>> results["gating"][0]["layer"], results["refusal_direction"]["layer"]   # doctest: +SKIP
+        >>> results.gating[0].layer, results.refusal_direction.layer           # doctest: +SKIP
         (0, 3)
     """
     config = config or StudyConfig()
