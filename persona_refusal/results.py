@@ -5,14 +5,14 @@ Context
 :func:`persona_refusal.study.run_study` writes ``results.json`` and
 :func:`persona_refusal.study.load_results` reads it back, as :class:`GatingResults` (the
 persona-gating study) or :class:`RefusalResults` (the refusal study). Each key of
-``results.json`` is an attribute, and so is every key of the objects inside it
-(:class:`Record`, in arrays that are :class:`RecordList` s); the registered stages' result dataclasses describe which keys a study
-writes (:meth:`SummaryDict.stage` rebuilds one)::
+``results.json`` is an attribute, and so is every key of the objects inside it (each a
+:class:`Record`; arrays are :class:`RecordList`); the registered stages' result
+dataclasses describe which keys a study writes (:meth:`SummaryDict.stage` rebuilds one)::
 
     >>> results = load_results("runs/demo")                  # doctest: +SKIP
     >>> results.baseline.refusal.rate                        # doctest: +SKIP
     0.95
-    >>> [(g.layer, g.refusal.rate) for g in results.gating]  # doctest: +SKIP
+    >>> [(g.layer, g.refusal_rate) for g in results.gating]  # doctest: +SKIP
     >>> results.stage("eval").persona.refusal.ci             # doctest: +SKIP
 
 The objects are plain ``dict`` and ``list`` underneath: ``results["gating"][0]["layer"]``
@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 
 from persona_refusal.formatting import fmt, rate_text
 
-__all__ = ["GatingResults", "RefusalResults", "SummaryDict", "Record", "RecordList", "typed", "stage_keys", "HEADER_KEYS"]
+__all__ = ["GatingResults", "RefusalResults", "SummaryDict", "Record", "RecordList", "typed", "stage_keys",
+           "HEADER_KEYS"]
 
 HEADER_KEYS = ("schema", "model", "config", "resolved_layers", "prompt_sets", "judge", "randomness",
                "refusal_baseline", "run_info")
