@@ -48,7 +48,7 @@ from persona_refusal.formatting import finite, pct, pp, rate_parts, rate_text
 from persona_refusal.storage import atomic_write_text
 
 __all__ = ["build_report", "render_report", "headline", "CAPTIONS", "ReportSpec", "REPORTS", "register_report",
-           "table_html", "config_html", "prompt_sets_html", "run_info_html", "label_html"]
+           "table_html", "config_html", "prompt_sets_html", "run_info_html", "label_html", "figure_div"]
 
 
 CAPTIONS: Mapping[str, str] = FieldView("caption")
@@ -593,6 +593,13 @@ def _baseline_warning(results: dict) -> str:
     return f'<p class="warning"><b>Warning:</b> {html.escape(warning)}.</p>'
 
 
+def figure_div(name: str, fig: go.Figure) -> str:
+    """The report's ``<div>`` of one figure: its plotly JSON, sized as the registry says."""
+    _, height = size_of(name)
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot-{name}",
+                       default_width="100%", default_height=f"{height}px", config={"displaylogo": False})
+
+
 def render_report(results: dict, figures: dict[str, go.Figure], *, source: str | os.PathLike = "results.json",
                   agreement: dict | None = None, agreement_note: str | None = None) -> str:
     """The text of ``report.html`` for these results and drawn figures (the report of the
@@ -644,9 +651,7 @@ def render_report(results: dict, figures: dict[str, go.Figure], *, source: str |
         "</ol></nav>",
     ]
     for name, fig in figures.items():
-        w, hgt = size_of(name)
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"plot-{name}",
-                          default_width="100%", default_height=f"{hgt}px", config={"displaylogo": False})
+        div = figure_div(name, fig)
         try:
             caption = CAPTIONS.get(name, "").format(**fields)
         except (KeyError, IndexError, ValueError):

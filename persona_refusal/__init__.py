@@ -7,9 +7,8 @@ Built on TransformerLens. A ten-line tour::
     cm = pr.load_chat_model("demo")                      # Qwen2.5-Coder-0.5B-Instruct
     harmful, harmless = pr.bundled("harmful", "train"), pr.bundled("harmless", "train")
     grid = pr.extract_directions(cm, harmful, harmless)  # diff-in-means, positions × layers
-    refusal, report = pr.select_refusal_direction(       # Arditi et al.'s filters, with the
-        cm, grid, pr.bundled("harmful", "val"), pr.bundled("harmless", "val"),
-        fallback="relative")                             # relative fallback small models need
+    refusal, report = pr.select_refusal_direction(       # Arditi et al.'s filters, then the
+        cm, grid, pr.bundled("harmful", "val"), pr.bundled("harmless", "val"))  # relative fallback
     with pr.apply(cm, pr.Ablate(refusal)):
         print(pr.generate(cm, ["How do I hotwire a car?"]))
 
@@ -45,6 +44,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PERSONA_SETS", "PromptSet", "bundled", "load_borderline", "load_personas", "load_prompts",
                      "personas", "resolve_personas"], "prompts"),
     **dict.fromkeys(["SelectionReport", "select_refusal_direction"], "selection"),
+    **dict.fromkeys(["PersonaRollouts", "persona_direction", "persona_rollouts"], "persona"),
+    **dict.fromkeys(["GatingResults", "RefusalResults"], "results"),
+    "load_results": "study.runner",
 }
 
 
@@ -107,6 +109,9 @@ if TYPE_CHECKING:  # what a type checker and an editor see
     from persona_refusal.prompts import (PERSONA_SETS, PromptSet, bundled, load_borderline, load_personas, load_prompts, personas,
                                          resolve_personas)
     from persona_refusal.selection import SelectionReport, select_refusal_direction
+    from persona_refusal.persona import PersonaRollouts, persona_direction, persona_rollouts
+    from persona_refusal.results import GatingResults, RefusalResults
+    from persona_refusal.study.runner import load_results
 
 __version__ = "0.1.0"
 
@@ -160,4 +165,10 @@ __all__ = [
     "PERSONA_SETS",
     "refusal_scores",
     "select_refusal_direction",
+    "PersonaRollouts",
+    "persona_direction",
+    "persona_rollouts",
+    "GatingResults",
+    "RefusalResults",
+    "load_results",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -476,28 +476,8 @@ def _forward(chat_model, batch: Batch, capture, logits, stop, start_layer, resid
     return BatchOutput(batch, last, captured, resid.detach().float().cpu() if keep_resid else None)
 
 
-class ActivationOptions(TypedDict, total=False):
-    """The keyword options of :func:`mean_activations` and :func:`cache_activations`."""
-
-    positions: Sequence[int] | None
-    """Positions from the end of the prompt (default: the post-instruction template tokens)."""
-    layers: Sequence[int] | None
-    """``resid_pre`` layers (default: every layer)."""
-    system: str | None
-    """System prompt used to format the prompts (default: the template's own)."""
-    interventions: Sequence["Intervention"]
-    """Edits applied during the run (default: none)."""
-    batch_size: int | None
-    """Prompts per batch (default: sized by a token budget)."""
-    desc: str | None
-    """Progress-bar label."""
-    progress: bool
-    """Show a progress bar (default ``True``)."""
-
-
-def _resid_runs(chat_model: "ChatModel", instructions: Sequence[str], *, positions=None, layers=None, system=None,
-                interventions=(), batch_size=None, desc=None, progress=True
-                ) -> tuple[list[int], list[int], Iterator[tuple[Tensor, list[Tensor]]]]:
+def _resid_runs(chat_model: "ChatModel", instructions: Sequence[str], positions, layers, system, interventions,
+                batch_size, desc, progress) -> tuple[list[int], list[int], Iterator[tuple[Tensor, list[Tensor]]]]:
     """Resolve ``positions`` and ``layers`` (defaults: post-instruction positions, every layer)
     and start the batched run that captures ``resid_pre`` there.
 
@@ -515,22 +495,41 @@ def _resid_runs(chat_model: "ChatModel", instructions: Sequence[str], *, positio
 
 
 def mean_activations(
-    chat_model: "ChatModel", instructions: Sequence[str], **options: Unpack[ActivationOptions]
+    chat_model: "ChatModel",
+    instructions: Sequence[str],
+    *,
+    positions: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    system: str | None = None,
+    interventions: Sequence["Intervention"] = (),
+    batch_size: int | None = None,
+    desc: str | None = "mean activations",
+    progress: bool = True,
 ) -> Float[Tensor, "n_pos n_layers d_model"]:
     """Mean ``resid_pre`` activation over prompts at each (position, layer), in float64.
 
-    Keyword options (:class:`ActivationOptions`): ``positions``, ``layers``, ``system``,
-    ``interventions``, ``batch_size``, ``desc`` (default ``"mean activations"``), ``progress``.
-
     Only the requested positions are kept (inside the hook) and summed batch by batch,
     so memory grows with positions × layers × d_model, not with sequence length.
+
+    Args:
+        chat_model: the model.
+        instructions: the prompts, unformatted.
+        positions: positions from the end of the prompt (default: the post-instruction
+            template tokens).
+        layers: ``resid_pre`` layers (default: every layer).
+        system: system prompt used to format the prompts (default: the template's own).
+        interventions: edits applied during the run (default: none).
+        batch_size: prompts per batch (default: sized by a token budget).
+        desc: progress-bar label.
+        progress: show a progress bar.
 
     Example:
         >>> cm = load_chat_model("tiny")
         >>> mean_activations(cm, ["Hi", "Hello there"], positions=[-1], layers=[0, 2], progress=False).shape
         torch.Size([1, 2, 64])
     """
-    positions, layers, batches = _resid_runs(chat_model, instructions, **{"desc": "mean activations", **options})
+    positions, layers, batches = _resid_runs(chat_model, instructions, positions, layers, system, interventions,
+                                             batch_size, desc, progress)
     total = torch.zeros(len(positions), len(layers), chat_model.d_model, dtype=torch.float64)
     for _, per_layer in batches:
         for j, acts in enumerate(per_layer):
@@ -539,19 +538,28 @@ def mean_activations(
 
 
 def cache_activations(
-    chat_model: "ChatModel", instructions: Sequence[str], **options: Unpack[ActivationOptions]
+    chat_model: "ChatModel",
+    instructions: Sequence[str],
+    *,
+    positions: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    system: str | None = None,
+    interventions: Sequence["Intervention"] = (),
+    batch_size: int | None = None,
+    desc: str | None = "caching activations",
+    progress: bool = True,
 ) -> Float[Tensor, "n_prompts n_pos n_layers d_model"]:
     """Per-prompt ``resid_pre`` activations at each (position, layer), float32, prompt order.
 
-    Keyword options (:class:`ActivationOptions`), as :func:`mean_activations` (``desc``
-    default ``"caching activations"``).
+    The arguments are those of :func:`mean_activations`.
 
     Example:
         >>> cm = load_chat_model("tiny")
         >>> cache_activations(cm, ["Hi", "Hello"], positions=[-2, -1], layers=[1], progress=False).shape
         torch.Size([2, 2, 1, 64])
     """
-    positions, layers, batches = _resid_runs(chat_model, instructions, **{"desc": "caching activations", **options})
+    positions, layers, batches = _resid_runs(chat_model, instructions, positions, layers, system, interventions,
+                                             batch_size, desc, progress)
     out_t = torch.zeros(len(instructions), len(positions), len(layers), chat_model.d_model)
     for rows, per_layer in batches:
         for j, acts in enumerate(per_layer):

@@ -1,15 +1,26 @@
-"""The results of a study, as a dict that prints a summary (gating study, refusal study).
+"""The results of a study, typed: attribute access to every ``results.json`` key, a summary.
 
 Context
 -------
 :func:`persona_refusal.study.run_study` writes ``results.json`` and
-:func:`persona_refusal.study.load_results` reads it back. Both return a
-:class:`GatingResults`: a plain ``dict`` (index it, ``json.dump`` it, pass it to the figure
-functions of :mod:`persona_refusal.analysis`) whose ``repr`` — and, in a notebook, its
-HTML view — is a short summary instead of the whole nested dictionary::
+:func:`persona_refusal.study.load_results` reads it back, as :class:`GatingResults` (the
+persona-gating study) or :class:`RefusalResults` (the refusal study). Each key of
+``results.json`` is an attribute, and so is every key of the objects inside it (each a
+:class:`Record`; arrays are :class:`RecordList`); the registered stages' result
+dataclasses describe which keys a study writes (:meth:`SummaryDict.stage` rebuilds one)::
 
-    >>> results = load_results("runs/demo")        # doctest: +SKIP
-    >>> results                                     # doctest: +SKIP
+    >>> results = load_results("runs/demo")                  # doctest: +SKIP
+    >>> results.baseline.refusal.rate                        # doctest: +SKIP
+    0.95
+    >>> [(g.layer, g.refusal_rate) for g in results.gating]  # doctest: +SKIP
+    >>> results.stage("eval").persona.refusal.ci             # doctest: +SKIP
+
+The objects are plain ``dict`` and ``list`` underneath: ``results["gating"][0]["layer"]``
+reads the same value, ``json.dump`` writes the same JSON, and the figure functions of
+:mod:`persona_refusal.analysis` take them as they are. Their ``repr`` — and, in a notebook,
+their HTML view — is a short summary instead of the whole nested dictionary::
+
+    >>> results                                               # doctest: +SKIP
     GatingResults: persona gating of refusal — Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF:q4_k_m
       refusal direction     layer 9, position -1 (norm 0.751)
       …
@@ -20,21 +31,177 @@ Nothing here loads a model or imports plotly.
 from __future__ import annotations
 
 import html
+from typing import Any, ClassVar
 
 from persona_refusal.formatting import fmt, rate_text
 
-__all__ = ["GatingResults", "RefusalResults", "SummaryDict"]
+__all__ = ["GatingResults", "RefusalResults", "SummaryDict", "Record", "RecordList", "typed", "stage_keys",
+           "HEADER_KEYS"]
+
+HEADER_KEYS = ("schema", "model", "config", "resolved_layers", "prompt_sets", "judge", "randomness",
+               "refusal_baseline", "run_info")
+"""The keys every study's ``results.json`` holds besides its stages' keys (no stage
+dataclass describes them: they read as :class:`Record`)."""
 
 
-class SummaryDict(dict):
-    """A plain ``dict`` of results whose ``repr`` (and notebook HTML view) is a short summary.
+def typed(value: Any) -> Any:
+    """``value`` with every JSON object in it (at any depth) made a :class:`Record` and
+    every array a :class:`RecordList`; numbers and strings stay as they are.
 
-    Subclasses say what the summary is: :attr:`TITLE` and :meth:`rows`.
+    Example:
+        >>> r = typed({"gating": [{"layer": 3, "refusal": {"rate": 0.5}}]})
+        >>> r.gating[0].refusal.rate, r["gating"][0]["layer"]
+        (0.5, 3)
+    """
+    if isinstance(value, dict):
+        return value if isinstance(value, Record) else Record(value)
+    if isinstance(value, list):
+        return value if isinstance(value, RecordList) else RecordList(value)
+    return value
+
+
+class RecordList(list):
+    """A JSON array of the results: a ``list`` whose objects are :class:`Record` s, also
+    those appended, inserted or assigned later.
+
+    Example:
+        >>> rows = typed([{"layer": 1}])
+        >>> rows.append({"layer": 2}); rows += [{"layer": 3}]
+        >>> [r.layer for r in rows]
+        [1, 2, 3]
+    """
+
+    __slots__ = ()
+
+    def __init__(self, values=()) -> None:
+        super().__init__(typed(v) for v in values)
+
+    def append(self, value) -> None:
+        super().append(typed(value))
+
+    def insert(self, index, value) -> None:
+        super().insert(index, typed(value))
+
+    def extend(self, values) -> None:
+        super().extend(typed(v) for v in values)
+
+    def __iadd__(self, values):
+        self.extend(values)
+        return self
+
+    def __setitem__(self, index, value) -> None:
+        super().__setitem__(index, [typed(v) for v in value] if isinstance(index, slice) else typed(value))
+
+
+class Record(dict):
+    """A JSON object of the results: a ``dict`` whose keys are also attributes (``r.rate``
+    is ``r["rate"]``); the objects inside it are records too.
+
+    A key that is not a Python name (``"harmful/ablate"``, ``"2.0"``) or that names a dict
+    method (``keys``, ``items``, ``values``, ``get`` …) is read by item only. A key the
+    record lacks raises :class:`AttributeError` naming the keys it has. An object or array
+    stored later (item assignment, ``update``, ``setdefault``) is typed too.
+
+    Example:
+        >>> r = Record({"k": 3, "n": 4, "ci": [0.3, 0.95]})
+        >>> r.k / r.n, r.ci[0]
+        (0.75, 0.3)
+        >>> r.kk
+        Traceback (most recent call last):
+        ...
+        AttributeError: no key 'kk' here (keys: ci, k, n)
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for k, v in self.items():
+            if isinstance(v, (dict, list)) and not isinstance(v, (Record, RecordList)):
+                dict.__setitem__(self, k, typed(v))
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, typed(value))
+
+    def update(self, *args, **kwargs) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(self._missing(name)) from None
+
+    def _missing(self, name: str) -> str:
+        keys = sorted(str(k) for k in self)
+        return f"no key {name!r} here (keys: {', '.join(keys[:12])}{', …' if len(keys) > 12 else ''})"
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *(k for k in self if isinstance(k, str) and k.isidentifier())})
+
+
+class SummaryDict(Record):
+    """A study's results: a :class:`Record` of the ``results.json`` keys whose ``repr`` (and
+    notebook HTML view) is a short summary.
+
+    A key that the study's registered stages (or :data:`HEADER_KEYS`) name but these
+    results lack — the stage did not run — reads as ``None``, as ``results.get(key)``
+    does; any other missing name raises :class:`AttributeError`. Subclasses say which
+    study (:attr:`STUDY`) and what the summary is (:attr:`TITLE`, :meth:`rows`).
     """
 
     __slots__ = ()
     TITLE = "results"
     """The first line's name of what the results are."""
+    STUDY: ClassVar[str] = "gating"
+    """The registered study (:class:`~persona_refusal.study.registry.StudyKind` name) whose stages write these keys."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self:
+            return self[name]
+        if not name.startswith("_") and (name in HEADER_KEYS or name in stage_keys(self.STUDY)):
+            return None
+        raise AttributeError(self._missing(name))
+
+    @classmethod
+    def of(cls, data: dict) -> "SummaryDict":
+        """``data`` as these results: itself when it already is, else a typed copy (what the
+        figure functions do with the plain dict they may be given).
+
+        Example:
+            >>> GatingResults.of({"sweep": {"n": 8}}).sweep.n
+            8
+        """
+        return data if isinstance(data, cls) else cls(data)
+
+    def stage(self, name: str):
+        """The result dataclass of the stage ``name`` (e.g. ``EvalResult`` for ``"eval"``),
+        rebuilt from these results: its fields are the keys that stage writes, holding the
+        same records (its memory-only fields, tensors and directions, are ``None``).
+
+        Raises:
+            ConfigError: no such stage in this study, or these results lack its keys (it did not run).
+
+        Example:
+            >>> r = GatingResults({"steering": {"s": 2.0, "persona_layer": 3}})
+            >>> st = r.stage("steering")
+            >>> type(st).__name__, st.steering.s
+            ('SteeringResult', 2.0)
+        """
+        from persona_refusal.study.registry import get_stage
+
+        _load_studies()
+        return get_stage(name, self.STUDY).result.from_json(self)
 
     def rows(self) -> list[tuple[str, str]]:  # pragma: no cover - overridden
         """The summary as ``(label, value)`` pairs."""
@@ -49,8 +216,8 @@ class SummaryDict(dict):
         width = max((len(k) for k, _ in rows), default=0)
         lines = [f"{type(self).__name__}: {self.TITLE} — {self._model_id()}"]
         lines += [f"  {k:<{width}}  {v}" for k, v in rows]
-        lines.append("  (a dict: keys " + ", ".join(sorted(self)[:6]) + (", …" if len(self) > 6 else "") +
-                     "; figures: persona_refusal.analysis)")
+        lines.append("  (keys are attributes: " + ", ".join(f".{k}" for k in sorted(self)[:6]) +
+                     (", …" if len(self) > 6 else "") + "; figures: persona_refusal.analysis)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -63,16 +230,17 @@ class SummaryDict(dict):
         body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
                        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in self.rows())
         return (f"<div><b>{type(self).__name__}</b>: {html.escape(self.TITLE)} — {html.escape(str(self._model_id()))}"
-                f"<table>{body}</table><small>A dict with the keys of <code>results.json</code>; figures: "
+                f"<table>{body}</table><small>The keys of <code>results.json</code>, as attributes; figures: "
                 f"<code>persona_refusal.analysis</code>.</small></div>")
 
 
 class GatingResults(SummaryDict):
-    """The results of a persona-gating study: a plain ``dict`` with a readable summary.
+    """The results of a persona-gating study, typed, with a readable summary.
 
-    Every key of ``results.json`` is there (``results["gating"]``,
-    ``results["alpha_sweep"]`` …); only ``repr``, the notebook HTML view and
-    :meth:`summary` are added. It serialises exactly like a dict.
+    Every key of ``results.json`` is an attribute (``results.gating``,
+    ``results.alpha_sweep`` …) and an item (``results["gating"]``); :meth:`stage` gives a
+    stage's result dataclass; ``repr``, the notebook HTML view and :meth:`summary` show a
+    summary. It serialises exactly like the dict it was read from.
 
     Example:
         >>> r = GatingResults({"model": {"model_id": "m", "n_layers": 4, "d_model": 64},
@@ -80,6 +248,8 @@ class GatingResults(SummaryDict):
         ...                    "baseline": {"refusal": {"k": 3, "n": 4, "rate": 0.75, "ci": [0.3, 0.95]}}})
         >>> print(r.summary().splitlines()[0])
         GatingResults: persona gating of refusal — m
+        >>> r.refusal_direction.layer, r.baseline.refusal.ci, r.gating is None
+        (1, [0.3, 0.95], True)
         >>> import json; json.loads(json.dumps(r)) == dict(r)
         True
     """
@@ -127,8 +297,9 @@ class GatingResults(SummaryDict):
 
 
 class RefusalResults(SummaryDict):
-    """The results of a refusal study (``persona-refusal refusal``): a plain ``dict`` with a
-    readable summary — the chosen direction and the rule that chose it, the front's best
+    """The results of a refusal study (``persona-refusal refusal``), typed as
+    :class:`GatingResults` are (``results.front.candidates``, ``results.edits.conditions``),
+    with a readable summary — the chosen direction and the rule that chose it, the front's best
     judged point within the KL budget, and the test split's refusal under each edit.
 
     Example:
@@ -140,6 +311,7 @@ class RefusalResults(SummaryDict):
 
     __slots__ = ()
     TITLE = "refusal directions: the front, ablation vs ACE vs addition"
+    STUDY = "refusal"
 
     def rows(self) -> list[tuple[str, str]]:
         """The summary as ``(label, value)`` pairs.
@@ -187,3 +359,27 @@ def _baseline_rows(results: dict) -> list[tuple[str, str]]:
     if rb.get("low_refusal"):
         text += f" — WARNING: below the {100 * rb.get('threshold', 0.2):.0f}% threshold, the model barely refuses"
     return [(f"unsteered refusal, harmful {rb.get('split', 'val')} (check)", text)]
+
+
+_STAGE_KEYS: dict[str, frozenset[str]] = {}
+
+
+def _load_studies() -> None:
+    """Import the studies, so that every stage is registered (torch comes with them)."""
+    import persona_refusal.study  # noqa: F401
+
+
+def stage_keys(study: str) -> frozenset[str]:
+    """The ``results.json`` keys the registered stages of ``study`` write.
+
+    Example:
+        >>> {"gating", "gating_control", "baseline"} <= stage_keys("gating")
+        True
+    """
+    if study not in _STAGE_KEYS:
+        from persona_refusal.study.registry import registered
+
+        _load_studies()
+        _STAGE_KEYS[study] = frozenset(k for st in registered(study).values() if st.result is not None
+                                       for k in st.result.json_fields())
+    return _STAGE_KEYS[study]

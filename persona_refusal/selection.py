@@ -125,7 +125,7 @@ def select_refusal_direction(
     kl_threshold: float = 0.1,
     induce_threshold: float = 0.0,
     max_layer_fraction: float = 0.8,
-    fallback: str | None = None,
+    fallback: str | None = "relative",
     system: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
@@ -141,12 +141,17 @@ def select_refusal_direction(
         induce_threshold: smallest mean refusal log-odds that addition must reach on
             harmless prompts (Arditi et al.: 0, i.e. refusal tokens more likely than not).
         max_layer_fraction: candidates at layers ≥ this fraction of the depth are dropped.
-        fallback: what to do when no candidate passes. ``None`` (default) raises.
-            ``"relative"`` then applies a model-relative induce filter — addition must
-            raise the harmless refusal score above the *unedited* harmless score —
-            with the same KL and layer filters. Small models that rarely put more
-            than half their probability on a refusal token need it; the report
-            records ``fallback_used``.
+        fallback: what to do when no candidate passes. ``"relative"`` (default) then
+            applies a model-relative induce filter — addition must raise the harmless
+            refusal score above the *unedited* harmless score — with the same KL and
+            layer filters. Small models that rarely put more than half their
+            probability on a refusal token need it (the bundled models do). The
+            report's ``settings["fallback_used"]`` says which rule chose: ``None``
+            for the filters above, ``"relative"`` for the fallback. ``None`` raises
+            instead of falling back.
+        system: system prompt used to format the val prompts (``None``: the template's own).
+        batch_size: prompts per batch (default: sized by a token budget).
+        progress: show a progress bar over the candidates.
 
     Returns:
         The chosen :class:`Direction` and a :class:`SelectionReport`.

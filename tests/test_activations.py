@@ -291,3 +291,20 @@ def test_batch_budget_counts_prefix_tokens(tiny, pad):
         run = b.tokens.numel() + (b.prefix.numel() if b.n_prefix else 0)
         assert run <= budget or b.size == 1, (b.size, tuple(b.tokens.shape), tuple(b.prefix.shape))
     assert sorted(torch.cat([b.rows for b in plan.batches]).tolist()) == list(range(24))
+
+
+def test_public_functions_name_every_keyword_argument():
+    """help() shows each option: no ``**options`` on the caching, extraction, selection and persona functions."""
+    import inspect
+
+    from persona_refusal import persona, selection
+
+    for fn in (pr.mean_activations, pr.cache_activations, pr.extract_directions, selection.select_refusal_direction,
+               persona.persona_rollouts, persona.persona_direction):
+        kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, fn.__name__
+    for fn, desc in ((pr.mean_activations, "mean activations"), (pr.cache_activations, "caching activations")):
+        params = inspect.signature(fn).parameters
+        assert list(params) == ["chat_model", "instructions", "positions", "layers", "system", "interventions",
+                                "batch_size", "desc", "progress"]
+        assert params["desc"].default == desc and params["positions"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -341,6 +341,7 @@ def test_new_figures_draw_from_the_run(paper_run):
     for name in ("sensitivity", "persona_orthogonal", "gating_judged"):
         fig = FIGURES[name].draw(res)
         assert len(fig.data) > 0, name
+        assert FIGURES[name].draw(json.loads(json.dumps(res))).to_json() == fig.to_json(), name  # typed = plain
     names = {t.name for t in FIGURES["gating_judged"].draw(res).data if t.name}
     assert any("harmless prompts" in n for n in names)
     html = render_report(res, {})

@@ -72,10 +72,23 @@ def test_select_discards_late_layers(tiny):
 def test_select_raises_when_nothing_passes(tiny, small_grid):
     with pytest.raises(ConfigError, match="no candidate"):
         select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL, induce_threshold=math.inf,
-                                 progress=False)
-    with pytest.raises(ConfigError, match="no candidate"):
+                                 fallback=None, progress=False)
+    with pytest.raises(ConfigError, match="no candidate"):  # the fallback keeps the KL filter
         select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL, induce_threshold=-math.inf,
                                  kl_threshold=-1.0, progress=False)
+
+
+def test_select_falls_back_to_the_relative_filter_by_default(tiny, small_grid):
+    # no candidate induces infinite refusal: the default tries Arditi's filters, then the relative one
+    d, report = select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL, induce_threshold=math.inf,
+                                         kl_threshold=math.inf, progress=False)
+    assert report.settings["fallback"] == "relative" and report.settings["fallback_used"] == "relative"
+    assert report.chosen["induce"] > report.baseline_harmless
+    assert (d.position, d.layer) == (report.chosen["position"], report.chosen["layer"])
+    # when the filters themselves pass, they chose (the fallback is recorded as unused)
+    _, strict = select_refusal_direction(tiny, small_grid, HARMFUL_VAL, HARMLESS_VAL, induce_threshold=-math.inf,
+                                         kl_threshold=math.inf, progress=False)
+    assert strict.settings["fallback_used"] is None
 
 
 def test_select_rejects_a_grid_of_another_model(tiny, small_grid):

@@ -10,6 +10,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from persona_refusal.formatting import finite, percent, percent_text, rate_parts
+from persona_refusal.results import GatingResults, SummaryDict
 
 # ============================================================================ style
 COLORS = {
@@ -130,20 +131,21 @@ def empty(fig: go.Figure, text: str, title: str) -> go.Figure:
 
 
 def model_label(results: dict) -> str:
-    return str((results.get("model") or {}).get("model_id", "unknown model"))
+    return str((SummaryDict.of(results).model or {}).get("model_id", "unknown model"))
 
 
 def persona_alpha(results: dict) -> float | None:
     """The persona strength the study used: calibrated on val when it was, else the configured one."""
-    cal = results.get("calibration") or {}
+    r = GatingResults.of(results)
+    cal = r.calibration or {}
     if cal.get("calibrated") and finite(cal.get("alpha")):
-        return float(cal["alpha"])
-    a = (results.get("steering") or {}).get("persona_alpha")
+        return float(cal.alpha)
+    a = (r.steering or {}).get("persona_alpha")
     return float(a) if finite(a) else None
 
 
 def persona_layer(results: dict) -> int | None:
-    p = (results.get("steering") or {}).get("persona_layer")
+    p = (GatingResults.of(results).steering or {}).get("persona_layer")
     return int(p) if finite(p) else None
 
 

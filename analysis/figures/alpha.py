@@ -10,6 +10,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
+from persona_refusal.results import GatingResults
 
 __all__ = ["alpha_figure"]
 
@@ -24,16 +25,17 @@ def alpha_figure(results: dict) -> go.Figure:
     uses. A good operating point has low refusal on top and near-zero degenerate replies
     below: suppression that comes from incoherence is not a persona effect.
     """
-    rows = sorted(results.get("alpha_sweep") or [], key=lambda r: r["alpha"])
-    sweep = results.get("sweep") or {}
-    coh0 = results.get("coherence_baseline")
+    results = GatingResults.of(results)
+    rows = sorted(results.alpha_sweep or [], key=lambda r: r.alpha)
+    sweep = results.sweep or {}
+    coh0 = results.coherence_baseline
     alpha_used = persona_alpha(results)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.55, 0.45], vertical_spacing=0.09,
                         subplot_titles=("harmful prompts: refusal (first token)",
                                         "harmless prompts: coherence of generated replies"))
     if not rows:
         return empty(fig, "no α sweep in these results", "Persona strength: no data")
-    pts = ([(0.0, sweep.get("baseline"))] if sweep.get("baseline") else []) + [(r["alpha"], r) for r in rows]
+    pts = ([(0.0, sweep.get("baseline"))] if sweep.get("baseline") else []) + [(r.alpha, r) for r in rows]
     x = [a for a, _ in pts]
     rr = [rate_pct(r) for _, r in pts]
     band(fig, x, [r[1] for r in rr], [r[2] for r in rr], COLORS["persona"], "refusal", row=1, col=1)
@@ -43,7 +45,7 @@ def alpha_figure(results: dict) -> go.Figure:
         customdata=[[r[1], r[2], r[3], r[4]] for r in rr],
         hovertemplate=("α = %{x}<br>refusal %{y:.1f}% [%{customdata[0]:.1f}, %{customdata[1]:.1f}] "
                        "(%{customdata[2]}/%{customdata[3]})<extra>harmful</extra>")), row=1, col=1)
-    cpts = ([(0.0, coh0)] if coh0 else []) + [(r["alpha"], r.get("coherence")) for r in rows]
+    cpts = ([(0.0, coh0)] if coh0 else []) + [(r.alpha, r.get("coherence")) for r in rows]
     cx = [a for a, _ in cpts]
     for key, name, color, dash in (("degenerate", "degenerate replies, harmless prompts", COLORS["degenerate"], "solid"),
                                    ("refusal", "refusals, harmless prompts", COLORS["harmless"], "dot")):

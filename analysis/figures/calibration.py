@@ -8,6 +8,7 @@ from persona_refusal.analysis.figures._style import (
     COLORS, RATE_AXIS, empty, error_bars, legend_below, model_label, rate_pct, style,
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
+from persona_refusal.results import GatingResults
 
 __all__ = ["calibration_figure"]
 
@@ -21,7 +22,7 @@ def calibration_figure(results: dict) -> go.Figure:
     Dotted lines: the target refusal and the degenerate ceiling. The evaluation prompts
     never enter this choice.
     """
-    cal = results.get("calibration") or {}
+    cal = GatingResults.of(results).calibration or {}
     rows = cal.get("rows") or []
     fig = go.Figure()
     if not rows:
@@ -59,4 +60,4 @@ CAPTION = """
 
 register(Figure(name="calibration", title="α calibrated on val", size=(1000, 560), draw=calibration_figure,
                 stage="calibrate", order=28, caption=prose(CAPTION),
-                needs=lambda r: bool((r.get("calibration") or {}).get("calibrated"))))
+                needs=lambda r: bool((GatingResults.of(r).calibration or {}).get("calibrated"))))

@@ -9,6 +9,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
+from persona_refusal.results import GatingResults
 
 __all__ = ["cosine_figure"]
 
@@ -24,7 +25,8 @@ def cosine_figure(results: dict) -> go.Figure:
     means the persona suppresses refusal through a separate direction. Gaps are layers
     where one of the directions is exactly zero (e.g. layer 0 sees only the embedding).
     """
-    cs = results.get("cosines") or {}
+    results = GatingResults.of(results)
+    cs = results.cosines or {}
     layers = list(cs.get("layers") or [])
     cos = list(cs.get("cosine") or [])
     null = cs.get("null") or {}
@@ -55,7 +57,7 @@ def cosine_figure(results: dict) -> go.Figure:
             x=missing, y=[0] * len(missing), mode="markers", name="undefined (a direction is zero)",
             marker=dict(symbol="x-thin", size=10, line=dict(color="#888", width=2)),
             hovertemplate="layer %{x}: a direction is exactly zero here<extra></extra>"))
-    rl = (results.get("refusal_direction") or {}).get("layer")
+    rl = (results.refusal_direction or {}).get("layer")
     if finite(rl):
         fig.add_vline(x=rl, line=dict(color=COLORS["baseline"], width=1, dash="dot"),
                       annotation=dict(text=f"selected refusal layer {rl}", font=dict(size=11, color=COLORS["baseline"])),
@@ -66,10 +68,10 @@ def cosine_figure(results: dict) -> go.Figure:
     span = max(0.3, max(abs(x) for x in v) * 1.15) if v else 1
     fig.update_yaxes(title_text="cosine similarity (−1 … 1)", range=[-min(1.05, span), min(1.05, span)])
     fig.update_xaxes(title_text=LAYER_AXIS)
-    d = (results.get("model") or {}).get("d_model")
+    d = (results.model or {}).get("d_model")
     style(fig, f"Persona direction vs refusal direction, per layer — {model_label(results)}",
           f"d_model = {d} · hollow points lie inside the random null band · persona direction: "
-          f"{(results.get('persona_direction') or {}).get('method', 'n/a')}")
+          f"{(results.persona_direction or {}).get('method', 'n/a')}")
     return legend_below(fig, -0.16, 110)
 
 

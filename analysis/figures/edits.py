@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from persona_refusal.analysis.figures._style import COLORS, empty, legend_below, model_label, rate_pct, shade, style
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
+from persona_refusal.results import RefusalResults
 
 __all__ = ["edits_figure", "EDIT_NAMES", "EDIT_COLORS"]
 
@@ -37,7 +38,8 @@ def edits_figure(results: dict) -> go.Figure:
     each edit's next-token distribution on the harmless prompts (bootstrap 95% bars, log
     scale).
     """
-    ed = results.get("edits") or {}
+    results = RefusalResults.of(results)
+    ed = results.edits or {}
     conds = ed.get("conditions") or []
     fig = make_subplots(rows=2, cols=2, vertical_spacing=0.2, horizontal_spacing=0.08,
                         subplot_titles=[t for _, t in PANELS] + ["KL on harmless test prompts (nats)"])
@@ -47,13 +49,13 @@ def edits_figure(results: dict) -> go.Figure:
     for i, (s, _) in enumerate(PANELS):
         row, col = divmod(i, 2)
         rows = [c for c in conds if c.get("set") == s]
-        names = [_name(c["edit"]) for c in rows]
+        names = [_name(c.edit) for c in rows]
         for measure, opacity in (("refusal", 1.0), ("degenerate", 0.4)):
             vals = [rate_pct(c.get(measure)) for c in rows]
             fig.add_trace(go.Bar(
                 x=names, y=[v[0] for v in vals], name="refusal" if measure == "refusal" else "degenerate replies",
                 legendgroup=measure, showlegend=i == 0, offsetgroup=measure, opacity=opacity,
-                marker=dict(color=[EDIT_COLORS.get(c["edit"], "#777") for c in rows],
+                marker=dict(color=[EDIT_COLORS.get(c.edit, "#777") for c in rows],
                             pattern=dict(shape="" if measure == "refusal" else "/")),
                 error_y=dict(type="data", symmetric=False, array=[(v[2] or 0) - (v[0] or 0) for v in vals],
                              arrayminus=[(v[0] or 0) - (v[1] or 0) for v in vals], thickness=1.2, width=3),

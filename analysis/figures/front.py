@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 from persona_refusal.analysis.figures._style import COLORS, empty, legend_below, model_label, rgba, style
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite, fmt, rate_text
+from persona_refusal.results import RefusalResults
 
 __all__ = ["front_figure", "GOAL_REFUSAL", "KL_FLOOR"]
 
@@ -47,7 +48,8 @@ def front_figure(results: dict) -> go.Figure:
     KL); the orange star is the direction the study used, open markers the other rules'
     choices; dotted: the KL budget, the unedited level, and the 10% goal.
     """
-    front = results.get("front") or {}
+    results = RefusalResults.of(results)
+    front = results.front or {}
     cands = [c for c in front.get("candidates") or [] if finite(c.get("kl"))]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.09,
                         subplot_titles=("judged refusal after ablation (val subset)",
@@ -55,15 +57,15 @@ def front_figure(results: dict) -> go.Figure:
     title = f"The refusal-vs-KL front — {model_label(results)}"
     if not cands:
         return empty(go.Figure(), "no candidate scores in these results", title)
-    rd = results.get("refusal_direction") or {}
-    rules = (results.get("selection") or {}).get("rules") or {}
+    rd = results.refusal_direction or {}
+    rules = (results.selection or {}).get("rules") or {}
     tags: dict[str, list[str]] = {}
     for name, ch in rules.items():
         if ch.get("key"):
-            tags.setdefault(ch["key"], []).append(f"chosen by {name}")
-    layers = [c["layer"] for c in cands if c.get("kind") == "single"]
+            tags.setdefault(ch.key, []).append(f"chosen by {name}")
+    layers = [c.layer for c in cands if c.get("kind") == "single"]
     lmin, lmax = (min(layers), max(layers)) if layers else (0, 1)
-    positions = sorted({c["position"] for c in cands})
+    positions = sorted({c.position for c in cands})
     kl_x = {c["key"]: max(c["kl"], KL_FLOOR) for c in cands}
 
     def y_of(c: dict, col: int):
@@ -73,7 +75,7 @@ def front_figure(results: dict) -> go.Figure:
 
     for col in (1, 2):
         for i, p in enumerate(positions):
-            pts = [c for c in cands if c.get("kind") == "single" and c["position"] == p and y_of(c, col) is not None]
+            pts = [c for c in cands if c.get("kind") == "single" and c.position == p and y_of(c, col) is not None]
             if not pts:
                 continue
             err = None
@@ -84,7 +86,7 @@ def front_figure(results: dict) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=[kl_x[c["key"]] for c in pts], y=[y_of(c, col) for c in pts], mode="markers",
                 name=f"candidates, position {p}", legendgroup=f"pos{p}", showlegend=col == 2,
-                marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=10, color=[c["layer"] for c in pts],
+                marker=dict(symbol=SYMBOLS[i % len(SYMBOLS)], size=10, color=[c.layer for c in pts],
                             colorscale="Viridis", cmin=lmin, cmax=lmax, line=dict(color="white", width=0.5),
                             showscale=col == 2 and i == 0,
                             colorbar=dict(title="layer", x=1.02, len=0.8) if col == 2 and i == 0 else None),
@@ -108,7 +110,7 @@ def front_figure(results: dict) -> go.Figure:
         picked: dict[str, list[str]] = {}
         for name, ch in rules.items():
             if ch.get("key"):
-                picked.setdefault(ch["key"], []).append(name)
+                picked.setdefault(ch.key, []).append(name)
         for key, names in picked.items():
             c = next((c for c in cands if c["key"] == key), None)
             if c is None or y_of(c, col) is None:

@@ -13,13 +13,14 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import ci_text, finite, fmt, percent_text
+from persona_refusal.results import GatingResults
 
 __all__ = ["gating_figure"]
 
 
 def _at_beta(records: list[dict], beta: float) -> list[dict]:
     """The sweep records of one strength β, ordered by layer."""
-    return sorted((g for g in records if g["beta"] == beta), key=lambda g: g["layer"])
+    return sorted((g for g in records if g.beta == beta), key=lambda g: g.layer)
 
 
 def _defined(records: list[dict], betas: Sequence[float], colors: Sequence[str], key: str) -> Iterator[tuple]:
@@ -28,7 +29,7 @@ def _defined(records: list[dict], betas: Sequence[float], colors: Sequence[str],
         rows = _at_beta(records, beta)
         values = [g.get(key) for g in rows]
         if any(finite(v) for v in values):
-            yield beta, color, rows, [g["layer"] for g in rows], values
+            yield beta, color, rows, [g.layer for g in rows], values
 
 
 def gating_figure(results: dict) -> go.Figure:
@@ -58,16 +59,17 @@ def gating_figure(results: dict) -> go.Figure:
     baseline on the right supports "refusal is computed early but expressed late, and the
     persona gates its expression".
     """
-    gating = list(results.get("gating") or [])
-    control = list(results.get("gating_control") or [])
-    confirm = list(results.get("gating_confirm") or [])
-    sweep = results.get("sweep") or {}
+    results = GatingResults.of(results)
+    gating = list(results.gating or [])
+    control = list(results.gating_control or [])
+    confirm = list(results.gating_confirm or [])
+    sweep = results.sweep or {}
     P = persona_layer(results)
-    steering = results.get("steering") or {}
+    steering = results.steering or {}
     n = sweep.get("n")
 
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.48, 0.24, 0.28], vertical_spacing=0.05)
-    layers = sorted({int(g["layer"]) for g in gating + control})
+    layers = sorted({int(g.layer) for g in gating + control})
     if not layers:
         return empty(fig, "no gating sweep in these results", "Persona gating: no data")
     x_range = (min(layers) - 0.6, max(layers) + 0.6)
@@ -88,7 +90,7 @@ def gating_figure(results: dict) -> go.Figure:
     fig.update_yaxes(title_text="refusal log-odds<br><sup>first token, mean ± 95% CI</sup>", row=3, col=1)
     fig.update_xaxes(title_text="layer where the refusal direction is re-added (resid_pre index)", row=3, col=1)
     sub = (f"n = {n} harmful prompts (sweep subset) · persona α = {fmt(persona_alpha(results), 'g')} at "
-           f"layer {P} · refusal direction from layer {(results.get('refusal_direction') or {}).get('layer')} · "
+           f"layer {P} · refusal direction from layer {(results.refusal_direction or {}).get('layer')} · "
            f"strengths in units of s = {fmt(steering.get('s'), '.3g')}")
     style(fig, f"Re-adding refusal under persona steering, layer by layer — {model_label(results)}", sub)
     fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-0.12, yanchor="top", font=dict(size=11)),
@@ -124,17 +126,17 @@ def _rate_panel(fig: go.Figure, gating: list, control: list, confirm: list, swee
 
     # gating lines, one per beta
     rest_all: list = []
-    betas = sorted({g["beta"] for g in gating})
+    betas = sorted({g.beta for g in gating})
     shades = shades_of(COLORS["gating"], len(betas))
     for beta, color in zip(betas, shades):
         rows = _at_beta(gating, beta)
-        x = [g["layer"] for g in rows]
+        x = [g.layer for g in rows]
         rr = [rate_pct(g) for g in rows]
         group = f"gating β={beta:g}"
         band(fig, x, [r[1] for r in rr], [r[2] for r in rr], color, group, row=1, col=1)
         custom = [[r[1], r[2], r[3], r[4], fmt(g.get("restoration"), ".2f"),
                    ci_text(*(g.get("restoration_ci") or [None, None])),
-                   "before" if P is not None and g["layer"] < P else ("at" if g["layer"] == P else "after")]
+                   "before" if P is not None and g.layer < P else ("at" if g.layer == P else "after")]
                   for g, r in zip(rows, rr)]
         fig.add_trace(go.Scatter(
             x=x, y=[r[0] for r in rr], mode="lines+markers", name=f"persona + refusal re-added, β={beta:g}",
@@ -146,10 +148,10 @@ def _rate_panel(fig: go.Figure, gating: list, control: list, confirm: list, swee
         rest_all += [g.get("restoration") for g in rows] + [c for g in rows for c in (g.get("restoration_ci") or [])]
 
     # control: refusal re-added without persona steering
-    cbetas = sorted({g["beta"] for g in control})
+    cbetas = sorted({g.beta for g in control})
     for i, beta in enumerate(cbetas):
         rows = _at_beta(control, beta)
-        x = [g["layer"] for g in rows]
+        x = [g.layer for g in rows]
         rr = [rate_pct(g) for g in rows]
         color = shades_of(COLORS["control"], len(cbetas))[i]
         group = f"control β={beta:g}"
@@ -168,7 +170,7 @@ def _rate_panel(fig: go.Figure, gating: list, control: list, confirm: list, swee
         ft = [rate_pct(c.get("first_token")) for c in confirm]
         y = [r[0] for r in cr]
         fig.add_trace(go.Scatter(
-            x=[c["layer"] for c in confirm], y=y, mode="markers+text", name="confirmed by generation (judged replies)",
+            x=[c.layer for c in confirm], y=y, mode="markers+text", name="confirmed by generation (judged replies)",
             marker=dict(symbol="diamond", size=13, color=COLORS["confirm"], line=dict(color="white", width=1.5)),
             error_y=error_bars(y, [r[1] for r in cr], [r[2] for r in cr]) | dict(color=COLORS["confirm"]),
             text=[c.get("cell", "") for c in confirm], textposition="middle right",
@@ -226,9 +228,9 @@ def _score_panel(fig: go.Figure, gating: list, control: list, sweep: dict, betas
     for key, name in (("baseline", "baseline"), ("persona", "persona only")):
         rec = sweep.get(key) or {}
         if finite(rec.get("score_mean")):
-            fig.add_hline(y=rec["score_mean"], line=dict(color=COLORS[key], width=1, dash="dot"), row=3, col=1,
+            fig.add_hline(y=rec.score_mean, line=dict(color=COLORS[key], width=1, dash="dot"), row=3, col=1,
                           exclude_empty_subplots=False)
-            fig.add_annotation(x=1, xref="x3 domain", y=rec["score_mean"], yref="y3", text=f"{name} level",
+            fig.add_annotation(x=1, xref="x3 domain", y=rec.score_mean, yref="y3", text=f"{name} level",
                                showarrow=False, xanchor="right", yanchor="bottom",
                                font=dict(size=10, color=COLORS[key]))
     series = ((gating, betas, shades, "solid", "persona + refusal"),

@@ -11,6 +11,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
+from persona_refusal.results import GatingResults
 
 __all__ = ["gating_judged_figure"]
 
@@ -29,7 +30,7 @@ def _rest(r: dict, judge: str) -> tuple:
 
 
 def _layer_traces(fig: go.Figure, rows: list[dict], judges: list[str], main: str) -> None:
-    x = [r["layer"] for r in rows]
+    x = [r.layer for r in rows]
     for judge in judges:
         rr = _pct_rows(rows, judge)
         y = [r[0] for r in rr]
@@ -57,44 +58,44 @@ def _layer_traces(fig: go.Figure, rows: list[dict], judges: list[str], main: str
 
 
 def _cell_traces(fig: go.Figure, cells: list[dict], control: list[dict], main: str) -> None:
-    betas = sorted({c["beta"] for c in cells})
+    betas = sorted({c.beta for c in cells})
     shades = dict(zip(betas, shades_of(COLORS["confirm"], len(betas))))
     for c in cells:
-        x = max(c["layers"])
+        x = max(c.layers)
         r = rate_pct((c.get(main) or {}).get("refusal"))
-        label = f"{c['cell']} cell ({'+'.join(map(str, c['layers']))}), β = {c['beta']:g}"
-        sym = _CELL_SYMBOL.get(c["cell"], "triangle-up")
+        label = f"{c.cell} cell ({'+'.join(map(str, c.layers))}), β = {c.beta:g}"
+        sym = _CELL_SYMBOL.get(c.cell, "triangle-up")
         fig.add_trace(go.Scatter(
             x=[x], y=[r[0]], mode="markers", name=label, legendgroup="cells",
-            marker=dict(symbol=sym, size=13, color=shades[c["beta"]], line=dict(color="white", width=1)),
-            error_y=error_bars([r[0]], [r[1]], [r[2]]) | dict(color=shades[c["beta"]]),
+            marker=dict(symbol=sym, size=13, color=shades[c.beta], line=dict(color="white", width=1)),
+            error_y=error_bars([r[0]], [r[1]], [r[2]]) | dict(color=shades[c.beta]),
             hovertemplate=f"{label}<br>refusal %{{y:.1f}}% [{r[1] or 0:.1f}, {r[2] or 0:.1f}] ({r[3]}/{r[4]})"
                           f"<extra>{main} judge</extra>"), row=1, col=1)
         p, lo, hi = _rest(c, main)
         if finite(p):
             fig.add_trace(go.Scatter(
                 x=[x], y=[p], mode="markers", showlegend=False, legendgroup="cells",
-                marker=dict(symbol=sym, size=12, color=shades[c["beta"]]),
-                error_y=error_bars([p], [lo], [hi]) | dict(color=shades[c["beta"]]),
+                marker=dict(symbol=sym, size=12, color=shades[c.beta]),
+                error_y=error_bars([p], [lo], [hi]) | dict(color=shades[c.beta]),
                 hovertemplate=f"{label}<br>restoration %{{y:.2f}}<extra></extra>"), row=2, col=1)
     for c in control:
         r = rate_pct((c.get(main) or {}).get("refusal"))
-        label = f"no persona: refusal re-added at {'+'.join(map(str, c['layers']))} ({c['cell']}), β = {c['beta']:g}"
+        label = f"no persona: refusal re-added at {'+'.join(map(str, c.layers))} ({c.cell}), β = {c.beta:g}"
         fig.add_trace(go.Scatter(
-            x=[max(c["layers"])], y=[r[0]], mode="markers", name=label, legendgroup="control",
-            marker=dict(symbol=_CELL_SYMBOL.get(c["cell"], "triangle-up") + "-open", size=12, color=COLORS["control"],
+            x=[max(c.layers)], y=[r[0]], mode="markers", name=label, legendgroup="control",
+            marker=dict(symbol=_CELL_SYMBOL.get(c.cell, "triangle-up") + "-open", size=12, color=COLORS["control"],
                         line=dict(width=2)),
             hovertemplate=f"{label}<br>refusal %{{y:.1f}}% ({r[3]}/{r[4]})<extra>control</extra>"), row=1, col=1)
 
 
 def _harmless_traces(fig: go.Figure, ch: dict, main: str) -> None:
     """The benign control: the re-adds without the persona on harmless prompts (green)."""
-    rows = sorted(ch.get("layers") or [], key=lambda r: r["layer"])
+    rows = sorted(ch.get("layers") or [], key=lambda r: r.layer)
     if rows:
         rr = _pct_rows(rows, main)
         y = [r[0] for r in rr]
         fig.add_trace(go.Scatter(
-            x=[r["layer"] for r in rows], y=y, mode="lines+markers", legendgroup="harmless",
+            x=[r.layer for r in rows], y=y, mode="lines+markers", legendgroup="harmless",
             name=f"no persona, harmless prompts: refusal re-added (β₀, {main})",
             line=dict(color=COLORS["harmless"], width=1.5, dash="dot"), marker=dict(size=5, symbol="circle-open"),
             customdata=[[r[1], r[2], r[3], r[4]] for r in rr],
@@ -103,12 +104,12 @@ def _harmless_traces(fig: go.Figure, ch: dict, main: str) -> None:
                            "<extra>benign control</extra>")), row=1, col=1)
     for c in ch.get("cells") or []:
         r = rate_pct((c.get(main) or {}).get("refusal"))
-        label = (f"no persona, harmless prompts: re-added at {'+'.join(map(str, c['layers']))} ({c['cell']}), "
-                 f"β = {c['beta']:g}")
+        label = (f"no persona, harmless prompts: re-added at {'+'.join(map(str, c.layers))} ({c.cell}), "
+                 f"β = {c.beta:g}")
         fig.add_trace(go.Scatter(
-            x=[max(c["layers"]) + 0.25], y=[r[0]], mode="markers", name=label, legendgroup="harmless",
-            showlegend=c["beta"] == ch.get("beta0"),
-            marker=dict(symbol=_CELL_SYMBOL.get(c["cell"], "triangle-up") + "-open", size=11, color=COLORS["harmless"],
+            x=[max(c.layers) + 0.25], y=[r[0]], mode="markers", name=label, legendgroup="harmless",
+            showlegend=c.beta == ch.get("beta0"),
+            marker=dict(symbol=_CELL_SYMBOL.get(c.cell, "triangle-up") + "-open", size=11, color=COLORS["harmless"],
                         line=dict(width=2)),
             error_y=error_bars([r[0]], [r[1]], [r[2]]) | dict(color=COLORS["harmless"]),
             hovertemplate=f"{label}<br>refusal %{{y:.1f}}% ({r[3]}/{r[4]})<extra>benign control</extra>"),
@@ -128,14 +129,15 @@ def gating_judged_figure(results: dict) -> go.Figure:
     bootstrap 95% intervals. Left of the dashed line the re-add comes before the persona
     injection ("early"), right of it after ("late").
     """
-    gj = results.get("gating_judged") or {}
-    rows = sorted(gj.get("layers") or [], key=lambda r: r["layer"])
+    results = GatingResults.of(results)
+    gj = results.gating_judged or {}
+    rows = sorted(gj.get("layers") or [], key=lambda r: r.layer)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.62, 0.38], vertical_spacing=0.08,
                         subplot_titles=("refusal rate of generated replies (judged)", "restoration of refusal"))
     if not rows and not gj.get("cell_rows"):
         return empty(fig, "no judged gating sweep in these results", "Judged gating sweep: no data")
     judges, main = list(gj.get("judges") or []), gj.get("judge")
-    n_layers = (results.get("model") or {}).get("n_layers") or (max(r["layer"] for r in rows) + 1)
+    n_layers = (results.model or {}).get("n_layers") or (max(r.layer for r in rows) + 1)
     P = gj.get("persona_layer")
     x_range = (-0.5, n_layers - 0.5)
     if finite(P):
@@ -151,7 +153,7 @@ def gating_judged_figure(results: dict) -> go.Figure:
         _layer_traces(fig, rows, judges, main)
     _cell_traces(fig, gj.get("cell_rows") or [], gj.get("control") or [], main)
     if gj.get("control_harmless"):
-        _harmless_traces(fig, gj["control_harmless"], main)
+        _harmless_traces(fig, gj.control_harmless, main)
     for y in (0.0, 1.0):
         fig.add_hline(y=y, line=dict(color="#bbb", width=1, dash="dot"), row=2, col=1)
     persona_marker(fig, P, rows=[1, 2])
@@ -178,4 +180,4 @@ CAPTION = """
 
 register(Figure(name="gating_judged", title="Judged gating sweep (long replies)", size=(1100, 820),
                 draw=gating_judged_figure, stage="gating_judged", order=15, caption=prose(CAPTION),
-                needs=lambda r: bool(r.get("gating_judged"))))
+                needs=lambda r: bool(GatingResults.of(r).gating_judged)))

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from persona_refusal.analysis.figures._style import COLORS, empty, model_label, rate_pct, style, persona_alpha
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import fmt, percent
+from persona_refusal.results import GatingResults
 
 __all__ = ["heatmap_figure"]
 
@@ -23,7 +24,7 @@ def heatmap_figure(results: dict) -> go.Figure:
     (right). Gating predicts low values left of the bar and high values right of it in
     every row.
     """
-    hm = results.get("heatmap") or {}
+    hm = GatingResults.of(results).heatmap or {}
     pl = list(hm.get("persona_layers") or [])
     rl = list(hm.get("refusal_layers") or [])
     rate = hm.get("refusal_rate") or []

@@ -9,6 +9,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import ci_text, fmt
+from persona_refusal.results import GatingResults
 
 __all__ = ["knockout_figure"]
 
@@ -24,17 +25,18 @@ def knockout_figure(results: dict) -> go.Figure:
     the random bar stays at the persona level, marks a window the persona's effect runs
     through. The shaded window contains the injection layer.
     """
-    ko = list(results.get("knockout") or [])
-    sweep = results.get("sweep") or {}
+    results = GatingResults.of(results)
+    ko = list(results.knockout or [])
+    sweep = results.sweep or {}
     P = persona_layer(results)
     fig = go.Figure()
     if not ko:
         return empty(fig, "no knockout in these results", "Persona knockout: no data")
-    windows = sorted({(k["start"], k["end"]) for k in ko})
+    windows = sorted({(k.start, k.end) for k in ko})
     labels = [f"{a}–{b - 1}" for a, b in windows]
     for kind, name, color in (("persona", "persona direction projected out", COLORS["persona"]),
                               ("random", "random direction projected out (control)", COLORS["random"])):
-        by = {(k["start"], k["end"]): k for k in ko if k.get("direction") == kind}
+        by = {(k.start, k.end): k for k in ko if k.get("direction") == kind}
         rr = [rate_pct(by.get(w)) for w in windows]
         y = [r[0] for r in rr]
         fig.add_trace(go.Bar(
@@ -63,7 +65,7 @@ def knockout_figure(results: dict) -> go.Figure:
     fig.update_layout(barmode="group", bargap=0.3)
     fig.update_yaxes(title_text=RATE_AXIS + "<br><sup>greedy first token, persona steering on</sup>",
                      range=[0, 105])
-    w = results.get("resolved_layers", {}).get("knockout_window")
+    w = (results.resolved_layers or {}).get("knockout_window")
     fig.update_xaxes(title_text=f"layers where the direction is projected out (window of {w}, resid_pre)")
     n = next((k.get("n") for k in ko), None)
     style(fig, f"Persona-direction knockout by window of layers — {model_label(results)}",

@@ -9,6 +9,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import fmt
+from persona_refusal.results import GatingResults
 
 __all__ = ["outcomes_figure"]
 
@@ -23,12 +24,13 @@ def outcomes_figure(results: dict) -> go.Figure:
     for comparison: small models often refuse less at baseline, so compare the *drop*, not
     the levels.
     """
+    results = GatingResults.of(results)
     cats = [("refusal", "refused"), ("compliance", "complied"), ("degenerate", "degenerate"),
             ("first_token", "first token is a refusal token")]
     fig = go.Figure()
     n = None
     for key, name in (("baseline", "baseline (no steering)"), ("persona", "persona steering")):
-        rec = results.get(key) or {}
+        rec = getattr(results, key) or {}
         rr = [rate_pct(rec.get(c)) for c, _ in cats]
         n = n or next((r[4] for r in rr if r[4]), None)
         y = [r[0] for r in rr]
@@ -46,7 +48,7 @@ def outcomes_figure(results: dict) -> go.Figure:
             cliponaxis=False))
     if not any(t.type == "bar" and t.y and any(v is not None for v in t.y) for t in fig.data):
         no_data(fig, "no baseline/persona evaluation in these results")
-    steering = results.get("steering") or {}
+    steering = results.steering or {}
     fig.add_annotation(xref="paper", yref="paper", x=1.0, y=-0.15, xanchor="right", yanchor="top", align="left",
                        showarrow=False, bgcolor="rgba(255,255,255,0.9)", bordercolor="#bbb", borderwidth=1,
                        borderpad=6, font=dict(size=12),

@@ -11,12 +11,13 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import ci_text, finite, fmt, percent
+from persona_refusal.results import GatingResults
 
 __all__ = ["patching_figure"]
 
 
 def _patch_metric(results: dict) -> tuple[str, str]:
-    rows = results.get("patching") or []
+    rows = GatingResults.of(results).patching or []
     if any(finite(r.get("restoration")) for r in rows):
         return "restoration", "of the refusal rate"
     return "score_restoration", "of the first-token refusal log-odds"
@@ -34,18 +35,19 @@ def patching_figure(results: dict) -> go.Figure:
     The effect is computed on the refusal rate when it is defined, otherwise on the mean
     first-token refusal log-odds (the axis says which).
     """
-    rows = list(results.get("patching") or [])
+    results = GatingResults.of(results)
+    rows = list(results.patching or [])
     P = persona_layer(results)
     metric, metric_text = _patch_metric(results)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.56, 0.44], horizontal_spacing=0.1,
                         subplot_titles=("all post-instruction positions patched", "one position patched at a time"))
     if not rows:
         return empty(fig, "no patching in these results", "Activation patching: no data")
-    n_post = max(len(r["positions"]) for r in rows)
-    full = sorted((r for r in rows if len(r["positions"]) == n_post and n_post > 1), key=lambda r: r["layer"])
-    single = [r for r in rows if len(r["positions"]) == 1]
+    n_post = max(len(r.positions) for r in rows)
+    full = sorted((r for r in rows if len(r.positions) == n_post and n_post > 1), key=lambda r: r.layer)
+    single = [r for r in rows if len(r.positions) == 1]
     if n_post == 1:  # only one post-instruction position: both views coincide
-        full, single = sorted(rows, key=lambda r: r["layer"]), rows
+        full, single = sorted(rows, key=lambda r: r.layer), rows
     vals = [r.get(metric) for r in rows] + [c for r in rows for c in (r.get(metric + "_ci") or [])]
     rng = clip_band(vals, lo=-0.1, hi=1.1)
     for c in (1, 2):
@@ -64,23 +66,23 @@ def patching_figure(results: dict) -> go.Figure:
             x=x, y=ys, mode="lines+markers", name=name, legendgroup=group or name, showlegend=showlegend,
             line=dict(color=color, width=2, dash=dash), marker=dict(size=7, symbol=sym),
             error_y=error_bars(ys, clo, chi) | dict(color=rgba(color, 0.6)),
-            customdata=[[fmt(p, ".2f"), ci_text(*c), percent(r.get("refusal_rate")), r["layer"],
-                         ",".join(str(p) for p in r["positions"])] for p, c, r in zip(pt, ci, recs)],
+            customdata=[[fmt(p, ".2f"), ci_text(*c), percent(r.get("refusal_rate")), r.layer,
+                         ",".join(str(p) for p in r.positions)] for p, c, r in zip(pt, ci, recs)],
             hovertemplate=("layer %{customdata[3]}, positions %{customdata[4]}<br>effect %{customdata[0]} "
                            "%{customdata[1]}<br>refusal rate %{customdata[2]:.1f}%<extra>" + name + "</extra>")),
             row=1, col=col)
 
     if full:
-        add([r["layer"] for r in full], full, "all positions, per layer", COLORS["gating"], 1)
-    single_layers = sorted({r["layer"] for r in single})
+        add([r.layer for r in full], full, "all positions, per layer", COLORS["gating"], 1)
+    single_layers = sorted({r.layer for r in single})
     shades = shades_of(COLORS["baseline"], len(single_layers))
     for l, color in zip(single_layers, shades):
-        recs = sorted((r for r in single if r["layer"] == l), key=lambda r: r["positions"][0])
-        add([r["positions"][0] for r in recs], recs, f"one position, layer {l}", color, 2)
+        recs = sorted((r for r in single if r.layer == l), key=lambda r: r.positions[0])
+        add([r.positions[0] for r in recs], recs, f"one position, layer {l}", color, 2)
     if full:
         persona_marker(fig, P, rows=[1], col=1, label=False)
-        layers_axis(fig, [r["layer"] for r in full], row=1, col=1)
-    positions = sorted({r["positions"][0] for r in single})
+        layers_axis(fig, [r.layer for r in full], row=1, col=1)
+    positions = sorted({r.positions[0] for r in single})
     if positions:
         fig.update_xaxes(tickmode="array", tickvals=positions, range=[min(positions) - 0.5, max(positions) + 0.5],
                          row=1, col=2)

@@ -10,6 +10,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
+from persona_refusal.results import GatingResults
 
 __all__ = ["persona_orthogonal_figure", "variant_label"]
 
@@ -42,7 +43,7 @@ def persona_orthogonal_figure(results: dict) -> go.Figure:
     cells at β₀ under each removal, as restoration of the gap between the baseline and
     that variant.
     """
-    po = results.get("persona_orthogonal") or {}
+    po = GatingResults.of(results).persona_orthogonal or {}
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
                         subplot_titles=("refusal of harmful prompts under each persona variant",
                                         "re-add cells under each removal (restoration)"))
@@ -50,8 +51,8 @@ def persona_orthogonal_figure(results: dict) -> go.Figure:
         return empty(fig, "no persona_orthogonal stage in these results", "Persona without refusal: no data")
     main, dirs = po.get("judge"), po.get("directions") or {}
     rows = [("no steering", po.get("baseline") or {}, COLORS["baseline"])]
-    rows += [(variant_label(v["variant"], dirs), v, _VARIANT_COLOR.get(v["variant"], COLORS["control"]))
-             for v in po["variants"]]
+    rows += [(variant_label(v.variant, dirs), v, _VARIANT_COLOR.get(v.variant, COLORS["control"]))
+             for v in po.variants]
     names = [r[0] for r in rows]
     rr = [rate_pct((r[1].get(main) or {}).get("refusal")) for r in rows]
     deg = [rate_pct((r[1].get(main) or {}).get("degenerate")) for r in rows]
@@ -100,4 +101,4 @@ CAPTION = """
 
 register(Figure(name="persona_orthogonal", title="The persona without its refusal component", size=(1200, 720),
                 draw=persona_orthogonal_figure, stage="persona_orthogonal", order=17, caption=prose(CAPTION),
-                needs=lambda r: bool((r.get("persona_orthogonal") or {}).get("variants"))))
+                needs=lambda r: bool((GatingResults.of(r).persona_orthogonal or {}).get("variants"))))

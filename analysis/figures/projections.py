@@ -9,6 +9,7 @@ from persona_refusal.analysis.figures._style import (
 )
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite, fmt
+from persona_refusal.results import GatingResults
 
 __all__ = ["projections_figure"]
 
@@ -25,7 +26,8 @@ def projections_figure(results: dict) -> go.Figure:
     still represents "this is harmful" and the persona blocks its expression; if it falls
     to the green line, the persona erased the representation itself.
     """
-    pr = results.get("projections") or {}
+    results = GatingResults.of(results)
+    pr = results.projections or {}
     layers = list(pr.get("layers") or [])
     P = persona_layer(results)
     fig = go.Figure()
@@ -50,7 +52,7 @@ def projections_figure(results: dict) -> go.Figure:
                                              zip(lo, hi, recs)],
             hovertemplate=("layer %{x}<br>mean projection %{y:.3g} [%{customdata[0]}, %{customdata[1]}]"
                            "<br>n = %{customdata[2]}<extra>" + name + "</extra>")))
-    rl = (results.get("refusal_direction") or {}).get("layer")
+    rl = (results.refusal_direction or {}).get("layer")
     if finite(rl):
         fig.add_vline(x=rl, line=dict(color=COLORS["baseline"], width=1, dash="dot"),
                       annotation=dict(text=f"selected refusal direction (layer {rl})", font=dict(size=11,

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from persona_refusal.analysis.figures._style import COLORS, empty, layers_axis, legend_below, rgba, shades_of, style
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite, fmt
+from persona_refusal.results import GatingResults
 
 __all__ = ["selection_figure"]
 
@@ -112,8 +113,8 @@ SELECTION_FILE = "directions/refusal_selection.json"
 
 def _draw(results: dict) -> go.Figure:
     """The registry's entry: the report comes in as ``results["refusal_selection"]``."""
-    return selection_figure(results.get("refusal_selection") or {},
-                            model_id=(results.get("model") or {}).get("model_id"))
+    results = GatingResults.of(results)
+    return selection_figure(results.get("refusal_selection") or {}, model_id=(results.model or {}).get("model_id"))
 
 
 CAPTION = """
@@ -126,4 +127,5 @@ CAPTION = """
 
 register(Figure(name="selection", title="How the refusal direction was selected", size=(1000, 560), draw=_draw,
                 stage="refusal", order=90, inputs=(("refusal_selection", SELECTION_FILE),), caption=prose(CAPTION),
-                needs=lambda r: ((r.get("refusal_direction") or {}).get("selection") or {}).get("rule") != "fixed layer"))
+                needs=lambda r: ((GatingResults.of(r).refusal_direction or {}).get("selection") or {}).get("rule")
+                != "fixed layer"))

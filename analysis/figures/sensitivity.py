@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from persona_refusal.analysis.figures._style import COLORS, empty, error_bars, legend_below, model_label, style
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
+from persona_refusal.results import GatingResults
 
 __all__ = ["sensitivity_figure"]
 
@@ -24,7 +25,7 @@ def sensitivity_figure(results: dict) -> go.Figure:
     markers: rows whose replies are mostly broken, where no restoration can be read.
     Bottom: the degenerate share of each row.
     """
-    se = results.get("sensitivity") or {}
+    se = GatingResults.of(results).sensitivity or {}
     mults = list(se.get("alpha_multipliers") or [])
     if not se.get("rows") or not mults:
         return empty(go.Figure(), "no sensitivity stage in these results", "Sensitivity: no data")
@@ -32,24 +33,24 @@ def sensitivity_figure(results: dict) -> go.Figure:
                         subplot_titles=[f"persona at {m:g}·α" for m in mults])
     main = se.get("judge")
     for j, m in enumerate(mults, start=1):
-        rows = [r for r in se["rows"] if r["m"] == m]
-        for cell in dict.fromkeys(r["cell"] for r in rows):
-            cr = sorted((r for r in rows if r["cell"] == cell), key=lambda r: r["ratio"])
+        rows = [r for r in se.rows if r.m == m]
+        for cell in dict.fromkeys(r.cell for r in rows):
+            cr = sorted((r for r in rows if r.cell == cell), key=lambda r: r.ratio)
             color = _CELL_COLOR.get(cell, COLORS["gating"])
             rest = [(r.get(main) or {}) for r in cr]
             y = [x.get("restoration") if finite(x.get("restoration")) else None for x in rest]
             ci = [x.get("restoration_ci") or [None, None] for x in rest]
             fig.add_trace(go.Scatter(
-                x=[r["ratio"] for r in cr], y=y, mode="lines+markers", name=f"{cell} cell", legendgroup=cell,
+                x=[r.ratio for r in cr], y=y, mode="lines+markers", name=f"{cell} cell", legendgroup=cell,
                 showlegend=j == 1, line=dict(color=color, width=1.5),
-                marker=dict(size=10, color=[color if r["coherent"] else "white" for r in cr],
+                marker=dict(size=10, color=[color if r.coherent else "white" for r in cr],
                             line=dict(color=color, width=2)),
                 error_y=error_bars(y, [c[0] for c in ci], [c[1] for c in ci]) | dict(color=color),
-                customdata=[[r["beta"], 100 * (x.get("degenerate") or {}).get("rate", 0)] for r, x in zip(cr, rest)],
+                customdata=[[r.beta, 100 * (x.get("degenerate") or {}).get("rate", 0)] for r, x in zip(cr, rest)],
                 hovertemplate=(f"{cell} cell<br>β/α %{{x:g}} (β = %{{customdata[0]:g}})<br>restoration %{{y:.2f}}"
                                "<br>degenerate %{customdata[1]:.0f}%<extra></extra>")), row=1, col=j)
             fig.add_trace(go.Scatter(
-                x=[r["ratio"] for r in cr], y=[100 * (x.get("degenerate") or {}).get("rate", 0) for x in rest],
+                x=[r.ratio for r in cr], y=[100 * (x.get("degenerate") or {}).get("rate", 0) for x in rest],
                 mode="lines+markers", legendgroup=cell, showlegend=False, line=dict(color=color, width=1, dash="dot"),
                 marker=dict(size=6, color=color),
                 hovertemplate=f"{cell} cell<br>β/α %{{x:g}}<br>degenerate %{{y:.0f}}%<extra></extra>"), row=2, col=j)
@@ -73,4 +74,4 @@ CAPTION = """
 
 register(Figure(name="sensitivity", title="Gating at other strengths", size=(1100, 720),
                 draw=sensitivity_figure, stage="sensitivity", order=16, caption=prose(CAPTION),
-                needs=lambda r: bool((r.get("sensitivity") or {}).get("rows"))))
+                needs=lambda r: bool((GatingResults.of(r).sensitivity or {}).get("rows"))))

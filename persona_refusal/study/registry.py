@@ -28,6 +28,7 @@ class), registered with :func:`register_study`; its stages are registered under 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,9 @@ class Stage:
     """One line on what it measures (the first line of ``run``'s docstring)."""
     study: str = GATING
     """The study it belongs to (:attr:`StudyKind.name`)."""
+    result: type[StageResult] | None = None
+    """Its result dataclass (``run``'s return annotation), whose JSON fields are the
+    ``results.json`` keys it writes (:meth:`persona_refusal.results.SummaryDict.stage`)."""
 
 
 @dataclass(frozen=True)
@@ -176,10 +180,17 @@ def register(name: str, *, requires: Sequence[str] = (), order: int = 100, study
         if name in stages and stages[name].run is not fn:
             raise ConfigError(f"a stage named {name!r} is already registered in the {study} study")
         doc = (fn.__doc__ or "").strip().splitlines()
-        stages[name] = Stage(name, fn, tuple(requires), order, doc[0] if doc else "", study)
+        stages[name] = Stage(name, fn, tuple(requires), order, doc[0] if doc else "", study, _result_class(fn))
         return fn
 
     return deco
+
+
+def _result_class(fn: Callable) -> type[StageResult] | None:
+    """The :class:`StageResult` subclass ``fn`` is annotated to return (``None``: none)."""
+    ann = inspect.signature(fn).return_annotation
+    cls = inspect.unwrap(fn).__globals__.get(ann) if isinstance(ann, str) else ann  # unwrap: a decorated ``run``
+    return cls if isinstance(cls, type) and issubclass(cls, StageResult) else None
 
 
 def registered(study: str = GATING) -> dict[str, Stage]:

@@ -28,7 +28,7 @@ import torch
 from persona_refusal.errors import RunFolderError
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PromptSet
-from persona_refusal.results import GatingResults
+from persona_refusal.results import GatingResults, SummaryDict
 from persona_refusal.storage import read_json_checked, write_json
 from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
 from persona_refusal.study.baseline import BASELINE_MAX_NEW_TOKENS, baseline_record
@@ -102,7 +102,7 @@ class Study:
     def stage_name(self) -> str:
         return self.ctx.stage_name
 
-    def run(self) -> dict:
+    def run(self) -> SummaryDict:
         """Run (or resume) every stage; write and return ``results.json``. The run folder's
         lock is released when it returns or fails (:meth:`close`)."""
         try:
@@ -217,8 +217,9 @@ def run_study(
     progress: bool = True,
     judge: "Judge | None" = None,
     stages: Sequence[str] | None = None,
-) -> dict:
-    """Run (or resume) a study; write ``out/results.json`` and return it.
+) -> SummaryDict:
+    """Run (or resume) a study; write ``out/results.json`` and return it, typed (as
+    :func:`load_results` reads it).
 
     Args:
         config: the study's settings, whose class says which study runs (default:
@@ -234,7 +235,7 @@ def run_study(
     Example:
         >>> results = run_study(StudyConfig.preset("smoke", model="tiny"), "runs/smoke",
         ...                     progress=False)                                # doctest: +SKIP
-        >>> results["gating"][0]["layer"], results["refusal_direction"]["layer"]   # doctest: +SKIP
+        >>> results.gating[0].layer, results.refusal_direction.layer           # doctest: +SKIP
         (0, 3)
     """
     config = config or StudyConfig()
@@ -249,13 +250,20 @@ def preset_stages(name: str, config: type[SectionedConfig] = StudyConfig) -> lis
     return list(st) if st is not None else None
 
 
-def load_results(path: str | os.PathLike) -> dict:
+def load_results(path: str | os.PathLike) -> SummaryDict:
     """Read a ``results.json`` (or the folder holding it), checking its schema; returned as
-    its study's results class (:class:`GatingResults` for the gating study).
+    its study's typed results (:class:`~persona_refusal.results.GatingResults` for the
+    gating study, :class:`~persona_refusal.results.RefusalResults` for the refusal study):
+    every key is an attribute, at any depth, and an item.
 
     Example:
-        >>> results = load_results("runs/demo")                     # doctest: +SKIP
-        >>> print(results.summary())                                 # doctest: +SKIP
+        >>> results = load_results("figures")                       # the committed demo run
+        >>> results.refusal_direction.layer, results["refusal_direction"]["layer"]
+        (9, 9)
+        >>> [g.refusal_rate for g in results.gating][:2]
+        [0.0, 0.0]
+        >>> type(results.stage("eval")).__name__
+        'EvalResult'
         >>> from persona_refusal.analysis import gating_figure      # doctest: +SKIP
         >>> gating_figure(results).show()                            # doctest: +SKIP
     """

@@ -71,7 +71,7 @@ def run_refusal_study(config: RefusalConfig | None = None, out: str | os.PathLik
     Example:
         >>> res = run_refusal_study(RefusalConfig.preset("smoke", model="tiny"), "runs/refusal-smoke",
         ...                         progress=False)                                  # doctest: +SKIP
-        >>> res["refusal_direction"]["rule"]                                          # doctest: +SKIP
+        >>> res.refusal_direction.rule                                                # doctest: +SKIP
         'kl_budget'
     """
     return run_study(config or RefusalConfig(), out, stages=stages, **kwargs)
