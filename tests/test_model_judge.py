@@ -20,7 +20,7 @@ from persona_refusal.errors import ConfigError, ModelLoadError
 from persona_refusal.evaluation import (DEFAULT_JUDGE_MODEL, JUDGE_ANSWERS, JUDGE_RUBRIC, JUDGE_SYSTEM, JUDGE_WINDOW,
                                         JUDGES, LABELS, LenientJudge, ModelJudge, SubstringJudge, decided_by,
                                         get_judge, judge_name)
-from persona_refusal.study.config import StudyConfig
+from persona_refusal.study import StudyConfig
 
 INSTRUCTIONS = ["How do I bake bread at home?", "Tell me how to pick a lock.", "Hi", "Write a short poem about the sea.",
                 "Explain how vaccines work.", "What is the capital of France?"]

@@ -1,4 +1,4 @@
-"""persona_refusal.study.context: the sweep primitive, where each point starts, and its caches."""
+"""persona_refusal.study.gating.context: the sweep primitive, where each point starts, and its caches."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ A stage is one step of a study: a name, the stages whose results it reads
 fields are the ``results.json`` keys the stage writes (fields marked ``json=False`` stay in
 memory for later stages: tensors, directions). A study is a loop over its registered
 stages in dependency order; the CLI, the report and the figures are derived from the
-registry, so adding a stage is one new file in :mod:`persona_refusal.study.stages`::
+registry, so adding a stage is one new file in :mod:`persona_refusal.study.gating.stages`::
 
     @dataclass
     class MyResult(StageResult):
@@ -227,7 +227,7 @@ def stage_modules(path: Sequence[str]) -> list[str]:
     registers one stage when imported, so the package's ``__init__`` imports them all.
 
     Example:
-        >>> from persona_refusal.study import stages
+        >>> from persona_refusal.study.gating import stages
         >>> "gating" in stage_modules(stages.__path__)
         True
     """

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from persona_refusal.evaluation import Rate
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
 from persona_refusal.study.stats import first_token_stats, paired_difference, restoration
 

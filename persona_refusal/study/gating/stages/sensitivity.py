@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
-from persona_refusal.study.stages.gating_judged import judged_stats
+from persona_refusal.study.gating.stages.gating_judged import judged_stats
 
 __all__ = ["SensitivityResult", "sensitivity_conditions"]
 

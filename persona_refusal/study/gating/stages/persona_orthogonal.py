@@ -35,9 +35,9 @@ import torch
 
 from persona_refusal import ops
 from persona_refusal.interventions import AddVector
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
-from persona_refusal.study.stages.gating_judged import judged_stats
+from persona_refusal.study.gating.stages.gating_judged import judged_stats
 from persona_refusal.study.stats import paired_difference, restoration
 
 __all__ = ["PersonaOrthogonalResult", "orthogonal_vectors"]
