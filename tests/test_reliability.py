@@ -19,6 +19,7 @@ import torch
 
 import persona_refusal as pr
 from persona_refusal import assets, evaluation
+from persona_refusal.evaluation import generation
 from persona_refusal.errors import ChecksumError, ModelLoadError
 from persona_refusal.study import Study, StudyConfig, StudyContext, run_study
 from persona_refusal.interventions import AddVector, Patch, apply_conditions
@@ -294,7 +295,7 @@ def test_apply_conditions_removes_hooks_after_exceptions(tiny, tiny_logits):
 def test_generation_interrupted_mid_batch_leaves_no_hooks(tiny, tiny_logits, monkeypatch):
     """Ctrl-C between two generation batches of a multi-condition run."""
     d = make_direction(tiny.d_model, layer=1, model=tiny)
-    real, calls = evaluation._generate_batch, []
+    real, calls = generation._generate_batch, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -302,7 +303,7 @@ def test_generation_interrupted_mid_batch_leaves_no_hooks(tiny, tiny_logits, mon
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    monkeypatch.setattr(generation, "_generate_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluation.generate_conditions(tiny, list(PROMPTS), [[], [AddVector(d, 4.0, layer=1)]], max_new_tokens=3,
                                        batch_size=2, progress=False)

@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from persona_refusal import ops
-from persona_refusal.activations import BatchPlan, plan_batches, run_plan
+from persona_refusal.activations import BatchPlan, plan_batches
 from persona_refusal.directions import DirectionGrid
 from persona_refusal.errors import ConfigError
-from persona_refusal.evaluation import (JUDGES, Judge, ModelJudge, decided_by, generate_conditions, get_judge,
-                                        judge_name, judge_responses)
+from persona_refusal.evaluation import (JUDGES, Judge, ModelJudge, decided_by, first_token_outcome, get_judge,
+                                        judge_name, judged_conditions)
 from persona_refusal.extraction import extract_directions
 from persona_refusal.interventions import Intervention
 from persona_refusal.prompts import PromptSet
@@ -231,35 +230,19 @@ class RunContext:
                                             keep_last=len(self.cm.post_instruction_positions))
         return self._plans[key]
 
-    def first_token(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy first token is a refusal token; refusal log-odds (per row)."""
-        ids = list(self.cm.refusal_token_ids)
-        return torch.isin(logits.argmax(-1), torch.tensor(ids)), ops.refusal_log_odds(logits, ids)
-
     def forward(self, plan: BatchPlan, interventions: Sequence[Intervention], *, capture: Sequence[int] = (),
                 start_layer: int = 0, start_resid: Sequence[torch.Tensor] | None = None, logits: bool = False,
                 desc: str | None = None) -> "Forward":
-        """One pass of ``plan`` under ``interventions``: the greedy first token's refusal and
-        log-odds per prompt, the next-token logits (``logits=True``), and the full per-row
-        residual stream at the ``resid_pre`` of each layer of ``capture`` (one tensor per
+        """One pass of ``plan`` under ``interventions``
+        (:func:`~persona_refusal.evaluation.first_token_outcome`): the greedy first token's
+        refusal and log-odds per prompt, the next-token logits (``logits=True``), and the full
+        per-row residual stream at the ``resid_pre`` of each layer of ``capture`` (one tensor per
         batch). With ``start_layer`` > 0 it starts at that block from ``start_resid`` (a
         capture of the unedited run at that layer: edits acting before it are not re-applied)."""
-        kw = {} if start_layer == 0 else {"start_layer": start_layer, "start_resid": start_resid}
-        names = {self.cm.hook_name(l): None for l in capture}
-        n = plan.n_prompts
-        refused = torch.zeros(n, dtype=torch.bool)
-        scores = torch.zeros(n, dtype=torch.float64)
-        kept = torch.zeros(n, self.cm.model.cfg.d_vocab_out) if logits else None
-        resid: dict[int, list[torch.Tensor]] = {l: [] for l in capture}
-        for o in run_plan(self.cm, plan, interventions=interventions, capture=names or None, logits=True, desc=desc,
-                          progress=self.progress and desc is not None, **kw):
-            for l in capture:
-                resid[l].append(o.captured[self.cm.hook_name(l)])
-            r, sc = self.first_token(o.last_logits)
-            refused[o.batch.rows], scores[o.batch.rows] = r, sc
-            if kept is not None:
-                kept[o.batch.rows] = o.last_logits.float().cpu()
-        return Forward(resid, refused.tolist(), scores.tolist(), kept)
+        out = first_token_outcome(self.cm, plan, interventions, keep_logits=logits, capture_layers=capture,
+                                  start_layer=start_layer, start_resid=start_resid, desc=desc,
+                                  progress=self.progress and desc is not None)
+        return Forward(out.resid, out.refused.tolist(), out.scores.tolist(), out.logits)
 
     def stop_when(self):
         """The early-stopping rule of judged replies (``None``: every reply runs to full length).
@@ -300,18 +283,11 @@ class RunContext:
             if not missing:
                 continue
             label = desc if len(groups) == 1 else f"{desc} {n + 1}/{len(groups)}"
-            gens = generate_conditions(self.cm, list(prompts), list(missing.values()),
-                                       max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                                       batch_size=self.cfg.batch_size, desc=label, progress=self.progress,
-                                       stop_when=self.stop_when())
-            done = {}
-            for key, gen in zip(missing, gens):
-                by_judge = {name: judge_responses(prompts, gen.texts, j) for name, j in self.judges.items()}
-                labels = judge_responses(prompts, gen.texts, self.judge) if self.judge is not None \
-                    else by_judge[self.judge_key]
-                refused = gen.first_token_refusals(self.cm.refusal_token_ids).tolist()
-                done[key] = {"labels": labels, "labels_by_judge": by_judge, "replies": gen.texts, "refused": refused,
-                             "scores": gen.first_scores.tolist()}
+            headline = self.judge if self.judge is not None else self.judges[self.judge_key]
+            got = judged_conditions(self.cm, list(prompts), missing, judge=headline, judges=self.judges, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                                    batch_size=self.cfg.batch_size, desc=label, progress=self.progress,
+                                    stop_when=self.stop_when())
+            done = {key: j.to_dict() for key, j in got.items()}
             # one write per group: a resumed run never regenerates a subset in other batches (other floats)
             self.store.put_many(stage, done)
         return {k: self.store.get(stage, k) for k in conditions}

@@ -6,7 +6,8 @@ Context
 A sweep over layers × conditions is one loop, written once (in the spirit of
 TransformerLens's ``generic_activation_patch``): :meth:`StudyContext.sweep` takes a
 mapping ``{point key: interventions}``, and for each point not yet checkpointed it runs
-the first-token measure and saves the point. Each point starts mid-model from a cached
+the first-token measure (:func:`persona_refusal.evaluation.first_token_outcome`, through
+:meth:`~persona_refusal.study.context.RunContext.forward`) and saves the point. Each point starts mid-model from a cached
 residual stream: a cache made under edits ``J`` at layers ``< s`` equals the run under
 ``I ⊇ J`` at layer ``s`` whenever every edit of ``I`` that ``J`` lacks acts only at layers
 ``≥ s`` (:meth:`StudyContext.start_for` picks the cache with the latest such ``s``;
@@ -15,8 +16,9 @@ So re-adding the refusal direction at layer 20 with the persona at 15 costs four
 not twenty-four, and the rule "start from the baseline before the persona layer, from the
 persona run after it" is derived, not written by hand in each stage.
 
-Judged generations (:meth:`~persona_refusal.study.context.RunContext.judged`) batch several
-conditions into shared forward passes and checkpoint them in one write.
+Judged generations (:meth:`~persona_refusal.study.context.RunContext.judged`, on
+:func:`persona_refusal.evaluation.judged_conditions`) batch several conditions into shared
+forward passes and checkpoint them in one write.
 """
 
 from __future__ import annotations
