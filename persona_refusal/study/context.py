@@ -179,6 +179,11 @@ class RunContext:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
+    @property
+    def boot(self) -> dict:
+        """The bootstrap's settings as the statistics take them (``**ctx.boot``): ``{"n_boot", "seed"}``."""
+        return {"n_boot": self.cfg.bootstrap, "seed": self.cfg.seed}
+
     def result(self, stage: str) -> Any:
         """The result of a stage that already ran."""
         if stage not in self.results:

@@ -41,7 +41,7 @@ from persona_refusal.study.gating.config import (PRESETS, SECTIONS, HeatmapConfi
                                                  SteeringConfig, StudyConfig, SweepConfig, paper_layers)
 from persona_refusal.study.gating.context import Cache, StudyContext, study_personas, study_prompts
 from persona_refusal.study.gating.stages import load_all
-from persona_refusal.study.registry import GATING, StudyKind, register_study
+from persona_refusal.study.registry import GATING, StudyKind, randomness_record, register_study
 
 __all__ = ["StudyConfig", "PromptsConfig", "SelectionConfig", "PersonaConfig", "SteeringConfig", "SweepConfig",
            "ProbesConfig", "HeatmapConfig", "KnockoutConfig", "PatchingConfig", "SECTIONS", "PRESETS", "paper_layers",
@@ -55,11 +55,7 @@ READABLE_SCHEMAS = (RESULTS_SCHEMA,)
 
 
 def _randomness(cfg: StudyConfig) -> dict:
-    return {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
-            "knockout_random_directions_seed": cfg.seed, "cosine_null_seed": cfg.seed + 1,
-            "decoding": "greedy (no sampling)",
-            "note": "nothing else is random; torch's thread count, which can change the last bits "
-                    "of CPU sums, is in run_info"}
+    return randomness_record(cfg, knockout_random_directions_seed=cfg.seed, cosine_null_seed=cfg.seed + 1)
 
 
 load_all()

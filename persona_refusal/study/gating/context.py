@@ -212,6 +212,11 @@ class StudyContext(RunContext):
             self.given_persona = given_p
 
     @property
+    def eval_harmful(self) -> list[str]:
+        """Every evaluation harmful prompt (the judged stages read them all)."""
+        return list(self.prompts["eval_harmful"])
+
+    @property
     def sweep_prompts(self) -> list[str]:
         """The first ``n_sweep`` evaluation harmful prompts (every first-token sweep)."""
         return list(self.prompts["eval_harmful"])[: self.cfg.n_sweep]

@@ -35,7 +35,7 @@ class EvalResult(StageResult):
 def run(ctx: StudyContext) -> EvalResult:
     """Baseline vs persona on the evaluation prompts (generation + judge)."""
     with ctx.timer("eval_generation"):
-        ev = list(ctx.prompts["eval_harmful"])
+        ev = ctx.eval_harmful
         gens = ctx.judged("eval", ev, {"baseline": [], "persona": [ctx.steer()]}, "eval: baseline + persona")
     base, pers = gens["baseline"], gens["persona"]
     agreement = {}
