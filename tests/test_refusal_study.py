@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import persona_refusal as pr
-from conftest import no_typecheck
+from conftest import interrupt_on_call, no_typecheck
 from persona_refusal.directions import Direction, DirectionGrid
 from persona_refusal.errors import ConfigError
 from persona_refusal.selection import RULES
@@ -254,15 +254,7 @@ def test_an_interrupted_run_resumes_to_the_same_results(smoke, tmp_path, monkeyp
     results equal an uninterrupted run's."""
     _, ref = smoke
     real = generation_module.generate_conditions
-    calls = []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(generation_module, "generate_conditions", interrupting)
+    interrupt_on_call(monkeypatch, generation_module, "generate_conditions", 2)
     out = tmp_path / "run"
     with no_typecheck():
         with pytest.raises(KeyboardInterrupt):
