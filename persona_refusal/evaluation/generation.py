@@ -31,8 +31,8 @@ from persona_refusal.evaluation.scores import opens_refusal
 from persona_refusal.interventions import Intervention, apply, apply_conditions
 from persona_refusal.models import ChatModel
 
-__all__ = ["Generation", "generate", "generate_details", "generate_conditions", "JudgedCondition", "judged_conditions",
-           "CHECK_EVERY"]
+__all__ = ["Generation", "generate", "generate_details", "generate_conditions", "JudgedCondition",
+           "judged_conditions", "CHECK_EVERY"]
 
 
 @dataclass

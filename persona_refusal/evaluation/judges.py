@@ -185,7 +185,7 @@ class _PhraseJudge:
         whatever those characters say, whatever follows. For a shorter text that is
         not yet a refusal, the label can still change (a refusal phrase later on, or
         the degeneracy heuristic on more words). Generation asks this only of texts
-        that end in a settled character (see :func:`generate_conditions`), so the
+        that end in a settled character (see :func:`~persona_refusal.evaluation.generate_conditions`), so the
         "longer text" does start with ``text``.
         """
         return self.refuses(text) or len(text) >= self.window
@@ -566,7 +566,7 @@ def decided_by(*judges: Judge) -> Callable[[str], bool]:
     Each judge needs a ``decided(text) -> bool`` method (the built-in ones have it,
     :meth:`SubstringJudge.decided`): the rule is ``all(j.decided(text) for j in judges)``,
     so the labels of all these judges on a reply stopped by it equal their labels on the
-    full-length reply. Pass it as ``stop_when`` to :func:`generate_conditions`.
+    full-length reply. Pass it as ``stop_when`` to :func:`~persona_refusal.evaluation.generate_conditions`.
 
     Example:
         >>> stop = decided_by(*JUDGES.values())

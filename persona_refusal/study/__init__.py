@@ -21,8 +21,8 @@ its configuration says which.
 """
 
 from persona_refusal.study.config import Preset, SectionedConfig
-from persona_refusal.study.gating import (GATING_STUDY, PRESETS, RESULTS_SCHEMA, StudyConfig, StudyContext, study_personas,
-                                          study_prompts)
+from persona_refusal.study.gating import (GATING_STUDY, PRESETS, RESULTS_SCHEMA, StudyConfig, StudyContext,
+                                          study_personas, study_prompts)
 from persona_refusal.study.registry import (Stage, StageResult, StudyKind, get_stage, register, registered, stage_order,
                                             studies, study_kind)
 from persona_refusal.study.runner import Study, load_results, preset_stages, run_study

@@ -289,7 +289,8 @@ class RunContext:
                 continue
             label = desc if len(groups) == 1 else f"{desc} {n + 1}/{len(groups)}"
             headline = self.judge if self.judge is not None else self.judges[self.judge_key]
-            got = judged_conditions(self.cm, list(prompts), missing, judge=headline, judges=self.judges, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+            got = judged_conditions(self.cm, list(prompts), missing, judge=headline, judges=self.judges,
+                                    max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
                                     batch_size=self.cfg.batch_size, desc=label, progress=self.progress,
                                     stop_when=self.stop_when())
             done = {key: j.to_dict() for key, j in got.items()}
