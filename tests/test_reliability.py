@@ -19,7 +19,7 @@ import torch
 
 import persona_refusal as pr
 from persona_refusal import assets, evaluation
-from persona_refusal.evaluation import generation
+from persona_refusal.evaluation import generation, scores
 from persona_refusal.errors import ChecksumError, ModelLoadError
 from persona_refusal.study import Study, StudyConfig, StudyContext, run_study
 from persona_refusal.interventions import AddVector, Patch, apply_conditions
@@ -397,15 +397,20 @@ def test_another_seed_changes_only_the_random_parts(tiny, two_studies, tmp_path)
 def test_study_failing_mid_sweep_leaves_no_hooks_and_resumes(tiny, two_studies, tmp_path, monkeypatch, exc):
     """A failure inside a sweep (between batches, with steering hooks on) leaves the
     shared model clean and no results.json; running again resumes to the same results."""
-    real, calls = StudyContext.first_token, []
+    real_forward, real, calls, stage = StudyContext.forward, scores.first_token_refusal, [], {}
 
-    def failing(self, logits):
-        calls.append(self.stage_name)
-        if self.stage_name == "gating" and calls.count("gating") == 2:
+    def forward(self, *args, **kwargs):  # which stage each first-token pass belongs to
+        stage["name"] = self.stage_name
+        return real_forward(self, *args, **kwargs)
+
+    def failing(logits, refusal_token_ids):  # one call per batch
+        calls.append(stage.get("name"))
+        if stage.get("name") == "gating" and calls.count("gating") == 2:
             raise exc("stopped in the gating sweep")
-        return real(self, logits)
+        return real(logits, refusal_token_ids)
 
-    monkeypatch.setattr(StudyContext, "first_token", failing)
+    monkeypatch.setattr(StudyContext, "forward", forward)
+    monkeypatch.setattr(scores, "first_token_refusal", failing)
     out = tmp_path / "run"
     with pytest.raises(exc):
         run_study(_config(), out, chat_model=tiny, progress=False)
@@ -414,7 +419,7 @@ def test_study_failing_mid_sweep_leaves_no_hooks_and_resumes(tiny, two_studies, 
     assert torch.equal(_logits(tiny), two_studies["logits"][0])
     assert not (out / "results.json").exists()
     assert json.loads((out / "checkpoints" / "gating.json").read_text())  # the points done so far are kept
-    monkeypatch.setattr(StudyContext, "first_token", real)
+    monkeypatch.setattr(scores, "first_token_refusal", real)
     resumed = run_study(_config(), out, chat_model=tiny, progress=False)
     assert resumed["run_info"]["resumed"] is True
     assert _without_run_info(resumed) == _without_run_info(two_studies["results"][0])
