@@ -19,11 +19,12 @@ import torch
 
 import persona_refusal as pr
 from persona_refusal import assets, evaluation
+from persona_refusal.evaluation import generation, scores
 from persona_refusal.errors import ChecksumError, ModelLoadError
 from persona_refusal.study import Study, StudyConfig, StudyContext, run_study
 from persona_refusal.interventions import AddVector, Patch, apply_conditions
 
-from conftest import PROMPTS, assert_no_hooks, full_forward_last_logits, make_direction
+from conftest import PROMPTS, assert_no_hooks, full_forward_last_logits, interrupt_on_call, make_direction
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FILES = sorted((ROOT / "persona_refusal").rglob("*.py")) + sorted((ROOT / "analysis").rglob("*.py"))
@@ -294,15 +295,7 @@ def test_apply_conditions_removes_hooks_after_exceptions(tiny, tiny_logits):
 def test_generation_interrupted_mid_batch_leaves_no_hooks(tiny, tiny_logits, monkeypatch):
     """Ctrl-C between two generation batches of a multi-condition run."""
     d = make_direction(tiny.d_model, layer=1, model=tiny)
-    real, calls = evaluation._generate_batch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    calls = interrupt_on_call(monkeypatch, generation, "_generate_batch", 2)
     with pytest.raises(KeyboardInterrupt):
         evaluation.generate_conditions(tiny, list(PROMPTS), [[], [AddVector(d, 4.0, layer=1)]], max_new_tokens=3,
                                        batch_size=2, progress=False)
@@ -404,15 +397,20 @@ def test_another_seed_changes_only_the_random_parts(tiny, two_studies, tmp_path)
 def test_study_failing_mid_sweep_leaves_no_hooks_and_resumes(tiny, two_studies, tmp_path, monkeypatch, exc):
     """A failure inside a sweep (between batches, with steering hooks on) leaves the
     shared model clean and no results.json; running again resumes to the same results."""
-    real, calls = StudyContext.first_token, []
+    real_forward, real, calls, stage = StudyContext.forward, scores.first_token_refusal, [], {}
 
-    def failing(self, logits):
-        calls.append(self.stage_name)
-        if self.stage_name == "gating" and calls.count("gating") == 2:
+    def forward(self, *args, **kwargs):  # which stage each first-token pass belongs to
+        stage["name"] = self.stage_name
+        return real_forward(self, *args, **kwargs)
+
+    def failing(logits, refusal_token_ids):  # one call per batch
+        calls.append(stage.get("name"))
+        if stage.get("name") == "gating" and calls.count("gating") == 2:
             raise exc("stopped in the gating sweep")
-        return real(self, logits)
+        return real(logits, refusal_token_ids)
 
-    monkeypatch.setattr(StudyContext, "first_token", failing)
+    monkeypatch.setattr(StudyContext, "forward", forward)
+    monkeypatch.setattr(scores, "first_token_refusal", failing)
     out = tmp_path / "run"
     with pytest.raises(exc):
         run_study(_config(), out, chat_model=tiny, progress=False)
@@ -421,7 +419,7 @@ def test_study_failing_mid_sweep_leaves_no_hooks_and_resumes(tiny, two_studies, 
     assert torch.equal(_logits(tiny), two_studies["logits"][0])
     assert not (out / "results.json").exists()
     assert json.loads((out / "checkpoints" / "gating.json").read_text())  # the points done so far are kept
-    monkeypatch.setattr(StudyContext, "first_token", real)
+    monkeypatch.setattr(scores, "first_token_refusal", real)
     resumed = run_study(_config(), out, chat_model=tiny, progress=False)
     assert resumed["run_info"]["resumed"] is True
     assert _without_run_info(resumed) == _without_run_info(two_studies["results"][0])
