@@ -364,7 +364,9 @@ def _resolve(fn: Callable, module: str) -> dict[str, Any]:
     hints = {}
     for name, ann in getattr(fn, "__annotations__", {}).items():
         try:
-            hints[name] = eval(ann, globalns, localns) if isinstance(ann, str) else ann  # noqa: S307
+            for _ in range(2):  # a quoted annotation under ``from __future__ import annotations``
+                ann = eval(ann, globalns, localns) if isinstance(ann, str) else ann  # noqa: S307
+            hints[name] = ann
         except Exception:
             continue
     return hints
