@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["JUDGES", "LenientJudge", "ModelJudge", "Rate", "SubstringJudge", "decided_by", "get_judge",
                      "generate", "is_degenerate", "is_refusal", "judge_responses", "kl_divergence_on", "last_logits",
                      "refusal_scores"], "evaluation"),
+    **dict.fromkeys(["FirstTokenOutcome", "first_token_outcome", "JudgedCondition", "judged_conditions"],
+                    "evaluation"),
     **dict.fromkeys(["Ablate", "AddVector", "AffineEdit", "Intervention", "Patch", "apply", "orthogonalize_weights"],
                     "interventions"),
     "extract_directions": "extraction",

@@ -51,8 +51,7 @@ from persona_refusal.evaluation import JUDGES, LABELS, Judge, Rate, get_judge, j
 from persona_refusal.storage import (MAX_JSON_DEPTH, atomic_write_text, canonical_json, check_fields, check_output,
                                      file_kind, json_depth, read_json, read_user_bytes, read_user_json, read_user_text,
                                      sha256_bytes, sha256_file, sha256_json, write_json)
-from persona_refusal.study.config import StudyConfig
-from persona_refusal.study.context import study_prompts
+from persona_refusal.study.gating import StudyConfig, study_prompts
 from persona_refusal.study.store import LOCK, MANIFEST, RUN_ENTRIES, read_object
 
 __all__ = [

@@ -22,8 +22,9 @@ from persona_refusal.errors import ConfigError, PersonaRefusalError
 from persona_refusal.prompts import PERSONA_SETS
 from persona_refusal.results import RefusalResults
 from persona_refusal.storage import check_fields, check_output, read_user_json
-from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, SectionedConfig, StudyConfig, add_flags,
-                                          flags_to_fields, resolve_device)
+from persona_refusal.study.config import (DEVICE_HELP, DTYPE_HELP, DTYPES, SectionedConfig, add_flags, flags_to_fields,
+                                          resolve_device)
+from persona_refusal.study.gating import StudyConfig
 from persona_refusal.study.refusal.config import RefusalConfig
 
 __all__ = ["main", "entry"]

@@ -417,15 +417,38 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
         (16,)
     """
     p = Path(path)
+    _check_regular_file(p)
+    fields, tensors = _read_gguf(p)
+    hint, count = _check_header(fields, p)
+    rows = _direction_rows(tensors, p)
+    shared, provenance, position = _metadata(fields, p, hint, count)
+    order = sorted(rows)
+    try:
+        _check_shared({**shared, "provenance": provenance})  # what Direction.load checks: the saved file reads back
+        out = LayerDirections(vectors=torch.stack([rows[i] for i in order]), layers=tuple(package_layer(i) for i in order),
+                              position=position, provenance=provenance, **shared)
+    except ConfigError as e:
+        raise ConfigError(f"control vector {p}: {e}") from None
+    if model is not None:
+        out.check(model, allow_transfer=allow_transfer)
+    return out
+
+
+def _check_regular_file(p: Path) -> None:
+    """A control vector is read from a regular file (or a link to one)."""
     if not p.is_file() or file_kind(p) != "file":
         kind = file_kind(p)
         if kind == "a symbolic link" and p.is_file():
-            pass  # a link to a regular file is read (reading never writes through it)
+            return  # a link to a regular file is read (reading never writes through it)
         else:
             what = ("does not exist" if not p.exists() and kind is None else "is a folder" if p.is_dir()
                     else f"is {kind if kind != 'a symbolic link' else 'a link to ' + (file_kind(p.resolve()) or 'nothing')}, "
                          f"not a regular file")
             raise DirectionMismatchError(f"control vector {p} {what}", hint="give the path of a .gguf control-vector file")
+
+
+def _read_gguf(p: Path) -> tuple[dict[str, tuple[Any, Any]], list]:
+    """The metadata fields and tensors of a GGUF file (:class:`DirectionMismatchError` when it is not one)."""
     try:
         reader = gguf.GGUFReader(p)
         fields = _fields(reader)
@@ -434,6 +457,11 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
         reason = " ".join(str(e).split())[:120] or type(e).__name__
         raise DirectionMismatchError(f"{p} is not a readable GGUF file ({type(e).__name__}: {reason})",
                                      hint="give a .gguf control vector, e.g. one written by persona-refusal export-vector") from None
+    return fields, tensors
+
+
+def _check_header(fields: dict, p: Path) -> tuple[tuple[Any, Any], tuple[Any, Any] | None]:
+    """A control vector's architecture, model hint and layer count fields: the hint and the count."""
     arch = fields.get("general.architecture")
     if arch is None or arch[0] != gguf.GGUFValueType.STRING:
         raise DirectionMismatchError(f"{p} has no general.architecture field, so it is not a control vector",
@@ -449,6 +477,11 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
     if count is not None and count[0] not in _INTS:
         raise ConfigError(f"control vector {p}: {_COUNT} must be an integer, got a GGUF {count[0].name.lower()}")
 
+    return hint, count
+
+
+def _direction_rows(tensors: list, p: Path) -> dict[int, Tensor]:
+    """The ``direction.N`` tensors of a control vector, checked: ``{N: float32 vector}``."""
     rows: dict[int, Tensor] = {}
     n_embd: int | None = None
     for t in tensors:
@@ -483,6 +516,13 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
     if not rows:
         raise ConfigError(f"control vector {p} holds no direction tensors", hint="write at least one direction.N")
 
+    return rows
+
+
+def _metadata(fields: dict, p: Path, hint: tuple[Any, Any], count: tuple[Any, Any] | None
+              ) -> tuple[dict[str, Any], dict, int | None]:
+    """The fields a control vector written by :func:`export_control_vector` records (name,
+    model id, prompt counts, provenance, position), and ``provenance["control_vector"]``."""
     fmt = _meta(fields, "format", {gguf.GGUFValueType.STRING}, "text", p)
     ours = fmt is not None
     if ours and fmt != FORMAT:
@@ -518,16 +558,7 @@ def import_control_vector(path: str | os.PathLike, *, model: "ChatModel | None" 
         "site": _meta(fields, "site", text, "text", p), "hook_name": _meta(fields, "hook_name", text, "text", p),
         "scale": scale, "unit": unit,
     }
-    order = sorted(rows)
-    try:
-        _check_shared({**shared, "provenance": provenance})  # what Direction.load checks: the saved file reads back
-        out = LayerDirections(vectors=torch.stack([rows[i] for i in order]), layers=tuple(package_layer(i) for i in order),
-                              position=position, provenance=provenance, **shared)
-    except ConfigError as e:
-        raise ConfigError(f"control vector {p}: {e}") from None
-    if model is not None:
-        out.check(model, allow_transfer=allow_transfer)
-    return out
+    return shared, provenance, position
 
 
 # ============================================================================ files, for the CLI

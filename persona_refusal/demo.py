@@ -43,7 +43,7 @@ from persona_refusal.evaluation import (Judge, ModelJudge, Rate, generate_detail
                                          judge_responses, kl_divergence_on, last_logits, refusal_scores)
 from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
 from persona_refusal.models import ChatModel, load_chat_model
-from persona_refusal.prompts import bundled
+from persona_refusal.prompts import PromptSet, bundled
 from persona_refusal.storage import sha256_json, write_json
 from persona_refusal.study.baseline import BASELINE_MAX_NEW_TOKENS, baseline_record
 from persona_refusal.study.config import DTYPES, resolve_device
@@ -218,23 +218,53 @@ def run_ablation_demo(
     t0 = time.time()
     cm = model if isinstance(model, ChatModel) else load_chat_model(model, device=resolve_device(device), dtype=dtype,
                                                                     progress=progress, chat_template=chat_template)
+    the_judge, judge_record = _demo_judge(judge, model, cm, progress)
+    splits = _demo_splits(n_train, n_val, n_eval)
+    _check_reply_length(cm, splits, max_new_tokens)
+    positions = selection_positions or [-1]
+    layers = candidate_layers(cm.n_layers, n_candidates)
+    record = _demo_record(cm, splits, positions, layers, max_new_tokens=max_new_tokens, fallback=fallback,
+                          add_coeffs=add_coeffs, judge_record=judge_record)
+    store = RunStore(out, record, force=force) if out is not None else None
+    try:
+        return _demo(cm, store, the_judge, judge_record, splits, positions, layers, max_new_tokens, fallback,
+                     add_coeffs, progress, warn, t0)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _demo_judge(judge: str | Judge, model: str | ChatModel, cm: ChatModel, progress: bool) -> tuple[Judge, str]:
+    """The demo's judge and how its record names it (a model judge named by the demo's own
+    model name reuses the loaded model)."""
     if isinstance(judge, str):
         the_judge = get_judge(judge, device=str(cm.device), dtype=str(cm.model.cfg.dtype).replace("torch.", ""),
                               progress=progress, models={model: cm} if isinstance(model, str) else {})
-        judge_record = judge_name(judge)
-    else:
-        the_judge, judge_record = judge, type(judge).__name__
-    train_h, train_b = bundled("harmful", "train").head(n_train), bundled("harmless", "train").head(n_train)
-    val_h, val_b = bundled("harmful", "val").head(n_val), bundled("harmless", "val").head(n_val)
-    test_h, test_b = bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval)
+        return the_judge, judge_name(judge)
+    return judge, type(judge).__name__
+
+
+def _demo_splits(n_train: int | None, n_val: int | None, n_eval: int | None) -> tuple[PromptSet, ...]:
+    """The bundled prompts the demo reads: train, val and test, harmful then harmless each."""
+    return (bundled("harmful", "train").head(n_train), bundled("harmless", "train").head(n_train),
+            bundled("harmful", "val").head(n_val), bundled("harmless", "val").head(n_val),
+            bundled("harmful", "test").head(n_eval), bundled("harmless", "test").head(n_eval))
+
+
+def _check_reply_length(cm: ChatModel, splits: tuple[PromptSet, ...], max_new_tokens: int) -> None:
+    """The replies fit the context window (checked before the grid: the replies are generated last)."""
+    test_h, test_b = splits[4], splits[5]
     if max_new_tokens >= cm.n_ctx:
         raise ConfigError(f"max_new_tokens {max_new_tokens} does not fit the context window of {cm.n_ctx} tokens",
                           hint=f"use --max-new-tokens below {cm.n_ctx}")
-    # the replies are generated last: a prompt too long for them fails now, not after the grid
     cm.tokenize(cm.format(list(test_h) + list(test_b)), reserve=max_new_tokens)
-    positions = selection_positions or [-1]
-    layers = candidate_layers(cm.n_layers, n_candidates)
-    record = {
+
+
+def _demo_record(cm: ChatModel, splits: tuple[PromptSet, ...], positions: list[int], layers: list[int] | None, *,
+                 max_new_tokens: int, fallback: str | None, add_coeffs: tuple[float, ...], judge_record: str) -> dict:
+    """The identity of a demo run (its folder resumes only a run with the same one)."""
+    train_h, train_b, val_h, val_b, test_h, test_b = splits
+    return {
         "format": _FORMAT,
         "config": {"n_train": len(train_h), "n_val": len(val_h), "n_eval": len(test_h), "positions": positions,
                    "max_new_tokens": max_new_tokens, "fallback": fallback,
@@ -247,13 +277,6 @@ def run_ablation_demo(
         "resolved": {},
         "model": cm.fingerprint(),
     }
-    store = RunStore(out, record, force=force) if out is not None else None
-    try:
-        return _demo(cm, store, the_judge, judge_record, (train_h, train_b, val_h, val_b, test_h, test_b), positions,
-                     layers, max_new_tokens, fallback, add_coeffs, progress, warn, t0)
-    finally:
-        if store is not None:
-            store.close()
 
 
 def candidate_layers(n_layers: int, n_candidates: int | None) -> list[int] | None:

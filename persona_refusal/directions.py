@@ -235,6 +235,8 @@ class DirectionMeta:
     _META: ClassVar[tuple[str, ...]] = ("name", "model_id", "model_checksum", "n_positive", "n_negative", "provenance")
     _TENSORS: ClassVar[tuple[str, ...]] = ()
     """Tensors a saved file of the type must hold."""
+    _OPTIONAL_TENSOR: ClassVar[str | None] = None
+    """A tensor field saved too when it is set (the reference mean)."""
     _FIELDS: ClassVar[tuple[str, ...]] = ()
     """JSON fields a saved file of the type must hold (besides ``format``)."""
     _KIND: ClassVar[str] = "a direction"
@@ -256,8 +258,13 @@ class DirectionMeta:
         return self
 
     # -------------------------------------------------------------- io, per type
-    def _tensors(self) -> dict[str, Tensor]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _tensors(self) -> dict[str, Tensor]:
+        """The tensors to save: those of :attr:`_TENSORS`, and :attr:`_OPTIONAL_TENSOR` when set."""
+        tensors = {k: getattr(self, k) for k in self._TENSORS}
+        extra = self._OPTIONAL_TENSOR
+        if extra is not None and getattr(self, extra) is not None:
+            tensors[extra] = getattr(self, extra)
+        return tensors
 
     def _fields(self) -> dict[str, Any]:  # pragma: no cover - overridden
         """The type's own JSON fields (besides the shared ones)."""
@@ -401,17 +408,12 @@ class Direction(DirectionMeta):
         return self
 
     # -------------------------------------------------------------- io
-    def _tensors(self) -> dict[str, Tensor]:
-        tensors = {"vector": self.vector}
-        if self.reference is not None:
-            tensors["reference"] = self.reference
-        return tensors
-
     def _fields(self) -> dict[str, Any]:
         return {"layer": self.layer, "hook_name": self.hook_name, "position": self.position,
                 "d_model": self.d_model, "norm": self.norm}
 
     _TENSORS: ClassVar[tuple[str, ...]] = ("vector",)
+    _OPTIONAL_TENSOR: ClassVar[str | None] = "reference"
     _FIELDS: ClassVar[tuple[str, ...]] = ("layer",)
     _KIND: ClassVar[str] = "a Direction (one vector)"
 
@@ -501,6 +503,7 @@ class LayerDirections(DirectionMeta):
     _FORMAT: ClassVar[str] = "persona_refusal.layer_directions/1"
     _WHAT: ClassVar[str] = "directions"
     _TENSORS: ClassVar[tuple[str, ...]] = ("vectors",)
+    _OPTIONAL_TENSOR: ClassVar[str | None] = "references"
     _FIELDS: ClassVar[tuple[str, ...]] = ("layers",)
     _KIND: ClassVar[str] = "LayerDirections (one vector per layer)"
 
@@ -576,12 +579,6 @@ class LayerDirections(DirectionMeta):
         if bad:
             raise DirectionMismatchError(f"directions {self.name!r} have layers {bad} beyond the model's {chat_model.n_layers}")
         return self
-
-    def _tensors(self) -> dict[str, Tensor]:
-        tensors = {"vectors": self.vectors}
-        if self.references is not None:
-            tensors["references"] = self.references
-        return tensors
 
     def _fields(self) -> dict[str, Any]:
         return {"layers": list(self.layers), "position": self.position, "d_model": self.d_model}
@@ -675,9 +672,6 @@ class DirectionGrid(DirectionMeta):
         i, _ = self._index(position, self.layers[0])
         return LayerDirections(vectors=self.diff[i], layers=self.layers, references=self.negative_mean[i],
                                position=position, **self.meta())
-
-    def _tensors(self) -> dict[str, Tensor]:
-        return {"positive_mean": self.positive_mean, "negative_mean": self.negative_mean}
 
     def _fields(self) -> dict[str, Any]:
         return {"positions": list(self.positions), "layers": list(self.layers), "d_model": self.d_model}

@@ -1,8 +1,8 @@
 """The gating study's entry points and results helpers in one import.
 
-The study lives in :mod:`persona_refusal.study`: configuration in
-:mod:`~persona_refusal.study.config`, one file per stage in
-:mod:`~persona_refusal.study.stages`. This module re-exports what code that runs the study
+The study lives in :mod:`persona_refusal.study.gating`: configuration in
+:mod:`~persona_refusal.study.gating.config`, one file per stage in
+:mod:`~persona_refusal.study.gating.stages`. This module re-exports what code that runs the study
 or reads its ``results.json`` uses: :class:`StudyConfig`, :class:`Study`, :func:`run_study`,
 :func:`load_results`, :func:`study_prompts`, the statistics helpers and the schema name.
 

@@ -99,7 +99,7 @@ RUN_CASES = [
      r"StudyConfig fields\)", ""),
     ("config file with an unknown field", ["--config", "unknown_key.json"],
      r"error: unknown configuration field 'n_trian' \(did you mean 'n_train'\? see the StudyConfig fields in "
-     r"persona_refusal\.study\.config\)", ""),
+     r"persona_refusal\.study\.gating\.config\)", ""),
     ("config field of a section, wrong section", ["--config", "wrong_section.json"],
      r"error: persona_alpha is not a field of section prompts \(it belongs to section steering, or give it flat\)",
      ""),

@@ -169,3 +169,30 @@ def run_bad_case(cli, inputs: Path, tmp_path: Path, case: str, args: list, expec
     assert re.fullmatch(expected, line), f"\n{line}\n{expected}"
     assert not out.exists(), f"{case}: the output folder was created before the error"
     return work
+
+
+def bad_path(kind: str, where: Path, name: str, victim: Path) -> Path | None:
+    """The path ``where/name`` made a bad output of ``kind``: a link to ``victim``, a dangling
+    link (into ``where/nowhere``), a named pipe or a link to one, a folder, a file of the user's (``foreign
+    file``, ``a file``) or a path below a file (``parent is a file``); ``None`` for any other
+    kind (the caller makes its own)."""
+    p = where / name
+    if kind == "symlink":
+        p.symlink_to(victim)
+    elif kind == "dangling symlink":
+        p.symlink_to(where / "nowhere" / "made")
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "symlink to a fifo":
+        os.mkfifo(where / "pipe")
+        p.symlink_to(where / "pipe")
+    elif kind == "folder":
+        p.mkdir()
+    elif kind in ("foreign file", "a file"):
+        p.write_text("notes of the user\n")
+    elif kind == "parent is a file":
+        (where / "afile").write_text("a file\n")
+        p = where / "afile" / name
+    else:
+        return None
+    return p

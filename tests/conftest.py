@@ -109,6 +109,30 @@ def no_typecheck():
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
+def interrupt_on_call(monkeypatch, module, name: str, n: int) -> list:
+    """Make ``module.name`` raise ``KeyboardInterrupt`` (a Ctrl-C) on its ``n``-th call; the
+    list of calls made so far (one entry each)."""
+    real, calls = getattr(module, name), []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupting)
+    return calls
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """No hub access for transformers (the fast tier's socket guard also refuses any)."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def _fast_tier_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("persona_refusal_cache")

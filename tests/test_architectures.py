@@ -46,11 +46,8 @@ HF_CLASS = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    import huggingface_hub.constants as hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+def _offline(hub_offline):
+    """Every test here runs with the hub offline."""
 
 
 @pytest.fixture(scope="module")

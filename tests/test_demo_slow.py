@@ -110,7 +110,7 @@ def test_paper_preset_smoke_grid_runs_on_the_demo_model(demo, tmp_path):
     """The paper preset's stages on the demo model, smoke-sized: paper layers scaled to 24
     blocks, fixed refusal layer, calibration on val, judged cells with both judges."""
     from persona_refusal.study import PRESETS, StudyConfig, run_study
-    from persona_refusal.study.config import paper_layers
+    from persona_refusal.study.gating import paper_layers
 
     cfg = StudyConfig.preset("paper-smoke", model="demo", judged_layers="every:12")
     res = run_study(cfg, tmp_path / "run", chat_model=demo, progress=False, stages=list(PRESETS["paper-smoke"].stages))

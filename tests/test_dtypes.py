@@ -20,8 +20,7 @@ from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import generate_conditions, last_logits
 from persona_refusal.hooks import RunState, for_condition
 from persona_refusal.interventions import Ablate, AddVector, AffineEdit, apply
-from persona_refusal.study.config import StudyConfig
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study import StudyConfig, StudyContext
 
 ALL_RESID = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
 

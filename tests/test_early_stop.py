@@ -19,6 +19,7 @@ import torch
 
 from conftest import PROMPTS, make_direction
 from persona_refusal import evaluation
+from persona_refusal.evaluation import generation
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import (JUDGES, LenientJudge, SubstringJudge, decided_by, generate,
                                         generate_conditions, generate_details)
@@ -41,13 +42,13 @@ def _labels(judge, replies):
 def decoded_rows(monkeypatch):
     """Counts the rows of every forward pass of generation (prompt pass and decoding steps)."""
     counts: list[int] = []
-    real = evaluation.next_token_logits
+    real = generation.next_token_logits
 
     def counting(model, logits, *args):
         counts.append(int(logits.shape[0]))
         return real(model, logits, *args)
 
-    monkeypatch.setattr(evaluation, "next_token_logits", counting)
+    monkeypatch.setattr(generation, "next_token_logits", counting)
     return counts
 
 
@@ -63,9 +64,9 @@ def test_the_tiny_model_gives_these_judges_something_to_decide(tiny):
     assert "refusal" in _labels(strict, full) and "refusal" in _labels(lenient, full)
 
 
-@pytest.mark.parametrize("check_every", [1, evaluation.CHECK_EVERY])
+@pytest.mark.parametrize("check_every", [1, generation.CHECK_EVERY])
 def test_stopped_replies_are_prefixes_with_the_same_labels(tiny, monkeypatch, decoded_rows, check_every):
-    monkeypatch.setattr(evaluation, "CHECK_EVERY", check_every)
+    monkeypatch.setattr(generation, "CHECK_EVERY", check_every)
     judges = _judges()
     full = generate(tiny, TEXTS, max_new_tokens=N, progress=False)
     work_full = sum(decoded_rows)
@@ -168,9 +169,9 @@ def test_rows_wait_while_their_text_may_still_change(tiny):
     """A reply so far that ends in U+FFFD (the tiny model's byte soup is full of incomplete
     characters) or in whitespace is not stopped: with a rule that always fires, every
     stopped reply ends in a settled character and starts the full-length reply."""
-    assert not evaluation._stops("I'm sorry \ufffd", lambda text: True)
-    assert not evaluation._stops("I'm sorry ", lambda text: True)
-    assert evaluation._stops("I'm sorry", lambda text: True) and not evaluation._stops("I'm sorry", lambda text: False)
+    assert not generation._stops("I'm sorry \ufffd", lambda text: True)
+    assert not generation._stops("I'm sorry ", lambda text: True)
+    assert generation._stops("I'm sorry", lambda text: True) and not generation._stops("I'm sorry", lambda text: False)
     full = generate(tiny, TEXTS, max_new_tokens=N, progress=False)
     short = generate(tiny, TEXTS, max_new_tokens=N, stop_when=lambda text: True, progress=False)
     stopped = [s for s, f in zip(short, full) if s != f]

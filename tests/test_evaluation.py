@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from persona_refusal import evaluation, ops
+from persona_refusal.evaluation import generation
 from persona_refusal.activations import cache_activations, plan_batches
 from persona_refusal.decoding import DECODE_MODES, DecodeSession
 from persona_refusal.errors import ConfigError
-from persona_refusal.evaluation import (Rate, SubstringJudge, generate, generate_details, is_degenerate, is_refusal,
-                                       judge_responses, kl_divergence_on, last_logits, refusal_scores)
+from persona_refusal.evaluation import (LenientJudge, Rate, SubstringJudge, first_token_outcome, generate,
+                                       generate_conditions, generate_details, is_degenerate, is_refusal,
+                                       judge_responses, judged_conditions, kl_divergence_on, last_logits,
+                                       refusal_scores)
 from persona_refusal.interventions import Ablate, AddVector, apply
 
 
@@ -211,8 +214,8 @@ def test_generate_with_rows_stopping_at_different_steps(tiny, prompts, monkeypat
     assert [len(ids) for ids in naive] == stop_steps
     expected = [stoppy.tokenizer.decode(ids, skip_special_tokens=True) for ids in naive]
     calls = []
-    real = evaluation._select_rows
-    monkeypatch.setattr(evaluation, "_select_rows", lambda cache, keep: (calls.append(("reference", len(keep))),
+    real = generation._select_rows
+    monkeypatch.setattr(generation, "_select_rows", lambda cache, keep: (calls.append(("reference", len(keep))),
                                                                          real(cache, keep)))
     real_session = DecodeSession.select_rows
     monkeypatch.setattr(DecodeSession, "select_rows", lambda self, keep: (calls.append((stoppy.decode, len(keep))),
@@ -240,6 +243,38 @@ def test_generate_details(tiny, prompts, make_direction):
     refusing = details.first_token_refusals(tiny.refusal_token_ids)
     assert refusing.tolist() == [int(t) in tiny.refusal_token_ids for t in details.first_tokens]
     assert details.texts == generate(tiny, prompts, interventions=[edit], max_new_tokens=3, progress=False)
+
+
+def test_first_token_outcome_is_the_first_token_of_the_logits(tiny, prompts, make_direction):
+    edit = [AddVector(make_direction(model=tiny, layer=1, seed=4), 2.0)]
+    out = first_token_outcome(tiny, prompts, edit, keep_logits=True, capture_layers=[2], progress=False)
+    logits = last_logits(tiny, prompts, interventions=edit, progress=False)
+    ids = list(tiny.refusal_token_ids)
+    assert torch.equal(out.logits, logits)
+    assert out.scores.dtype == torch.float64 and torch.equal(out.scores, ops.refusal_log_odds(logits, ids))
+    assert torch.equal(out.scores, refusal_scores(tiny, prompts, interventions=edit, progress=False))
+    assert out.refused.tolist() == [int(t) in ids for t in logits.argmax(-1)]
+    assert (out.rate.k, out.rate.n) == (int(out.refused.sum()), len(prompts))
+    assert sum(t.shape[0] for t in out.resid[2]) == len(prompts)
+    plain = first_token_outcome(tiny, prompts, progress=False)
+    assert plain.logits is None and plain.resid == {} and not torch.equal(plain.scores, out.scores)
+
+
+def test_judged_conditions_are_the_replies_of_generate_conditions_judged(tiny, prompts, make_direction):
+    conds = {"baseline": [], "steered": [AddVector(make_direction(model=tiny, layer=1, seed=4), 4.0)]}
+    lenient = LenientJudge()
+    got = judged_conditions(tiny, prompts, conds, judges={"lenient": lenient}, max_new_tokens=4, progress=False)
+    gens = generate_conditions(tiny, prompts, list(conds.values()), max_new_tokens=4, progress=False)
+    assert list(got) == list(conds)
+    for j, g in zip(got.values(), gens):
+        assert j.replies == g.texts and j.scores == g.first_scores.tolist()
+        assert j.labels == judge_responses(prompts, g.texts)
+        assert j.labels_by_judge == {"lenient": judge_responses(prompts, g.texts, lenient)}
+        assert j.refused == g.first_token_refusals(tiny.refusal_token_ids).tolist()
+        assert (j.rate.k, j.rate.n) == (j.labels.count("refusal"), len(prompts))
+    headline = judged_conditions(tiny, prompts, conds, judge=lenient, judges={"lenient": lenient}, max_new_tokens=4,
+                                 progress=False)
+    assert all(j.labels == j.labels_by_judge["lenient"] for j in headline.values())
 
 
 def test_generate_errors(tiny, prompts):

@@ -35,12 +35,8 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """No hub access for transformers (the fast tier's socket guard also refuses any)."""
-    import huggingface_hub.constants as hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+def _offline(hub_offline):
+    """Every test here runs with the hub offline."""
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from clitools import RUN, assert_one_line_error, cli, cli_env  # noqa: F401  (fixtures)
-from persona_refusal.study.config import StudyConfig
+from persona_refusal.study import StudyConfig
 
 SEED = 20261202
 CASES = int(os.environ.get("PERSONA_REFUSAL_FUZZ_CASES", "36"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from clitools import RUN, assert_one_line_error, cli, cli_env  # noqa: F401  (fixtures)
+from clitools import RUN, assert_one_line_error, bad_path, cli, cli_env  # noqa: F401  (fixtures)
 from persona_refusal.cli import build_parser
 from persona_refusal.storage import file_kind
 
@@ -123,28 +123,16 @@ def _bad_output(kind: str, case: Path, folder: bool, world: Path) -> str:
         (victim / "keep.txt").write_text("the user's folder\n")
     else:
         victim.write_text("the user's file\n")
-    p = case / ("target" if folder else "target.json")
-    if kind == "symlink":
-        p.symlink_to(victim)
-    elif kind == "dangling symlink":
-        p.symlink_to(case / "nowhere" / "made")
-    elif kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "folder":
-        p.mkdir()
-    elif kind in ("foreign file", "a file"):
-        p.write_text("notes of the user\n")
-    elif kind == "foreign files":
+    name = "target" if folder else "target.json"
+    if kind == "trailing slash":
+        return str(case / "newdir") + "/"
+    p = bad_path(kind, case, name, victim) or case / name
+    if kind == "foreign files":
         p.mkdir()
         for name in ("results.json", "report.html", "cross_model.json", "config.json", "refusal.json"):
             (p / name).write_text("the user's notes\n")
-    elif kind == "parent is a file":
-        (case / "afile").write_text("a file\n")
-        p = case / "afile" / p.name
     elif kind == "another run":
         shutil.copytree(world / "run", p)
-    elif kind == "trailing slash":
-        return str(case / "newdir") + "/"
     return str(p)
 
 
@@ -176,13 +164,8 @@ def test_every_bad_output_path_is_one_line_and_touches_nothing(cli, world, tmp_p
 def _bad_input(kind: str, case: Path, holds: str, rng: random.Random, world: Path) -> Path:
     p = case / ("input.jsonl" if holds == "jsonl" else "input.gguf" if holds == "binary" else
                 "input.txt" if holds == "text" else "input.json")
-    if kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "folder":
-        p.mkdir()
-    elif kind == "symlink to a fifo":
-        os.mkfifo(case / "pipe")
-        p.symlink_to(case / "pipe")
+    if kind in ("fifo", "folder", "symlink to a fifo"):
+        bad_path(kind, case, p.name, case / "victim")
     elif kind == "nested too deeply":
         depth = rng.randint(65, 20_000)
         p.write_text("[" * depth + "]" * depth)

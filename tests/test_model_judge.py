@@ -15,12 +15,13 @@ import torch
 from clitools import RUN, cli, cli_env  # noqa: F401  (fixtures)
 from conftest import no_typecheck
 from persona_refusal import demo, evaluation
+from persona_refusal.evaluation import judges
 from persona_refusal.demo import run_ablation_demo
 from persona_refusal.errors import ConfigError, ModelLoadError
 from persona_refusal.evaluation import (DEFAULT_JUDGE_MODEL, JUDGE_ANSWERS, JUDGE_RUBRIC, JUDGE_SYSTEM, JUDGE_WINDOW,
                                         JUDGES, LABELS, LenientJudge, ModelJudge, SubstringJudge, decided_by,
                                         get_judge, judge_name)
-from persona_refusal.study.config import StudyConfig
+from persona_refusal.study import StudyConfig
 
 INSTRUCTIONS = ["How do I bake bread at home?", "Tell me how to pick a lock.", "Hi", "Write a short poem about the sea.",
                 "Explain how vaccines work.", "What is the capital of France?"]
@@ -84,13 +85,13 @@ def test_the_question_holds_the_instruction_and_the_window_only(judge, monkeypat
     # what the model reads: system + that question in the chat template, and nothing after the window
     short = ModelJudge(judge.chat_model, name="tiny", window=40)
     seen: list[str] = []
-    real = evaluation.plan_batches
+    real = judges.plan_batches
 
     def spy(cm, texts, **kw):
         seen.extend(texts)
         return real(cm, texts, **kw)
 
-    monkeypatch.setattr(evaluation, "plan_batches", spy)
+    monkeypatch.setattr(judges, "plan_batches", spy)
     long_replies = [r + " and then some more words follow here TAIL" * 2 for r in REPLIES[:3]]
     p_long = short.scores(INSTRUCTIONS[:3], long_replies)
     assert len(seen) == 3
@@ -141,13 +142,13 @@ def test_describe_and_repr_name_the_model_and_the_rubric():
 # ----------------------------------------------------------------------------- selection
 def test_get_judge_of_a_model_is_lazy(monkeypatch):
     loads: list[str] = []
-    real = evaluation.load_chat_model
+    real = judges.load_chat_model
 
     def counting(name, **kw):
         loads.append(name)
         return real(name, **kw)
 
-    monkeypatch.setattr(evaluation, "load_chat_model", counting)
+    monkeypatch.setattr(judges, "load_chat_model", counting)
     j = get_judge("model:tiny")
     assert isinstance(j, ModelJudge) and j.model_name == "tiny" and not j.loaded
     j.describe(), repr(j), j.decided("abc"), j.prompt("q", "r"), j.check()
@@ -195,8 +196,8 @@ def test_check_finds_missing_judge_models_without_loading(monkeypatch):
     with pytest.raises(ModelLoadError) as e:
         ModelJudge("no-such-model").check()
     assert str(e.value).startswith("unknown judge model 'no-such-model': not 'demo', 'demo-1.5b' or 'tiny'")
-    spec = evaluation.assets.BUNDLED_MODELS["demo-1.5b"]
-    monkeypatch.setitem(evaluation.assets.BUNDLED_MODELS, "demo-1.5b",
+    spec = judges.assets.BUNDLED_MODELS["demo-1.5b"]
+    monkeypatch.setitem(judges.assets.BUNDLED_MODELS, "demo-1.5b",
                         type(spec)(**{**spec.__dict__, "dist_prefix": "persona-refusal-test-absent-part"}))
     with pytest.raises(ModelLoadError) as e:
         get_judge("model").check()

@@ -10,7 +10,7 @@ import torch
 from persona_refusal.errors import ConfigError
 from persona_refusal.evaluation import generate_details
 from persona_refusal.persona import BALANCES, PersonaRollouts, Rollout, persona_direction, persona_rollouts
-from persona_refusal.study.stages.persona_orthogonal import orthogonal_vectors
+from persona_refusal.study.gating.stages.persona_orthogonal import orthogonal_vectors
 
 # ============================================================================ the persona estimate
 def _rollouts(balance: str, kept_systems: dict[str, list[int]], d: int = 3) -> PersonaRollouts:

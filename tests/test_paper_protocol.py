@@ -16,12 +16,13 @@ from conftest import no_typecheck
 from persona_refusal.errors import ConfigError
 from persona_refusal.interventions import AddVector
 from persona_refusal.study import Study, StudyConfig, run_study
-from persona_refusal.study.config import PRESETS, add_flags, flags_to_fields, paper_layers
-from persona_refusal.study.context import StudyContext
-from persona_refusal.study.stages import calibrate as calibrate_stage
-from persona_refusal.study.stages.calibrate import choose_alpha
-from persona_refusal.study.stages.gating_judged import conditions, judged_stats
-from persona_refusal.study.stages.sensitivity import sensitivity_conditions
+from persona_refusal.study.config import add_flags, flags_to_fields
+from persona_refusal.study.gating.config import PRESETS, paper_layers
+from persona_refusal.study.gating.context import StudyContext
+from persona_refusal.study.gating.stages import calibrate as calibrate_stage
+from persona_refusal.study.gating.stages.calibrate import choose_alpha
+from persona_refusal.study.gating.stages.gating_judged import conditions, judged_stats
+from persona_refusal.study.gating.stages.sensitivity import sensitivity_conditions
 
 TINY_PAPER = dict(model="tiny", n_train=8, n_val=4, n_eval=6, n_sweep=4, n_coherence=2, persona_questions=2,
                   calibration_alphas=[1.0, 4.0], judged_layers=[1, 3], max_new_tokens=6, calibration_max_new_tokens=4,
@@ -89,9 +90,10 @@ def test_bad_paper_fields_are_one_line_errors(field, value, message):
 
 def test_cells_and_persona_sets_from_the_command_line():
     p = argparse.ArgumentParser()
-    add_flags(p)
+    add_flags(p, StudyConfig)
     got = flags_to_fields(p.parse_args(["--readd-cells", "late=20,paired=20+22", "--persona-sets", "character,scripted",
-                                        "--beta-ratios", "0.8,2", "--system-prompt", "Be helpful.", "--judged-sweep"]))
+                                        "--beta-ratios", "0.8,2", "--system-prompt", "Be helpful.", "--judged-sweep"]),
+                          StudyConfig)
     assert got == {"readd_cells": {"late": [20], "paired": [20, 22]}, "persona_sets": ["character", "scripted"],
                    "beta_ratios": [0.8, 2.0], "system_prompt": "Be helpful.", "judged_sweep": True}
     with pytest.raises(SystemExit):

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import persona_refusal as pr
-from conftest import no_typecheck
+from conftest import interrupt_on_call, no_typecheck
 from persona_refusal.directions import Direction, DirectionGrid
 from persona_refusal.errors import ConfigError
 from persona_refusal.selection import RULES
 from persona_refusal.study import RefusalConfig, Study, load_results, run_refusal_study
-from persona_refusal.study import context as context_module
+from persona_refusal.evaluation import generation as generation_module
 from persona_refusal.study.refusal.stages.grid import GridResult
 from persona_refusal.study.registry import get_stage, kind_of_config, registered, stage_order
 
@@ -253,22 +253,14 @@ def test_an_interrupted_run_resumes_to_the_same_results(smoke, tmp_path, monkeyp
     """Ctrl-C during the second judged generation; the same call again completes, and its
     results equal an uninterrupted run's."""
     _, ref = smoke
-    real = context_module.generate_conditions
-    calls = []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(context_module, "generate_conditions", interrupting)
+    real = generation_module.generate_conditions
+    interrupt_on_call(monkeypatch, generation_module, "generate_conditions", 2)
     out = tmp_path / "run"
     with no_typecheck():
         with pytest.raises(KeyboardInterrupt):
             run_refusal_study(RefusalConfig.preset("smoke", model="tiny"), out, progress=False)
         assert (out / "checkpoints" / "front.json").is_file() and not (out / "results.json").exists()
-        monkeypatch.setattr(context_module, "generate_conditions", real)
+        monkeypatch.setattr(generation_module, "generate_conditions", real)
         res = run_refusal_study(RefusalConfig.preset("smoke", model="tiny"), out, progress=False)
     assert res["run_info"]["resumed"] is True
     assert {k: v for k, v in res.items() if k != "run_info"} == {k: v for k, v in ref.items() if k != "run_info"}

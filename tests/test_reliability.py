@@ -19,11 +19,12 @@ import torch
 
 import persona_refusal as pr
 from persona_refusal import assets, evaluation
+from persona_refusal.evaluation import generation
 from persona_refusal.errors import ChecksumError, ModelLoadError
 from persona_refusal.study import Study, StudyConfig, StudyContext, run_study
 from persona_refusal.interventions import AddVector, Patch, apply_conditions
 
-from conftest import PROMPTS, assert_no_hooks, full_forward_last_logits, make_direction
+from conftest import PROMPTS, assert_no_hooks, full_forward_last_logits, interrupt_on_call, make_direction
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FILES = sorted((ROOT / "persona_refusal").rglob("*.py")) + sorted((ROOT / "analysis").rglob("*.py"))
@@ -294,15 +295,7 @@ def test_apply_conditions_removes_hooks_after_exceptions(tiny, tiny_logits):
 def test_generation_interrupted_mid_batch_leaves_no_hooks(tiny, tiny_logits, monkeypatch):
     """Ctrl-C between two generation batches of a multi-condition run."""
     d = make_direction(tiny.d_model, layer=1, model=tiny)
-    real, calls = evaluation._generate_batch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "_generate_batch", interrupted)
+    calls = interrupt_on_call(monkeypatch, generation, "_generate_batch", 2)
     with pytest.raises(KeyboardInterrupt):
         evaluation.generate_conditions(tiny, list(PROMPTS), [[], [AddVector(d, 4.0, layer=1)]], max_new_tokens=3,
                                        batch_size=2, progress=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from clitools import bad_path
 from persona_refusal.errors import ConfigError, RunFolderError
 from persona_refusal.storage import (MANIFEST, MAX_JSON_DEPTH, atomic_write_text, check_fields, check_output,
                                      claim_folder, file_kind, json_depth, open_nofollow, read_user_bytes,
@@ -45,23 +46,9 @@ def make_bad(kind: str, work: Path, name: str = "target.json") -> Path:
     """A path of ``kind`` in ``work`` (and a victim file elsewhere in ``work`` where a link points)."""
     victim = work / "victim.txt"
     victim.write_text("the user's file\n")
-    p = work / name
-    if kind == "symlink":
-        p.symlink_to(victim)
-    elif kind == "dangling symlink":
-        p.symlink_to(work / "nowhere" / "created.txt")
-    elif kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "folder":
-        p.mkdir()
-    elif kind == "foreign file":
-        p.write_text("notes of the user\n")
-    elif kind == "parent is a file":
-        (work / "afile").write_text("a file\n")
-        p = work / "afile" / name
-    elif kind == "trailing slash":
+    if kind == "trailing slash":
         return Path(str(work / "newdir") + "/")
-    return p
+    return bad_path(kind, work, name, victim) or work / name
 
 
 @pytest.fixture(autouse=True)
@@ -182,14 +169,7 @@ def test_claim_folder_refuses_a_study_run_and_foreign_files(tmp_path):
 # ============================================================================ the checked reader
 @pytest.mark.parametrize("kind", ["fifo", "folder", "symlink to a fifo", "missing"])
 def test_reader_refuses_what_is_not_a_regular_file_without_blocking(tmp_path, kind):
-    p = tmp_path / "in.json"
-    if kind == "fifo":
-        os.mkfifo(p)
-    elif kind == "folder":
-        p.mkdir()
-    elif kind == "symlink to a fifo":
-        os.mkfifo(tmp_path / "pipe")
-        p.symlink_to(tmp_path / "pipe")
+    p = bad_path(kind, tmp_path, "in.json", tmp_path / "victim") or tmp_path / "in.json"
     with pytest.raises(ConfigError) as e:
         read_user_json(p, what="cases file", flag="--cases")
     assert "\n" not in str(e.value) and "in.json" in str(e.value)

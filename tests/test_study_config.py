@@ -1,4 +1,4 @@
-"""persona_refusal.study.config: sections, flat routing, one table of field checks, derived flags."""
+"""persona_refusal.study.config and study.gating.config: sections, flat routing, one table of field checks, derived flags."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 from conftest import no_typecheck
 from persona_refusal.errors import ConfigError
-from persona_refusal.study.config import (PRESETS, SECTIONS, Check, StudyConfig, SteeringConfig, add_flags,
-                                          flags_to_fields, layer_spec, resolve_device)
+from persona_refusal.study.config import Check, add_flags, flags_to_fields, layer_spec, resolve_device
+from persona_refusal.study.gating.config import PRESETS, SECTIONS, StudyConfig, SteeringConfig
 
 
 def test_flat_and_sectioned_construction_agree():
@@ -143,10 +143,10 @@ def test_layer_spec():
 
 def test_flags_are_derived_from_the_fields():
     p = argparse.ArgumentParser()
-    add_flags(p)
+    add_flags(p, StudyConfig)
     args = p.parse_args(["--persona-alpha", "2", "--gating-layers", "every:2", "--betas", "1,2", "--allow-transfer",
                          "--heatmap-persona-layers", "3,5"])
-    assert flags_to_fields(args) == {"persona_alpha": 2.0, "gating_layers": "every:2", "betas": [1.0, 2.0],
+    assert flags_to_fields(args, StudyConfig) == {"persona_alpha": 2.0, "gating_layers": "every:2", "betas": [1.0, 2.0],
                                      "allow_transfer": True, "heatmap_persona_layers": [3, 5]}
     offered = {a.dest for a in p._actions}
     assert {n for n in StudyConfig.field_names() if StudyConfig.check_of(n).flag} <= offered

@@ -1,4 +1,4 @@
-"""persona_refusal.study.context: the sweep primitive, where each point starts, and its caches."""
+"""persona_refusal.study.gating.context: the sweep primitive, where each point starts, and its caches."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from conftest import no_typecheck
 from persona_refusal.activations import run_plan
+from persona_refusal.evaluation import first_token_refusal
 from persona_refusal.interventions import AddVector
 from persona_refusal.study import Study, StudyConfig
 
@@ -25,7 +26,7 @@ def ctx(tiny, tmp_path_factory):
 def _from_scratch(ctx, interventions):
     scores = torch.zeros(ctx.sweep_plan.n_prompts, dtype=torch.float64)
     for o in run_plan(ctx.cm, ctx.sweep_plan, interventions=interventions, logits=True, progress=False):
-        scores[o.batch.rows] = ctx.first_token(o.last_logits)[1]
+        scores[o.batch.rows] = first_token_refusal(o.last_logits, ctx.cm.refusal_token_ids)[1]
     return scores
 
 

@@ -7,7 +7,7 @@ A stage is one step of a study: a name, the stages whose results it reads
 fields are the ``results.json`` keys the stage writes (fields marked ``json=False`` stay in
 memory for later stages: tensors, directions). A study is a loop over its registered
 stages in dependency order; the CLI, the report and the figures are derived from the
-registry, so adding a stage is one new file in :mod:`persona_refusal.study.stages`::
+registry, so adding a stage is one new file in :mod:`persona_refusal.study.gating.stages`::
 
     @dataclass
     class MyResult(StageResult):
@@ -38,7 +38,8 @@ from persona_refusal.errors import ConfigError
 from persona_refusal.storage import read_json, write_json
 
 __all__ = ["StageResult", "Stage", "StudyKind", "register", "registered", "get_stage", "stage_order", "memory",
-           "register_study", "study_kind", "kind_of_config", "kind_of_schema", "studies", "GATING", "stage_modules"]
+           "register_study", "randomness_record", "study_kind", "kind_of_config", "kind_of_schema", "studies", "GATING",
+           "stage_modules"]
 
 GATING = "gating"
 """The name of the persona-gating study (the default namespace of :func:`register`)."""
@@ -132,6 +133,21 @@ class StudyKind:
 
 _REGISTRY: dict[str, dict[str, Stage]] = {}
 _STUDIES: dict[str, StudyKind] = {}
+
+
+def randomness_record(cfg: Any, **seeds: int) -> dict:
+    """A run's sources of randomness (the ``randomness`` header of ``results.json``): the seed,
+    the bootstrap's seed and resamples, the study's other seeds (``seeds``), greedy decoding.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> randomness_record(SimpleNamespace(seed=0, bootstrap=200), null_seed=1)["null_seed"]
+        1
+    """
+    return {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap, **seeds,
+            "decoding": "greedy (no sampling)",
+            "note": "nothing else is random; torch's thread count, which can change the last bits of CPU sums, is "
+                    "in run_info"}
 
 
 def register_study(kind: StudyKind) -> StudyKind:
@@ -238,7 +254,7 @@ def stage_modules(path: Sequence[str]) -> list[str]:
     registers one stage when imported, so the package's ``__init__`` imports them all.
 
     Example:
-        >>> from persona_refusal.study import stages
+        >>> from persona_refusal.study.gating import stages
         >>> "gating" in stage_modules(stages.__path__)
         True
     """

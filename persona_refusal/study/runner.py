@@ -28,41 +28,20 @@ import torch
 from persona_refusal.errors import RunFolderError
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PromptSet
-from persona_refusal.results import GatingResults, SummaryDict
+from persona_refusal.results import SummaryDict
 from persona_refusal.storage import read_json_checked, write_json
-from persona_refusal.study import stages as _stage_modules  # noqa: F401  (importing them registers every stage)
 from persona_refusal.study.baseline import BASELINE_MAX_NEW_TOKENS, baseline_record
-from persona_refusal.study.config import SectionedConfig, StudyConfig, resolve_device
-from persona_refusal.study.context import StudyContext, model_dtype
-from persona_refusal.study.registry import Stage, StudyKind, kind_of_config, kind_of_schema, register_study, stage_order
+from persona_refusal.study.config import SectionedConfig, resolve_device
+from persona_refusal.study.context import model_dtype
+from persona_refusal.study.gating import StudyConfig  # importing it registers the gating study and its stages
+from persona_refusal.study.registry import Stage, StudyKind, kind_of_config, kind_of_schema, stage_order
 
 if TYPE_CHECKING:
     from persona_refusal.evaluation import Judge
 
-__all__ = ["Study", "run_study", "load_results", "RESULTS_SCHEMA", "READABLE_SCHEMAS", "GATING_STUDY",
-           "preset_stages"]
+__all__ = ["Study", "run_study", "load_results", "preset_stages"]
 
 log = logging.getLogger(__name__)
-
-RESULTS_SCHEMA = "persona_refusal.gating/1"
-"""The schema of the ``results.json`` this version writes."""
-READABLE_SCHEMAS = (RESULTS_SCHEMA,)
-"""Schemas of the gating study that :func:`load_results` reads."""
-
-
-def _gating_randomness(cfg: StudyConfig) -> dict:
-    return {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
-            "knockout_random_directions_seed": cfg.seed, "cosine_null_seed": cfg.seed + 1,
-            "decoding": "greedy (no sampling)",
-            "note": "nothing else is random; torch's thread count, which can change the last bits "
-                    "of CPU sums, is in run_info"}
-
-
-GATING_STUDY = register_study(StudyKind(
-    name="gating", schema=RESULTS_SCHEMA, config=StudyConfig, context=StudyContext, results=GatingResults,
-    randomness=_gating_randomness, title="persona gating of refusal (Zhong & Li 2026)"))
-"""The persona-gating study (``persona-refusal run``)."""
-
 
 class Study:
     """One run of a study over its registered stages (the kind of study is the one whose

@@ -36,7 +36,7 @@ from persona_refusal.study.refusal.config import (REFUSAL_PRESETS, EditsConfig, 
                                                   RefusalPromptsConfig, RuleConfig)
 from persona_refusal.study.refusal.context import ROLES, RefusalContext, refusal_prompts
 from persona_refusal.study.refusal.stages import STUDY, load_all
-from persona_refusal.study.registry import StudyKind, register_study
+from persona_refusal.study.registry import StudyKind, randomness_record, register_study
 from persona_refusal.study.runner import run_study
 
 __all__ = ["RefusalConfig", "RefusalPromptsConfig", "FrontConfig", "RuleConfig", "EditsConfig", "REFUSAL_PRESETS",
@@ -46,17 +46,10 @@ REFUSAL_SCHEMA = "persona_refusal.refusal/1"
 """The schema of the refusal study's ``results.json``."""
 
 
-def _randomness(cfg: RefusalConfig) -> dict:
-    return {"seed": cfg.seed, "bootstrap_seed": cfg.seed, "bootstrap_resamples": cfg.bootstrap,
-            "decoding": "greedy (no sampling)",
-            "note": "nothing else is random; torch's thread count, which can change the last bits of CPU sums, is in "
-                    "run_info"}
-
-
 load_all()
 REFUSAL_STUDY = register_study(StudyKind(
     name=STUDY, schema=REFUSAL_SCHEMA, config=RefusalConfig, context=RefusalContext, results=RefusalResults,
-    randomness=_randomness, title="refusal directions at their best: the refusal-vs-KL front, ablation vs ACE vs "
+    randomness=randomness_record, title="refusal directions at their best: the refusal-vs-KL front, ablation vs ACE vs "
                                   "addition"))
 """The refusal study (``persona-refusal refusal``)."""
 

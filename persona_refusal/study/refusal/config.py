@@ -177,7 +177,7 @@ class RefusalConfig(SectionedConfig):
     """Everything that defines a refusal study. Layers are ``resid_pre`` indices.
 
     Fields can be given flat or by section, as for
-    :class:`~persona_refusal.study.config.StudyConfig`; ``--flag`` per field on
+    :class:`~persona_refusal.study.gating.StudyConfig`; ``--flag`` per field on
     ``persona-refusal refusal``.
 
     Example:

@@ -142,7 +142,7 @@ def run(ctx: RefusalContext) -> EditsResult:
             got = ctx.judged("edits", prompts, {f"{s}/{e}": ivs[e] for e in conds[s]}, f"edits: {s}",
                              max_new_tokens=cfg.max_new_tokens, group_rows=GROUP_ROWS)
             gens[s] = {e: got[f"{s}/{e}"] for e in conds[s]}
-    kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
+    kw = ctx.boot
     with ctx.timer("edits_kl"):
         safe = sets["harmless"]
         ref = ctx.reference(safe)

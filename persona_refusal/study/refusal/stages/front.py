@@ -104,7 +104,7 @@ def judged_keys(table: Sequence[CandidateScores], keys: Sequence[str], settings:
 
 def _first_token_row(ctx: RefusalContext, point: dict) -> dict:
     """The summary of one candidate's first-token point."""
-    kw = {"n_boot": ctx.cfg.bootstrap, "seed": ctx.cfg.seed}
+    kw = ctx.boot
     bypass = first_token_stats(point["bypass_refused"], point["bypass_scores"])
     row = {"bypass": bypass["score_mean"], "bypass_ci": bypass["score_ci"], "bypass_rate": bypass["refusal_rate"],
            "bypass_rate_ci": bypass["ci"], "bypass_k": bypass["k"], "n_val": bypass["n"]}

@@ -1,27 +1,16 @@
-"""Measuring refusal: first-token scores, batched greedy generation, judges, rates with intervals.
+"""Judges: which replies are refusals, compliances or degenerate text.
 
 Context
 -------
-Two measurements of refusal, a fast one and a faithful one:
-
-* the **first-token refusal score** (Arditi et al.): the log-odds that the reply opens
-  with a refusal token (``"I"``, ``"As"`` …), from one forward pass per prompt. It is
-  what sweeps over layers and strengths use;
-* **generation + judge**: greedy decoding under the interventions (KV cache, shared
-  prompt prefix, left padding), then a judge labels each reply *refusal*, *compliance*
-  or *degenerate*. Two phrase judges are built in (:data:`JUDGES`, see
-  ``docs/judges.md``): the *strict* :class:`SubstringJudge` looks for the refusal
-  phrases of :data:`REFUSAL_SUBSTRINGS` (Arditi et al.'s list plus a few unambiguous
-  ones), the *lenient* :class:`LenientJudge` for the broader regexes of
-  :data:`LENIENT_PATTERNS` (the protocol of Zhong & Li 2026); both read the first 500
-  characters and flag incoherent or repetitive text with a documented heuristic
-  (:func:`is_degenerate`). Any callable with the :class:`Judge` signature plugs in
-  instead (an LLM judge, a classifier). Judged generations can stop a reply as soon
-  as every judge's label is final (``stop_when=decided_by(*judges)``), which leaves
-  the labels unchanged and saves most of the decoding of refusals.
-
-Rates come as :class:`Rate` with Wilson 95% intervals. :func:`kl_divergence_on` measures
-how far an edit moves the next-token distribution on harmless prompts.
+Two phrase judges are built in (:data:`JUDGES`, see ``docs/judges.md``): the *strict*
+:class:`SubstringJudge` looks for the refusal phrases of :data:`REFUSAL_SUBSTRINGS`
+(Arditi et al.'s list plus a few unambiguous ones), the *lenient* :class:`LenientJudge`
+for the broader regexes of :data:`LENIENT_PATTERNS` (the protocol of Zhong & Li 2026);
+both read the first 500 characters and flag incoherent or repetitive text with a
+documented heuristic (:func:`is_degenerate`). :class:`ModelJudge` asks a chat model the
+rubric :data:`JUDGE_RUBRIC` instead. Any callable with the :class:`Judge` signature plugs
+in (an LLM judge, a classifier). :func:`decided_by` says when more generated text can no
+longer change every judge's label, which lets generation stop early.
 """
 
 from __future__ import annotations
@@ -29,54 +18,25 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, TypedDict, Unpack, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from persona_refusal import assets, decoding, ops
-from persona_refusal.activations import (
-    Batch, BatchPlan, _prefix_cache, next_token_logits, plan_batches, retry_halving, run_plan,
-)
+from persona_refusal import assets
+from persona_refusal.activations import plan_batches, run_plan
 from persona_refusal.errors import ConfigError, ModelLoadError
-from persona_refusal.interventions import Intervention, apply, apply_conditions
 from persona_refusal.models import ChatModel, load_chat_model
 
 __all__ = [
-    "REFUSAL_SUBSTRINGS",
-    "LENIENT_PATTERNS",
-    "JUDGE_WINDOW",
-    "Rate",
-    "Judge",
-    "SubstringJudge",
-    "LenientJudge",
-    "JUDGES",
-    "ModelJudge",
-    "DEFAULT_JUDGE_MODEL",
-    "JUDGE_SYSTEM",
-    "JUDGE_RUBRIC",
-    "JUDGE_ANSWERS",
-    "judge_name",
-    "get_judge",
-    "decided_by",
-    "CHECK_EVERY",
-    "is_refusal",
-    "is_degenerate",
-    "last_logits",
-    "refusal_scores",
-    "generate",
-    "generate_details",
-    "generate_conditions",
-    "Generation",
-    "judge_responses",
-    "kl_divergence_on",
-    "LABELS",
+    "LABELS", "REFUSAL_SUBSTRINGS", "LENIENT_PATTERNS", "JUDGE_WINDOW", "Judge", "SubstringJudge", "LenientJudge",
+    "JUDGES", "ModelJudge", "DEFAULT_JUDGE_MODEL", "JUDGE_SYSTEM", "JUDGE_RUBRIC", "JUDGE_ANSWERS", "JUDGE_NAMES_HINT",
+    "judge_name", "get_judge", "decided_by", "is_refusal", "is_degenerate", "judge_responses",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,45 +54,6 @@ REFUSAL_SUBSTRINGS: tuple[str, ...] = (
 
 JUDGE_WINDOW = 500
 """Characters of a reply the phrase judges read (refusal phrases and degeneracy alike)."""
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A proportion ``k / n`` with its Wilson 95% interval.
-
-    Example:
-        >>> r = Rate(3, 10)
-        >>> r
-        30.0% [10.8%, 60.3%] (3/10)
-        >>> r.value, r.to_dict()["k"]
-        (0.3, 3)
-    """
-
-    k: int
-    """Count of positives."""
-    n: int
-    """Number of trials."""
-
-    @property
-    def value(self) -> float:
-        """``k / n`` (NaN when ``n`` is 0)."""
-        return self.k / self.n if self.n else float("nan")
-
-    @property
-    def ci(self) -> tuple[float, float]:
-        """Wilson 95% interval."""
-        return ops.wilson_interval(self.k, self.n)
-
-    def to_dict(self) -> dict:
-        """JSON-able form: ``k``, ``n``, ``rate`` and the Wilson ``ci``."""
-        lo, hi = self.ci
-        return {"k": self.k, "n": self.n, "rate": self.value, "ci": [lo, hi]}
-
-    def __repr__(self) -> str:
-        lo, hi = self.ci
-        return f"{self.value:.1%} [{lo:.1%}, {hi:.1%}] ({self.k}/{self.n})"
-
-
 def _normalise(text: str) -> str:
     return text.replace("\u2019", "'").replace("\u2018", "'").lower()
 
@@ -264,7 +185,7 @@ class _PhraseJudge:
         whatever those characters say, whatever follows. For a shorter text that is
         not yet a refusal, the label can still change (a refusal phrase later on, or
         the degeneracy heuristic on more words). Generation asks this only of texts
-        that end in a settled character (see :func:`generate_conditions`), so the
+        that end in a settled character (see :func:`~persona_refusal.evaluation.generate_conditions`), so the
         "longer text" does start with ``text``.
         """
         return self.refuses(text) or len(text) >= self.window
@@ -645,7 +566,7 @@ def decided_by(*judges: Judge) -> Callable[[str], bool]:
     Each judge needs a ``decided(text) -> bool`` method (the built-in ones have it,
     :meth:`SubstringJudge.decided`): the rule is ``all(j.decided(text) for j in judges)``,
     so the labels of all these judges on a reply stopped by it equal their labels on the
-    full-length reply. Pass it as ``stop_when`` to :func:`generate_conditions`.
+    full-length reply. Pass it as ``stop_when`` to :func:`~persona_refusal.evaluation.generate_conditions`.
 
     Example:
         >>> stop = decided_by(*JUDGES.values())
@@ -671,419 +592,3 @@ def judge_responses(instructions: Sequence[str], responses: Sequence[str], judge
     if len(labels) != len(responses) or any(l not in LABELS for l in labels):
         raise ConfigError(f"a judge must return one of {LABELS} per response")
     return labels
-
-
-def _plan(chat_model, instructions, system, batch_size, keep_last=8, reserve=0) -> BatchPlan:
-    if isinstance(instructions, BatchPlan):
-        return instructions
-    if len(instructions) == 0:
-        raise ConfigError("empty prompt set: nothing to evaluate")
-    return plan_batches(chat_model, chat_model.format(instructions, system), batch_size=batch_size,
-                        keep_last=keep_last, reserve=reserve)
-
-
-def last_logits(
-    chat_model: "ChatModel",
-    instructions: Sequence[str] | BatchPlan,
-    *,
-    interventions: Sequence["Intervention"] = (),
-    system: str | None = None,
-    batch_size: int | None = None,
-    desc: str | None = None,
-    progress: bool = True,
-) -> Float[Tensor, "n_prompts d_vocab"]:
-    """Next-token logits at the end of each prompt (where the reply starts), prompt order.
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> last_logits(cm, ["Hi", "Hello"], progress=False).shape
-        torch.Size([2, 384])
-    """
-    plan = _plan(chat_model, instructions, system, batch_size)
-    out = torch.zeros(plan.n_prompts, chat_model.model.cfg.d_vocab_out)
-    for o in run_plan(chat_model, plan, interventions=interventions, logits=True, desc=desc, progress=progress):
-        out[o.batch.rows] = o.last_logits
-    return out
-
-
-class LogitOptions(TypedDict, total=False):
-    """The keyword options of :func:`last_logits`, which :func:`refusal_scores` passes on."""
-
-    interventions: Sequence["Intervention"]
-    """Edits applied during the run (default: none)."""
-    system: str | None
-    """System prompt (default: the template's own)."""
-    batch_size: int | None
-    """Prompts per batch (default: sized automatically)."""
-    desc: str | None
-    """Progress-bar label."""
-    progress: bool
-    """Show a progress bar (default ``True``)."""
-
-
-def refusal_scores(
-    chat_model: "ChatModel", instructions: Sequence[str] | BatchPlan, **options: Unpack[LogitOptions]
-) -> Float[Tensor, "n_prompts"]:
-    """First-token refusal log-odds per prompt (positive: a refusal opener is likely).
-
-    Takes the keyword options of :func:`last_logits` (``interventions``, ``system``,
-    ``batch_size``, ``desc``, ``progress``).
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> refusal_scores(cm, ["Hi", "Hello"], progress=False).shape
-        torch.Size([2])
-    """
-    logits = last_logits(chat_model, instructions, **options)
-    return ops.refusal_log_odds(logits, list(chat_model.refusal_token_ids))
-
-
-def kl_divergence_on(
-    chat_model: "ChatModel",
-    instructions: Sequence[str] | BatchPlan,
-    interventions: Sequence["Intervention"],
-    *,
-    reference_logits: Tensor | None = None,
-    system: str | None = None,
-    batch_size: int | None = None,
-    progress: bool = True,
-) -> Float[Tensor, "n_prompts"]:
-    """``KL(unedited ‖ edited)`` of the next-token distribution per prompt, in nats.
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> d = Direction(vector=torch.randn(cm.d_model), layer=1, model_id=cm.model_id)
-        >>> kl_divergence_on(cm, ["Hi", "Hello"], [Ablate(d)], progress=False).shape
-        torch.Size([2])
-    """
-    if reference_logits is None:
-        reference_logits = last_logits(chat_model, instructions, system=system, batch_size=batch_size, progress=progress)
-    edited = last_logits(chat_model, instructions, interventions=interventions, system=system,
-                         batch_size=batch_size, progress=progress)
-    return ops.kl_divergence(reference_logits, edited)
-
-
-@dataclass
-class Generation:
-    """Replies plus what the prompt pass measured on the way (no extra forward pass).
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> g = generate_details(cm, ["Hi", "Hello"], max_new_tokens=4, progress=False)
-        >>> len(g.texts), g.first_scores.shape
-        (2, torch.Size([2]))
-    """
-
-    texts: list[str]
-    """One greedy reply per prompt, in prompt order."""
-    first_scores: Tensor
-    """First-token refusal log-odds per prompt (float64)."""
-    first_tokens: Tensor
-    """Greedy first token per prompt."""
-    captured: dict[str, Tensor]
-    """Hook name → ``[n_prompts, n_positions, d]`` activations of the prompt pass, if asked for."""
-
-    def first_token_refusals(self, refusal_token_ids: Sequence[int]) -> Tensor:
-        """Whether each greedy reply opens with a refusal token."""
-        return torch.isin(self.first_tokens, torch.as_tensor(list(refusal_token_ids)))
-
-    def __repr__(self) -> str:
-        n = len(self.texts)
-        mean = f"{float(self.first_scores.double().mean()):.3g}" if n else "n/a"
-        first = (self.texts[0][:40] + ("…" if len(self.texts[0]) > 40 else "")) if n else ""
-        cap = f", captured={sorted(self.captured)}" if self.captured else ""
-        return f"Generation({n} replies, mean first-token refusal log-odds {mean}, first={first!r}{cap})"
-
-
-def generate(
-    chat_model: "ChatModel",
-    instructions: Sequence[str] | BatchPlan,
-    *,
-    interventions: Sequence["Intervention"] = (),
-    system: str | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int | None = None,
-    share_prefix: bool = True,
-    stop_when: Callable[[str], bool] | None = None,
-    desc: str | None = "generating",
-    progress: bool = True,
-) -> list[str]:
-    """Greedy replies, batched, with a KV cache, under any interventions.
-
-    The shared prompt prefix runs once per batch; the rest is left-padded; edits apply
-    at every position, generated ones included. Decoding stops at the model's
-    end-of-turn tokens; rows that have stopped leave the batch. Returns one reply per
-    instruction, in order, without the end-of-turn token. :func:`generate_details`
-    also returns first-token scores and prompt activations from the same pass.
-
-    ``stop_when(reply_so_far) -> bool`` (e.g. :func:`decided_by`) also ends a row early,
-    checked every :data:`CHECK_EVERY` tokens; its reply is then what it had so far (see
-    :func:`generate_conditions`).
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> len(generate(cm, ["Hi"], max_new_tokens=4, progress=False))
-        1
-    """
-    return generate_details(chat_model, instructions, interventions=interventions, system=system,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size, share_prefix=share_prefix,
-                            stop_when=stop_when, desc=desc, progress=progress).texts
-
-
-def generate_details(
-    chat_model: "ChatModel",
-    instructions: Sequence[str] | BatchPlan,
-    *,
-    interventions: Sequence["Intervention"] = (),
-    system: str | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int | None = None,
-    share_prefix: bool = True,
-    capture: dict[str, Sequence[int]] | None = None,
-    stop_when: Callable[[str], bool] | None = None,
-    temperature: float = 0.0,
-    seed: int = 0,
-    desc: str | None = "generating",
-    progress: bool = True,
-) -> Generation:
-    """:func:`generate`, also keeping first-token scores and prompt activations.
-
-    Args:
-        capture: hook name → positions (from the end of the prompt) to keep from the
-            prompt pass, e.g. ``{"blocks.10.hook_resid_pre": [-1]}``.
-        stop_when: early stopping, ``reply_so_far -> bool``, as in :func:`generate_conditions`.
-        temperature: 0 (default) decodes greedily; above 0, each token is sampled from the
-            softmax of ``logits / temperature`` with a generator seeded by ``seed`` (the same
-            plan and seed give the same replies). First-token scores are of the logits, as
-            when greedy.
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> g = generate_details(cm, ["Hi"], max_new_tokens=4, capture={"blocks.1.hook_resid_pre": [-1]}, progress=False)
-        >>> g.captured["blocks.1.hook_resid_pre"].shape
-        torch.Size([1, 1, 64])
-    """
-    capture = dict(capture or {})
-    keep_last = max([8] + [-min(p) for p in capture.values() if p])
-    _check_generation_args(chat_model, max_new_tokens, capture)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 10:
-        raise ConfigError(f"temperature must be a number between 0 and 10, got {temperature!r}")
-    plan = instructions if isinstance(instructions, BatchPlan) else plan_batches(
-        chat_model, chat_model.format(instructions, system), batch_size=batch_size,
-        batch_tokens=_GEN_BATCH_TOKENS, share_prefix=share_prefix, reserve=max_new_tokens, keep_last=keep_last)
-    with apply(chat_model, *interventions), torch.inference_mode():
-        return _generate_plan(chat_model, plan, max_new_tokens, capture, desc, progress, stop_when,
-                              pick=_sampler(temperature, seed))
-
-
-def _sampler(temperature: float, seed: int) -> Callable[[Tensor], Tensor] | None:
-    """The next-token rule: ``None`` for greedy (argmax), else seeded sampling at ``temperature``."""
-    if temperature == 0:
-        return None
-    gen = torch.Generator().manual_seed(int(seed))
-
-    def pick(logits: Tensor) -> Tensor:
-        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(logits.device)
-
-    return pick
-
-
-def generate_conditions(
-    chat_model: "ChatModel",
-    instructions: Sequence[str],
-    conditions: Sequence[Sequence["Intervention"]],
-    *,
-    system: str | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int | None = None,
-    stop_when: Callable[[str], bool] | None = None,
-    desc: str | None = "generating",
-    progress: bool = True,
-) -> list[Generation]:
-    """Greedy replies to the same prompts under several sets of interventions at once.
-
-    Every (condition, prompt) pair is a row; rows of different conditions share batches
-    (each condition's edits touch only its rows, see
-    :func:`persona_refusal.interventions.apply_conditions`). Decoding one token for many
-    rows costs little more than for a few on a CPU, so this is much faster than one
-    :func:`generate_details` call per condition. Returns one :class:`Generation` per
-    condition, equal to what :func:`generate_details` gives for it.
-
-    Early stopping: with ``stop_when``, every :data:`CHECK_EVERY` decoding steps each
-    row still decoding has its tokens so far decoded (as the final reply is) and leaves
-    the batch when ``stop_when(text)`` is true; its reply is that text. (A text ending
-    in U+FFFD, maybe an incomplete multi-byte character, or in whitespace, which the
-    tokenizer may still clean up, waits for the next check: so a stopped reply is the
-    start of the full-length one.) With ``stop_when=decided_by(*judges)`` a row stops
-    only once every judge's label is final (a refusal phrase seen, or the judge's whole
-    window written), so each of these judges labels the shortened reply exactly as it
-    would label the full-length one: rates are unchanged, refusals cost a few tokens
-    instead of ``max_new_tokens``. The replies of stopped rows are truncated at the
-    decision point, though: replies saved for reading or for another judge (one not
-    among ``judges``, e.g. an LLM judge later) are shorter than without stopping.
-    ``stop_when=None`` (the default) decodes every row to its end-of-turn token or
-    ``max_new_tokens``.
-
-    Example:
-        >>> cm = load_chat_model("tiny")
-        >>> base, ablated = generate_conditions(cm, ["Hi"], [[], [Ablate(d)]], max_new_tokens=4)  # doctest: +SKIP
-    """
-    if not conditions:
-        raise ConfigError("generate_conditions needs at least one condition")
-    _check_generation_args(chat_model, max_new_tokens, {})
-    prompts = list(instructions)
-    texts = chat_model.format(prompts, system) * len(conditions)
-    labels = [c for c in range(len(conditions)) for _ in prompts]
-    plan = plan_batches(chat_model, texts, batch_size=batch_size, batch_tokens=_GEN_BATCH_TOKENS,
-                        reserve=max_new_tokens, conditions=labels)
-    with apply_conditions(chat_model, conditions), torch.inference_mode():
-        gen = _generate_plan(chat_model, plan, max_new_tokens, {}, desc, progress, stop_when)
-    n = len(prompts)
-    return [Generation(gen.texts[c * n:(c + 1) * n], gen.first_scores[c * n:(c + 1) * n],
-                       gen.first_tokens[c * n:(c + 1) * n], {}) for c in range(len(conditions))]
-
-
-def _check_generation_args(chat_model, max_new_tokens: int, capture) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
-        raise ConfigError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}",
-                          hint="use an integer of at least 1, e.g. max_new_tokens=64")
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if not isinstance(capture, Mapping):
-        raise ConfigError(f"capture must map hook names to positions, got {type(capture).__name__}")
-    for name in capture:
-        if name not in chat_model.model.hook_dict:
-            raise ConfigError(f"unknown hook point {name!r}")
-
-
-def _generate_plan(chat_model, plan: BatchPlan, max_new_tokens: int, capture, desc, progress,
-                   stop_when=None, pick=None) -> Generation:
-    from tqdm.auto import tqdm
-
-    n = plan.n_prompts
-    texts: list[str] = [""] * n
-    scores = torch.zeros(n, dtype=torch.float64)
-    first = torch.zeros(n, dtype=torch.long)
-    captured: dict[str, Tensor] = {}
-    stop = torch.tensor(chat_model.stop_token_ids or [-1], device=chat_model.device)
-    bar = tqdm(total=n, desc=desc, disable=not progress or desc is None, leave=False)
-    def generate_batch(b: Batch, _rows) -> tuple:
-        return _generate_batch(chat_model, b, max_new_tokens, stop, capture, stop_when=stop_when, pick=pick)
-
-    for whole in plan.batches:
-        for batch, (seqs, logits0, cap) in retry_halving(whole, generate_batch, "generating for"):
-            rows = batch.rows
-            scores[rows] = ops.refusal_log_odds(logits0, list(chat_model.refusal_token_ids)).cpu()
-            first[rows] = logits0.argmax(-1).cpu()
-            for name, t in cap.items():
-                if name not in captured:
-                    captured[name] = torch.zeros((n,) + tuple(t.shape[1:]))
-                captured[name][rows] = t
-            for row, seq in zip(rows.tolist(), seqs):
-                texts[row] = chat_model.tokenizer.decode(seq, skip_special_tokens=True)
-            bar.update(batch.size)
-    bar.close()
-    return Generation(texts, scores, first, captured)
-
-
-CHECK_EVERY = 4
-"""Decoding steps between two early-stopping checks (``stop_when``) of generation: each
-check decodes every active row's tokens so far, which costs little next to 4 forward
-passes. A row whose text so far ends in U+FFFD (maybe an incomplete character) or in
-whitespace waits for the next check."""
-
-_GEN_BATCH_TOKENS = 4096
-"""Per-row token budget of a generation batch: decoding steps run one token per row, and
-skinny matrix products are inefficient on a CPU, so generation batches are large."""
-
-
-def _generate_batch(chat_model: "ChatModel", batch, max_new_tokens: int, stop: Tensor, capture=None,
-                    stop_when: Callable[[str], bool] | None = None, pick: Callable[[Tensor], Tensor] | None = None):
-    pick = pick or (lambda logits: logits.argmax(-1))
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    model = chat_model.model
-    state = chat_model._state
-    n_layers = chat_model.n_layers
-    b = batch.size
-    cache = _prefix_cache(chat_model, batch, n_layers, frozen=False)
-    if cache is None:
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, b)
-    captured: dict[str, Tensor] = {}
-
-    def make_hook(name, positions):
-        def hook(act, hook):
-            if state.at_prompt_positions:
-                captured[name] = act[:, list(positions)].detach().float().cpu()
-            return act
-        return hook
-
-    cap_hooks = [(name, make_hook(name, pos)) for name, pos in (capture or {}).items()]
-    with model.hooks(fwd_hooks=cap_hooks), state.use("suffix" if batch.n_prefix else "full", batch.rows,
-                                                      batch.conditions):
-        logits0 = next_token_logits(model, model(batch.tokens, attention_mask=batch.mask, past_kv_cache=cache,
-                                                 stop_at_layer=n_layers))
-    nxt = pick(logits0)
-    # the decoding steps: this package's fast path where it covers the model and its hooks
-    session = decoding.start(model, cache, max_new_tokens, chat_model.decode) if max_new_tokens > 1 else None
-    if session is not None:
-        cache = None  # the session holds the keys and values now
-    out: list[list[int]] = [[] for _ in range(b)]
-    active = torch.arange(b)  # original row of each row still decoding
-    for step in range(max_new_tokens):
-        is_stop = torch.isin(nxt, stop.to(nxt.device)).cpu()
-        tokens = nxt.tolist()  # one read-back per step, not one per row
-        for i, row in enumerate(active.tolist()):
-            if not is_stop[i]:
-                out[row].append(tokens[i])
-        if step == max_new_tokens - 1:
-            break
-        done = is_stop
-        if stop_when is not None and (step + 1) % CHECK_EVERY == 0:  # rows whose reply is decided leave too
-            decode = chat_model.tokenizer.decode
-            done = is_stop | torch.tensor([not bool(is_stop[i]) and _stops(decode(out[row], skip_special_tokens=True),
-                                                                          stop_when)
-                                           for i, row in enumerate(active.tolist())], dtype=torch.bool)
-        keep = (~done).nonzero().flatten()
-        if keep.numel() == 0:
-            break
-        if keep.numel() < active.numel():  # finished rows leave the batch
-            active, nxt = active[keep], nxt[keep.to(nxt.device)]
-            if session is not None:
-                session.select_rows(keep)
-            else:
-                _select_rows(cache, keep)
-        with state.use("decode", batch.rows[active],
-                       None if batch.conditions is None else batch.conditions[active]):
-            if session is not None:
-                nxt = pick(next_token_logits(model, session.step(nxt), session.unembed))
-            else:
-                ones = torch.ones((active.numel(), 1), dtype=batch.mask.dtype, device=batch.mask.device)
-                nxt = pick(next_token_logits(model, model(nxt[:, None], attention_mask=ones, past_kv_cache=cache,
-                                                          stop_at_layer=n_layers)))
-    return out, logits0, captured
-
-
-def _stops(text: str, stop_when: Callable[[str], bool]) -> bool:
-    """Whether a row whose reply so far is ``text`` stops now: ``stop_when(text)``, asked
-    only when ``text`` ends in a settled character.
-
-    A reply so far that ends in U+FFFD may end in an incomplete multi-byte character
-    (more tokens turn it into another character, or several ``"\\ufffd"`` into one), and
-    one that ends in whitespace may lose it to the tokenizer's clean-up of spaces before
-    punctuation; any other text is the start of every longer decoding, which is what
-    the guarantee of :func:`decided_by` needs. Such rows wait for the next check.
-    """
-    if text.endswith("\ufffd") or text[-1:].isspace():
-        return False
-    return bool(stop_when(text))
-
-
-def _select_rows(cache, keep: Tensor) -> None:
-    """Keep only some rows of a TransformerLens KV cache (in place)."""
-    for e in cache.entries:
-        idx = keep.to(e.past_keys.device)
-        e.past_keys = e.past_keys[idx]
-        e.past_values = e.past_values[idx]
-    cache.previous_attention_mask = cache.previous_attention_mask[keep.to(cache.previous_attention_mask.device)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from persona_refusal import ops
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
 
 

@@ -19,7 +19,7 @@ from persona_refusal import ops
 from persona_refusal.directions import LayerDirections
 from persona_refusal.persona import persona_direction, persona_rollouts
 from persona_refusal.storage import write_json
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
 from persona_refusal.study.store import read_object
 

@@ -35,9 +35,9 @@ import torch
 
 from persona_refusal import ops
 from persona_refusal.interventions import AddVector
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
-from persona_refusal.study.stages.gating_judged import judged_stats
+from persona_refusal.study.gating.stages.gating_judged import judged_stats
 from persona_refusal.study.stats import paired_difference, restoration
 
 __all__ = ["PersonaOrthogonalResult", "orthogonal_vectors"]
@@ -127,13 +127,12 @@ def run(ctx: StudyContext) -> PersonaOrthogonalResult:
         if name.startswith("minus:"):
             for cell, layers in cells.items():
                 conds[f"cell:{cell}:{name}"] = [iv, *[ctx.readd(b0, l) for l in layers]]
-    ev = list(ctx.prompts["eval_harmful"])
-    judges = list(ctx.judges)
+    ev, judges = ctx.eval_harmful, list(ctx.judges)
     with ctx.timer("persona_orthogonal"):
         base, full = ctx.store.get("eval", "baseline"), ctx.store.get("eval", "persona")
         gens = ctx.judged("persona_orthogonal", ev, conds, "persona without its refusal component",
                           group_rows=GROUP_ROWS)
-    kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
+    kw = ctx.boot
     head = cfg.judge
     refused = lambda g: [l == "refusal" for l in g["labels_by_judge"][head]]  # noqa: E731
     variants = [{"variant": "full", "norm_ratio": 1.0, **judged_stats(full, None, None, judges, **kw)}]

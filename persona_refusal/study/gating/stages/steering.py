@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from persona_refusal.directions import Direction
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, memory, register
 
 

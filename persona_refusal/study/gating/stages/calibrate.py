@@ -1,7 +1,7 @@
 """Stage ``calibrate``: the persona strength α chosen on the val split, never on the
 evaluation prompts.
 
-The grid :attr:`~persona_refusal.study.config.SteeringConfig.calibration_alphas` is walked
+The grid :attr:`~persona_refusal.study.gating.config.SteeringConfig.calibration_alphas` is walked
 from the smallest α up. At each α the model answers the harmful and the harmless val
 prompts with persona steering on (judged replies of ``calibration_max_new_tokens``
 tokens, the headline judge); the first α whose harmful val refusal rate is at most
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, memory, register
 from persona_refusal.study.stats import outcome_rates
 

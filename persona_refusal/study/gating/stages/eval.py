@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from persona_refusal.evaluation import Rate
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
 from persona_refusal.study.stats import first_token_stats, outcome_rates
 
@@ -35,7 +35,7 @@ class EvalResult(StageResult):
 def run(ctx: StudyContext) -> EvalResult:
     """Baseline vs persona on the evaluation prompts (generation + judge)."""
     with ctx.timer("eval_generation"):
-        ev = list(ctx.prompts["eval_harmful"])
+        ev = ctx.eval_harmful
         gens = ctx.judged("eval", ev, {"baseline": [], "persona": [ctx.steer()]}, "eval: baseline + persona")
     base, pers = gens["baseline"], gens["persona"]
     agreement = {}

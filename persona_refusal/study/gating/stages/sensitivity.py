@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
-from persona_refusal.study.stages.gating_judged import judged_stats
+from persona_refusal.study.gating.stages.gating_judged import judged_stats
 
 __all__ = ["SensitivityResult", "sensitivity_conditions"]
 
@@ -86,8 +86,7 @@ def run(ctx: StudyContext) -> SensitivityResult:
     cfg = ctx.cfg
     if not cfg.sensitivity_alpha_multipliers:
         return SensitivityResult(None)
-    ev = list(ctx.prompts["eval_harmful"])
-    judges = list(ctx.judges)
+    ev, judges = ctx.eval_harmful, list(ctx.judges)
     conds, rows = sensitivity_conditions(ctx)
     stored, todo = {}, {}
     for key, ivs in conds.items():
@@ -99,7 +98,7 @@ def run(ctx: StudyContext) -> SensitivityResult:
     with ctx.timer("sensitivity"):
         base = ctx.store.get("eval", "baseline")
         gens = {**stored, **ctx.judged("sensitivity", ev, todo, "sensitivity", group_rows=GROUP_ROWS)}
-    kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
+    kw = ctx.boot
     head, max_deg = cfg.judge, cfg.calibration_max_degenerate
     out_rows = []
     for r in rows:

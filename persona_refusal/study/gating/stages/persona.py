@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from persona_refusal.directions import LayerDirections
 from persona_refusal.persona import persona_direction, persona_rollouts
 from persona_refusal.storage import read_json, write_json
-from persona_refusal.study.context import StudyContext, given_stem
+from persona_refusal.study.gating.context import StudyContext, given_stem
 from persona_refusal.study.registry import StageResult, memory, register
 from persona_refusal.study.store import read_object
 

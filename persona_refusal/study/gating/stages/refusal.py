@@ -9,7 +9,7 @@ from persona_refusal.directions import Direction, DirectionGrid, LayerDirections
 from persona_refusal.errors import ConfigError
 from persona_refusal.selection import select_refusal_direction
 from persona_refusal.storage import read_json, write_json
-from persona_refusal.study.context import StudyContext, given_stem
+from persona_refusal.study.gating.context import StudyContext, given_stem
 from persona_refusal.study.registry import StageResult, memory, register
 from persona_refusal.study.store import read_object
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
 from persona_refusal.study.stats import outcome_rates
 

@@ -21,4 +21,3 @@ def load_all() -> list[str]:
     return names
 
 
-load_all()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from persona_refusal.activations import run_plan
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, memory, register
 from persona_refusal.study.stats import first_token_stats
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from persona_refusal.evaluation import Rate
-from persona_refusal.study.context import StudyContext
+from persona_refusal.study.gating.context import StudyContext
 from persona_refusal.study.registry import StageResult, register
 from persona_refusal.study.stats import first_token_stats, paired_difference, restoration
 
@@ -169,15 +169,14 @@ def run(ctx: StudyContext) -> GatingJudgedResult:
     cfg = ctx.cfg
     if not cfg.judged_sweep:
         return GatingJudgedResult(None)
-    ev = list(ctx.prompts["eval_harmful"])
-    judges = list(ctx.judges)
+    ev, judges = ctx.eval_harmful, list(ctx.judges)
     conds = conditions(ctx)
     alias, todo = _dedupe(conds)
     with ctx.timer("gating_judged"):
         ref = ctx.judged("eval", ev, {"baseline": [], "persona": [ctx.steer()]}, "eval: baseline + persona")
         gens = ctx.judged("gating_judged", ev, todo, "judged gating", group_rows=GROUP_ROWS)
     base, pers = ref["baseline"], ref["persona"]
-    kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
+    kw = ctx.boot
     b0 = ctx.betas[0]
     record: dict = {
         "n": len(ev), "max_new_tokens": cfg.max_new_tokens, "judge": cfg.judge, "judges": judges,
