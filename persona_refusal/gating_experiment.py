@@ -39,7 +39,7 @@ from persona_refusal.evaluation import JUDGES, Judge, Rate, first_token_outcome,
 from persona_refusal.formatting import ci_text, fmt
 from persona_refusal.interventions import AddVector, Intervention
 from persona_refusal.results import GatingResults
-from persona_refusal.study.gating.readd import judged_points, judged_rows, judged_stats, readd_sweep
+from persona_refusal.study.gating.readd import agreement, judged_points, judged_rows, judged_stats, readd_sweep
 from persona_refusal.study.stats import first_token_stats, point_stats
 
 if TYPE_CHECKING:
@@ -248,7 +248,8 @@ def gating_experiment(chat_model: "ChatModel", persona: Direction | LayerDirecti
             "betas": betas, "alpha": float(alpha), "persona_layer": P, "cells": cells,
             "baseline": judged_stats(base, None, None, names, **boot),
             "persona": judged_stats(pers, None, None, names, **boot),
-            **judged_rows(gens, cells, base, pers, names, **boot)}
+            **judged_rows(gens, cells, base, pers, names, **boot),
+            "agreement": agreement([*gens.values(), base, pers], judge)}
     else:
         raise ConfigError(f"measure must be 'first_token' or 'judged', not {measure!r}")
     return GatingExperiment(GatingResults(view), measure)

@@ -16,13 +16,14 @@ each (:func:`~persona_refusal.study.stats.point_stats`), are computed here for b
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from persona_refusal.evaluation import Rate
 from persona_refusal.interventions import Intervention
 from persona_refusal.study.stats import first_token_stats, point_stats, restoration
 
-__all__ = ["Runner", "readd_key", "readd_points", "readd_sweep", "judged_points", "judged_rows", "judged_stats"]
+__all__ = ["Runner", "readd_key", "readd_points", "readd_sweep", "judged_points", "judged_rows", "judged_stats",
+           "agreement"]
 
 Runner = Callable[[Mapping[str, Sequence[Intervention]]], Mapping[str, dict]]
 """Measures points: ``{key: interventions}`` → ``{key: {"refused": [...], "scores": [...]}}``."""
@@ -135,3 +136,11 @@ def judged_rows(gens: Mapping[str, dict], cells: Mapping[str, Sequence[int]], ba
             b, l = rest.split("@")
             out["layers"].append({"layer": int(l), "beta": float(b), **judged_stats(g, base, pers, judges, **kw)})
     return out
+
+
+def agreement(gens: Iterable[dict], judge: str) -> dict:
+    """How often the first-token proxy agrees with the headline judge over every reply of
+    ``gens``: ``{"first_token_vs_judge", "n_replies", "judge"}``."""
+    pairs = [(a == "refusal", r) for g in gens for a, r in zip(g["labels"], g["refused"])]
+    return {"first_token_vs_judge": sum(x == y for x, y in pairs) / len(pairs) if pairs else None,
+            "n_replies": len(pairs), "judge": judge}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from persona_refusal.study.gating.context import StudyContext
-from persona_refusal.study.gating.readd import _refused, judged_points, judged_rows, judged_stats
+from persona_refusal.study.gating.readd import _refused, agreement, judged_points, judged_rows, judged_stats
 from persona_refusal.study.registry import StageResult, register
 from persona_refusal.study.stats import paired_difference
 
@@ -148,9 +148,7 @@ def run(ctx: StudyContext) -> GatingJudgedResult:
     record.update(judged_rows({key: gens[alias[key]] for key in conds}, ctx.layers["readd_cells"], base, pers, judges,
                               **kw))
     every = [(key, gens[alias[key]]) for key in conds] + [("baseline", base), ("persona", pers)]
-    pairs = [(a == "refusal", r) for _, g in every for a, r in zip(g["labels"], g["refused"])]
-    record["agreement"] = {"first_token_vs_judge": sum(x == y for x, y in pairs) / len(pairs) if pairs else None,
-                           "n_replies": len(pairs), "judge": cfg.judge}
+    record["agreement"] = agreement((g for _, g in every), cfg.judge)
     record["judge_disagreements"] = [d for key, g in every if (d := _disagreements(key, g, ev, judges))]
     if cfg.control_harmless:
         record["control_harmless"] = _harmless_record(ctx, judges, kw)
