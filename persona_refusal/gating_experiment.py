@@ -125,7 +125,8 @@ class GatingExperiment:
         """A few lines: the set-up, the baseline and persona rates, every row."""
         st = self.results.steering
         how = FIRST_TOKEN if self.measure == "first_token" else f"judged replies ({self.results.gating_judged.judge})"
-        lines = [f"GatingExperiment — {self.results.model.model_id}: persona α = {fmt(st.persona_alpha, 'g')} × s at "
+        model = self.results.model.model_id
+        lines = [f"GatingExperiment — {model}: persona α = {fmt(st.persona_alpha, 'g')} × s at "
                  f"layer {st.persona_layer} (s = {fmt(st.s)}), refusal direction from layer "
                  f"{self.results.refusal_direction.layer}; refusal = {how}"]
         lines += [f"  {w:<18} β={b:<5} refusal {r:<22} restoration {x}" for w, b, r, x in self.table()]

@@ -22,8 +22,8 @@ import torch
 from persona_refusal import ops
 from persona_refusal.evaluation import Rate
 
-__all__ = ["first_token_stats", "point_stats", "outcome_rates", "restoration", "mean_ci", "bootstrap_mean", "paired_difference",
-           "Z95"]
+__all__ = ["first_token_stats", "point_stats", "outcome_rates", "restoration", "mean_ci", "bootstrap_mean",
+           "paired_difference", "Z95"]
 
 Z95 = 1.959963984540054
 """The two-sided 95% quantile of the standard normal."""
