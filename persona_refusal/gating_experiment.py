@@ -107,7 +107,8 @@ class GatingExperiment:
         return get_figure("gating" if self.measure == "first_token" else "gating_judged").draw(self.results)
 
     def table(self) -> list[tuple]:
-        """``(what, β, refusal, restoration)`` text rows: every layer, then every cell."""
+        """``(what, β, refusal, restoration)`` text rows: the baseline and the persona alone,
+        every layer, then every cell."""
         main = None if self.measure == "first_token" else self.results.gating_judged.judge
 
         def rate(r):
@@ -118,7 +119,8 @@ class GatingExperiment:
             rec = r if main is None else r.get(main) or {}
             return f"{fmt(rec.get('restoration'), '.2f')} {ci_text(*(rec.get('restoration_ci') or [None, None]))}"
 
-        return ([(f"layer {r.layer}", fmt(r.beta, "g"), rate(r), rest(r)) for r in self.rows]
+        return ([("model as is", "", rate(self.baseline), ""), ("persona only", "", rate(self.persona), "")]
+                + [(f"layer {r.layer}", fmt(r.beta, "g"), rate(r), rest(r)) for r in self.rows]
                 + [(f"{c.cell} {list(c.layers)}", fmt(c.beta, "g"), rate(c), rest(c)) for c in self.cells])
 
     def summary(self) -> str:
@@ -129,7 +131,9 @@ class GatingExperiment:
         lines = [f"GatingExperiment — {model}: persona α = {fmt(st.persona_alpha, 'g')} × s at "
                  f"layer {st.persona_layer} (s = {fmt(st.s)}), refusal direction from layer "
                  f"{self.results.refusal_direction.layer}; refusal = {how}"]
-        lines += [f"  {w:<18} β={b:<5} refusal {r:<22} restoration {x}" for w, b, r, x in self.table()]
+        for w, b, r, x in self.table():
+            lines.append((f"  {w:<18} {'β=' + b if b else '':<7} refusal {r:<30}" + (f" restoration {x}" if x else ""))
+                         .rstrip())
         return "\n".join(lines)
 
     def __repr__(self) -> str:
