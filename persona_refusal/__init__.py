@@ -49,7 +49,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PersonaRollouts", "persona_direction", "persona_rollouts"], "persona"),
     **dict.fromkeys(["GatingResults", "RefusalResults"], "results"),
     "load_results": "study.runner",
-    **dict.fromkeys(["GatingExperiment", "gating_experiment"], "gating_experiment"),
+    **dict.fromkeys(["GatingExperiment", "gating_experiment"], "gating_sweep"),
 }
 
 
@@ -115,7 +115,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see
     from persona_refusal.persona import PersonaRollouts, persona_direction, persona_rollouts
     from persona_refusal.results import GatingResults, RefusalResults
     from persona_refusal.study.runner import load_results
-    from persona_refusal.gating_experiment import GatingExperiment, gating_experiment
+    from persona_refusal.gating_sweep import GatingExperiment, gating_experiment
 
 __version__ = "0.1.0"
 

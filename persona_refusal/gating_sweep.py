@@ -43,8 +43,6 @@ from persona_refusal.study.gating.readd import agreement, judged_points, judged_
 from persona_refusal.study.stats import first_token_stats, point_stats
 
 if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
     from persona_refusal.models import ChatModel
 
 __all__ = ["gating_experiment", "GatingExperiment"]
@@ -101,7 +99,7 @@ class GatingExperiment:
         """Persona steering alone on the same prompts."""
         return self.results.sweep.persona if self.measure == "first_token" else self.results.gating_judged.persona
 
-    def figure(self) -> "go.Figure":
+    def figure(self) -> "plotly.graph_objects.Figure":  # noqa: F821 (plotly: the analysis layer's)
         """The report's figure of this measure, drawn by the same function from :attr:`results`:
         ``gating`` (first token) or ``gating_judged`` (judged replies)."""
         return get_figure("gating" if self.measure == "first_token" else "gating_judged").draw(self.results)
