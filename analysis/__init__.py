@@ -100,7 +100,7 @@ def _write_pngs(figs: dict[str, go.Figure], out_dir: Path) -> list[Path]:
         if missing():
             raise RuntimeError("kaleido wrote no PNG for " + ", ".join(names[i] for i in missing()))
         for p in paths:  # the mark that lets --copy-to replace them later
-            p.write_bytes(mark_png(p.read_bytes()))
+            atomic_write_bytes(p, mark_png(p.read_bytes()))
     except BaseException:
         for p in paths:  # no half set of PNGs
             p.unlink(missing_ok=True)

@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PersonaRollouts", "persona_direction", "persona_rollouts"], "persona"),
     **dict.fromkeys(["GatingResults", "RefusalResults"], "results"),
     "load_results": "study.runner",
+    **dict.fromkeys(["GatingExperiment", "gating_experiment"], "gating_sweep"),
 }
 
 
@@ -116,6 +117,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see
     from persona_refusal.persona import PersonaRollouts, persona_direction, persona_rollouts
     from persona_refusal.results import GatingResults, RefusalResults
     from persona_refusal.study.runner import load_results
+    from persona_refusal.gating_sweep import GatingExperiment, gating_experiment
 
 __version__ = "0.1.0"
 
@@ -175,4 +177,6 @@ __all__ = [
     "GatingResults",
     "RefusalResults",
     "load_results",
+    "GatingExperiment",
+    "gating_experiment",
 ]

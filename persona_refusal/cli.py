@@ -9,9 +9,7 @@ the run stopped; the same command resumes it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import signal
 import sys
 import time

@@ -41,7 +41,7 @@ from persona_refusal.extraction import extract_directions
 from persona_refusal.selection import select_refusal_direction
 from persona_refusal.evaluation import (Judge, ModelJudge, Rate, generate_details, get_judge, judge_name,
                                          judge_responses, kl_divergence_on, last_logits, refusal_scores)
-from persona_refusal.interventions import Ablate, AddVector, apply, orthogonalize_weights
+from persona_refusal.interventions import Ablate, AddVector, orthogonalize_weights
 from persona_refusal.models import ChatModel, load_chat_model
 from persona_refusal.prompts import PromptSet, bundled
 from persona_refusal.storage import sha256_json, write_json

@@ -33,6 +33,7 @@ from __future__ import annotations
 import html
 from typing import Any, ClassVar
 
+from persona_refusal.errors import ConfigError
 from persona_refusal.formatting import fmt, rate_text
 
 __all__ = ["GatingResults", "RefusalResults", "SummaryDict", "Record", "RecordList", "typed", "stage_keys",
@@ -193,15 +194,13 @@ class SummaryDict(Record):
             ConfigError: no such stage in this study, or these results lack its keys (it did not run).
 
         Example:
+            >>> import persona_refusal.study  # the studies register their stages
             >>> r = GatingResults({"steering": {"s": 2.0, "persona_layer": 3}})
             >>> st = r.stage("steering")
             >>> type(st).__name__, st.steering.s
             ('SteeringResult', 2.0)
         """
-        from persona_refusal.study.registry import get_stage
-
-        _load_studies()
-        return get_stage(name, self.STUDY).result.from_json(self)
+        return _registry().get_stage(name, self.STUDY).result.from_json(self)
 
     def rows(self) -> list[tuple[str, str]]:  # pragma: no cover - overridden
         """The summary as ``(label, value)`` pairs."""
@@ -240,9 +239,12 @@ class GatingResults(SummaryDict):
     Every key of ``results.json`` is an attribute (``results.gating``,
     ``results.alpha_sweep`` …) and an item (``results["gating"]``); :meth:`stage` gives a
     stage's result dataclass; ``repr``, the notebook HTML view and :meth:`summary` show a
-    summary. It serialises exactly like the dict it was read from.
+    summary. It serialises exactly like the dict it was read from. A key one of the study's
+    stages writes but the run lacks reads as ``None`` once the studies are imported
+    (:func:`~persona_refusal.study.load_results` imports them).
 
     Example:
+        >>> import persona_refusal.study
         >>> r = GatingResults({"model": {"model_id": "m", "n_layers": 4, "d_model": 64},
         ...                    "refusal_direction": {"layer": 1, "position": -1, "norm": 2.0},
         ...                    "baseline": {"refusal": {"k": 3, "n": 4, "rate": 0.75, "ci": [0.3, 0.95]}}})
@@ -364,22 +366,38 @@ def _baseline_rows(results: dict) -> list[tuple[str, str]]:
 _STAGE_KEYS: dict[str, frozenset[str]] = {}
 
 
-def _load_studies() -> None:
-    """Import the studies, so that every stage is registered (torch comes with them)."""
-    import persona_refusal.study  # noqa: F401
+_REGISTRY: Any = None
+"""The stage registry (:mod:`persona_refusal.study.registry`), handed over by it when the studies
+are imported: the results sit below the studies, and need only the stages' names and result
+classes from them."""
+
+
+def bind_registry(registry: Any) -> None:
+    """Called by :mod:`persona_refusal.study.registry` on import; forgets cached key sets."""
+    global _REGISTRY
+    _REGISTRY = registry
+    _STAGE_KEYS.clear()
+
+
+def _registry() -> Any:
+    if _REGISTRY is None:
+        raise ConfigError("the studies are not loaded, so their stages are unknown",
+                          hint="import persona_refusal.study first (load_results and run_study do)")
+    return _REGISTRY
 
 
 def stage_keys(study: str) -> frozenset[str]:
-    """The ``results.json`` keys the registered stages of ``study`` write.
+    """The ``results.json`` keys the registered stages of ``study`` write (none while the
+    studies are not imported).
 
     Example:
+        >>> import persona_refusal.study  # the studies register their stages
         >>> {"gating", "gating_control", "baseline"} <= stage_keys("gating")
         True
     """
+    if _REGISTRY is None:
+        return frozenset()
     if study not in _STAGE_KEYS:
-        from persona_refusal.study.registry import registered
-
-        _load_studies()
-        _STAGE_KEYS[study] = frozenset(k for st in registered(study).values() if st.result is not None
+        _STAGE_KEYS[study] = frozenset(k for st in _REGISTRY.registered(study).values() if st.result is not None
                                        for k in st.result.json_fields())
     return _STAGE_KEYS[study]

@@ -53,6 +53,7 @@ RANKS: dict[str, int] = {
     "agreement": 15,  # judges compared on a run folder's stored replies (reads the study's files; the report shows it)
     "demo": 15,
     "analysis": 16,
+    "gating_sweep": 17,  # the gating experiment as one function; its result draws with the analysis layer
     "cli": 17,
     "console": 17,  # the console script: catches Ctrl-C, then imports the command line
     "": 18,  # persona_refusal/__init__.py: re-exports the public API, the top

@@ -85,7 +85,7 @@ def test_notebook_draws_its_figures(executed):
     nb, _ = executed
     figs = _figures(nb)
     stored = _figures(nbformat.read(NOTEBOOK, as_version=4))
-    assert len(figs) >= 12, f"only {len(figs)} figures were drawn"
+    assert len(figs) >= 3, f"only {len(figs)} figures were drawn"  # selection, gating (first token), gating (judged)
     if stored:  # the same cells draw the same figures on any model
         assert len(figs) == len(stored), f"{len(figs)} figures on the tiny model, {len(stored)} in the stored run"
     for fig in figs:

@@ -112,6 +112,11 @@ def style(fig: go.Figure, title: str, subtitle: str | None = None, *, legend_bot
     return fig
 
 
+def replies_note(rec: dict) -> str:
+    """``"128-token replies, lenient judge"``: how a record's replies were generated and judged."""
+    return f"{rec.get('max_new_tokens')}-token replies, {rec.get('judge')} judge"
+
+
 def legend_below(fig: go.Figure, y: float, bottom: int) -> go.Figure:
     """A horizontal legend under the plot (its top at ``y`` in paper units), with a bottom
     margin of ``bottom`` pixels to hold it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from persona_refusal.analysis.figures._style import COLORS, empty, legend_below, model_label, rate_pct, shade, style
+from persona_refusal.analysis.figures._style import COLORS, empty, legend_below, model_label, rate_pct, replies_note, shade, style
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
 from persona_refusal.results import RefusalResults
@@ -84,8 +84,7 @@ def edits_figure(results: dict) -> go.Figure:
     n = ed.get("n") or {}
     style(fig, title, f"direction: layer {d.get('layer')}, position {d.get('position')} (chosen by {d.get('rule')} on "
                       f"val) · addition c = {add.get('coeff')} (val) · n = {n.get('harmful')} harmful, "
-                      f"{n.get('harmless')} harmless, {n.get('borderline')} borderline · {ed.get('max_new_tokens')}-token "
-                      f"replies, {ed.get('judge')} judge")
+                      f"{n.get('harmless')} harmless, {n.get('borderline')} borderline · {replies_note(ed)}")
     return legend_below(fig, -0.2, 150)
 
 

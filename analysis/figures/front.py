@@ -7,7 +7,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from persona_refusal.analysis.figures._style import COLORS, empty, legend_below, model_label, rgba, style
+from persona_refusal.analysis.figures._style import COLORS, empty, legend_below, model_label, replies_note, rgba, style
 from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite, fmt, rate_text
 from persona_refusal.results import RefusalResults
@@ -150,7 +150,7 @@ def front_figure(results: dict) -> go.Figure:
     style(fig, title, f"{n_single} candidates (positions {front.get('positions')}, layers "
                       f"{min(layers) if layers else '?'}..{max(layers) if layers else '?'}) · first token: "
                       f"{front.get('n_val')} + {front.get('n_val')} val prompts · judged: {front.get('n_front')} "
-                      f"harmful val prompts, {front.get('max_new_tokens')}-token replies, {front.get('judge')} judge")
+                      f"harmful val prompts, {replies_note(front)}")
     return legend_below(fig, -0.16, 130)
 
 

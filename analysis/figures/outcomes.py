@@ -48,7 +48,6 @@ def outcomes_figure(results: dict) -> go.Figure:
             cliponaxis=False))
     if not any(t.type == "bar" and t.y and any(v is not None for v in t.y) for t in fig.data):
         no_data(fig, "no baseline/persona evaluation in these results")
-    steering = results.steering or {}
     fig.add_annotation(xref="paper", yref="paper", x=1.0, y=-0.15, xanchor="right", yanchor="top", align="left",
                        showarrow=False, bgcolor="rgba(255,255,255,0.9)", bordercolor="#bbb", borderwidth=1,
                        borderpad=6, font=dict(size=12),

@@ -30,10 +30,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pkgutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from persona_refusal import results as _results
 from persona_refusal.errors import ConfigError
 from persona_refusal.storage import read_json, write_json
 
@@ -197,6 +199,7 @@ def register(name: str, *, requires: Sequence[str] = (), order: int = 100, study
             raise ConfigError(f"a stage named {name!r} is already registered in the {study} study")
         doc = (fn.__doc__ or "").strip().splitlines()
         stages[name] = Stage(name, fn, tuple(requires), order, doc[0] if doc else "", study, _result_class(fn))
+        _results.bind_registry(sys.modules[__name__])  # the typed results learn the new stage's keys
         return fn
 
     return deco
@@ -259,3 +262,6 @@ def stage_modules(path: Sequence[str]) -> list[str]:
         True
     """
     return sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+
+
+_results.bind_registry(sys.modules[__name__])

@@ -22,8 +22,8 @@ import torch
 from persona_refusal import ops
 from persona_refusal.evaluation import Rate
 
-__all__ = ["first_token_stats", "outcome_rates", "restoration", "mean_ci", "bootstrap_mean", "paired_difference",
-           "Z95"]
+__all__ = ["first_token_stats", "point_stats", "outcome_rates", "restoration", "mean_ci", "bootstrap_mean",
+           "paired_difference", "Z95"]
 
 Z95 = 1.959963984540054
 """The two-sided 95% quantile of the standard normal."""
@@ -56,6 +56,28 @@ def first_token_stats(refused: Sequence[bool], scores: Sequence[float]) -> dict:
     lo, hi = ops.wilson_interval(k, n)
     m = mean_ci(torch.tensor(list(scores), dtype=torch.float64))
     return {"refusal_rate": k / n, "k": k, "n": n, "ci": [lo, hi], "score_mean": m["mean"], "score_ci": m["ci"]}
+
+
+def point_stats(point: dict, reference: tuple[dict, dict] | None = None, *, n_boot: int, seed: int) -> dict:
+    """First-token statistics of one point (``{"refused", "scores"}`` per prompt,
+    :func:`first_token_stats`) and, given the ``(baseline, persona)`` points of the same
+    prompts, the share of the persona → baseline gap it closes, of the rate
+    (``restoration``, ``restoration_ci``) and of the log-odds (``score_restoration``,
+    ``score_restoration_ci``; :func:`restoration`).
+
+    Example:
+        >>> base, pers = {"refused": [1, 1], "scores": [2.0, 2.0]}, {"refused": [0, 0], "scores": [-2.0, -2.0]}
+        >>> point_stats({"refused": [1, 0], "scores": [2.0, -2.0]}, (base, pers), n_boot=10, seed=0)["restoration"]
+        0.5
+    """
+    out = first_token_stats(point["refused"], point["scores"])
+    if reference is not None:
+        b, p = reference
+        out["restoration"], out["restoration_ci"] = restoration(point["refused"], b["refused"], p["refused"],
+                                                                n_boot=n_boot, seed=seed)
+        out["score_restoration"], out["score_restoration_ci"] = restoration(point["scores"], b["scores"], p["scores"],
+                                                                            n_boot=n_boot, seed=seed)
+    return out
 
 
 def outcome_rates(labels: Sequence[str]) -> dict:

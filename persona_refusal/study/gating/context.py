@@ -36,7 +36,7 @@ from persona_refusal.interventions import AddVector, Intervention
 from persona_refusal.prompts import Personas, PromptSet, bundled, load_prompts, resolve_personas
 from persona_refusal.study.context import RunContext, file_hashes
 from persona_refusal.study.gating.config import StudyConfig
-from persona_refusal.study.stats import first_token_stats, restoration
+from persona_refusal.study.stats import point_stats
 
 if TYPE_CHECKING:
     from persona_refusal.evaluation import Judge
@@ -349,13 +349,13 @@ class StudyContext(RunContext):
         return out
 
     def summarise(self, point: dict, with_restoration: bool = True) -> dict:
-        """First-token statistics of a point, and its restoration of the persona → baseline gap."""
-        out = first_token_stats(point["refused"], point["scores"])
-        if with_restoration:
-            b, p = self.caches["baseline"], self.caches["persona"]
-            n, seed = self.cfg.bootstrap, self.cfg.seed
-            out["restoration"], out["restoration_ci"] = restoration(point["refused"], b.refused, p.refused,
-                                                                    n_boot=n, seed=seed)
-            out["score_restoration"], out["score_restoration_ci"] = restoration(point["scores"], b.scores, p.scores,
-                                                                                n_boot=n, seed=seed)
-        return out
+        """First-token statistics of a point, and its restoration of the persona → baseline
+        gap of the sweep prompts (:func:`~persona_refusal.study.stats.point_stats`)."""
+        return point_stats(point, self.reference if with_restoration else None, **self.boot)
+
+    @property
+    def reference(self) -> tuple[dict, dict]:
+        """The baseline and persona points of the sweep prompts (``{"refused", "scores"}``
+        each), the two ends of every restoration."""
+        b, p = self.caches["baseline"], self.caches["persona"]
+        return {"refused": b.refused, "scores": b.scores}, {"refused": p.refused, "scores": p.scores}

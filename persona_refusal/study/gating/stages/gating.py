@@ -1,11 +1,15 @@
 """Stage ``gating``: with persona steering on, the refusal direction re-added at every
-layer (first-token refusal and restoration); the same without persona is the control."""
+layer (first-token refusal and restoration); the same without persona is the control.
+The loop and the arithmetic are :func:`~persona_refusal.study.gating.readd.readd_sweep`'s,
+shared with :func:`persona_refusal.gating_experiment`; the stage measures each point with
+:meth:`StudyContext.sweep` (checkpointed, started mid-model)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from persona_refusal.study.gating.context import StudyContext
+from persona_refusal.study.gating.readd import readd_sweep
 from persona_refusal.study.registry import StageResult, register
 
 
@@ -20,14 +24,10 @@ class GatingResult(StageResult):
 @register("gating", requires=("sweep_caches",), order=70)
 def run(ctx: StudyContext) -> GatingResult:
     """Refusal re-added at every layer, persona on (gating) and off (control)."""
-    cfg, layers = ctx.cfg, ctx.layers
+    layers = ctx.layers
     with ctx.timer("gating"):
-        pts = ctx.sweep("gating", {f"{b}@{l}": [ctx.steer(), ctx.readd(b, l)]
-                                   for b in ctx.betas for l in layers["gating_layers"]}, desc="gating sweep")
-        gating = [{"layer": l, "beta": b, **ctx.summarise(pts[f"{b}@{l}"])}
-                  for b in ctx.betas for l in layers["gating_layers"]]
-        ctl = ctx.sweep("control", {f"{b}@{l}": [ctx.readd(b, l)]
-                                    for b in ctx.control_betas for l in layers["control_layers"]}, desc="control sweep")
-        control = [{"layer": l, "beta": b, **ctx.summarise(ctl[f"{b}@{l}"], False)}
-                   for b in ctx.control_betas for l in layers["control_layers"]]
+        gating = readd_sweep(lambda pts: ctx.sweep("gating", pts, desc="gating sweep"), [ctx.steer()], ctx.readd,
+                             ctx.betas, layers["gating_layers"], reference=ctx.reference, **ctx.boot)
+        control = readd_sweep(lambda pts: ctx.sweep("control", pts, desc="control sweep"), [], ctx.readd,
+                              ctx.control_betas, layers["control_layers"], reference=None, **ctx.boot)
     return GatingResult(gating, control)

@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from persona_refusal.evaluation import Rate
 from persona_refusal.study.gating.context import StudyContext
+from persona_refusal.study.gating.readd import _refused, agreement, judged_points, judged_rows, judged_stats
 from persona_refusal.study.registry import StageResult, register
-from persona_refusal.study.stats import first_token_stats, paired_difference, restoration
+from persona_refusal.study.stats import paired_difference
 
 __all__ = ["GatingJudgedResult", "judged_stats", "harmless_conditions", "induced_stats"]
 
@@ -43,39 +43,6 @@ class GatingJudgedResult(StageResult):
     """Per layer, per cell and per control cell: each judge's refusal rate (Wilson) and
     restoration (paired bootstrap), the first-token proxy and its agreement; the judges'
     disagreements. ``None`` when ``judged_sweep`` is off."""
-
-
-def _refused(g: dict, judge: str) -> list[bool]:
-    return [l == "refusal" for l in g["labels_by_judge"][judge]]
-
-
-def judged_stats(g: dict, base: dict | None, pers: dict | None, judges: Sequence[str], *, n_boot: int,
-                 seed: int) -> dict:
-    """Statistics of one judged condition: per judge, refusal and degenerate rates with
-    Wilson intervals and (given ``base`` and ``pers``) restoration with a paired bootstrap
-    interval; the first-token proxy, and the share of prompts where it agrees with each judge.
-
-    Example:
-        >>> g = {"labels_by_judge": {"strict": ["refusal", "compliance"]}, "refused": [True, True], "scores": [1.0, 2.0]}
-        >>> s = judged_stats(g, None, None, ["strict"], n_boot=10, seed=0)
-        >>> s["strict"]["refusal"]["k"], s["agreement"]["strict"]
-        (1, 0.5)
-    """
-    n = len(g["refused"])
-    out: dict = {"n": n}
-    for name in judges:
-        refused = _refused(g, name)
-        labels = g["labels_by_judge"][name]
-        row = {"refusal": Rate(sum(refused), n).to_dict(),
-               "degenerate": Rate(sum(l == "degenerate" for l in labels), n).to_dict()}
-        if base is not None and pers is not None:
-            row["restoration"], row["restoration_ci"] = restoration(refused, _refused(base, name), _refused(pers, name),
-                                                                    n_boot=n_boot, seed=seed)
-        out[name] = row
-    out["first_token"] = first_token_stats(g["refused"], g["scores"])
-    out["agreement"] = {name: sum(a == b for a, b in zip(_refused(g, name), g["refused"])) / n if n else None
-                        for name in judges}
-    return out
 
 
 def _disagreements(key: str, g: dict, prompts: Sequence[str], judges: Sequence[str]) -> dict | None:
@@ -93,17 +60,11 @@ def _disagreements(key: str, g: dict, prompts: Sequence[str], judges: Sequence[s
 
 def conditions(ctx: StudyContext) -> dict[str, list]:
     """Every judged condition by key: named cells at every β first (the paper's), then the
-    control cells (no persona, β₀), then the per-layer sweep at β₀."""
-    b0, cells = ctx.betas[0], ctx.layers["readd_cells"]
-    out: dict[str, list] = {}
-    for name, layers in cells.items():
-        for b in ctx.betas:
-            out[f"cell:{name}:{b}"] = [ctx.steer(), *[ctx.readd(b, l) for l in layers]]
-    for name, layers in cells.items():
-        out[f"control:{name}:{b0}"] = [ctx.readd(b0, l) for l in layers]
-    for l in ctx.layers["judged_layers"]:
-        out[f"layer:{b0}@{l}"] = [ctx.steer(), ctx.readd(b0, l)]
-    return out
+    control cells (no persona, β₀), then the per-layer sweep at β₀
+    (:func:`~persona_refusal.study.gating.readd.judged_points`)."""
+    b0 = ctx.betas[0]
+    return judged_points([ctx.steer()], ctx.readd, cells=ctx.layers["readd_cells"], cell_betas=ctx.betas,
+                         control_betas=[b0], layers=ctx.layers["judged_layers"], layer_betas=[b0])
 
 
 def harmless_conditions(ctx: StudyContext) -> dict[str, list]:
@@ -183,26 +144,11 @@ def run(ctx: StudyContext) -> GatingJudgedResult:
         "early_stop": cfg.early_stop, "beta0": b0, "betas": ctx.betas, "alpha": ctx.alpha,
         "persona_layer": ctx.persona_layer, "cells": ctx.layers["readd_cells"],
         "baseline": judged_stats(base, None, None, judges, **kw), "persona": judged_stats(pers, None, None, judges, **kw),
-        "layers": [], "cell_rows": [], "control": [],
     }
-    for key in conds:
-        g = gens[alias[key]]
-        kind, _, rest = key.partition(":")
-        if kind == "cell":
-            name, b = rest.rsplit(":", 1)
-            record["cell_rows"].append({"cell": name, "layers": ctx.layers["readd_cells"][name], "beta": float(b),
-                                        **judged_stats(g, base, pers, judges, **kw)})
-        elif kind == "control":
-            name, b = rest.rsplit(":", 1)
-            record["control"].append({"cell": name, "layers": ctx.layers["readd_cells"][name], "beta": float(b),
-                                      **judged_stats(g, None, None, judges, **kw)})
-        else:
-            b, l = rest.split("@")
-            record["layers"].append({"layer": int(l), "beta": float(b), **judged_stats(g, base, pers, judges, **kw)})
+    record.update(judged_rows({key: gens[alias[key]] for key in conds}, ctx.layers["readd_cells"], base, pers, judges,
+                              **kw))
     every = [(key, gens[alias[key]]) for key in conds] + [("baseline", base), ("persona", pers)]
-    pairs = [(a == "refusal", r) for _, g in every for a, r in zip(g["labels"], g["refused"])]
-    record["agreement"] = {"first_token_vs_judge": sum(x == y for x, y in pairs) / len(pairs) if pairs else None,
-                           "n_replies": len(pairs), "judge": cfg.judge}
+    record["agreement"] = agreement((g for _, g in every), cfg.judge)
     record["judge_disagreements"] = [d for key, g in every if (d := _disagreements(key, g, ev, judges))]
     if cfg.control_harmless:
         record["control_harmless"] = _harmless_record(ctx, judges, kw)
