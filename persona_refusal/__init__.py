@@ -59,7 +59,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'persona_refusal' has no attribute {name!r}")
     import importlib
 
-    from persona_refusal.checks import checked  # arguments checked against the annotations (docs/bad-input.md)
+    from persona_refusal.checks import checked  # argument checks (docs/bad-input.md), loaded with the first export
 
     value = checked(getattr(importlib.import_module(f"{__name__}.{module}"), name))
     globals()[name] = value

@@ -10,9 +10,10 @@ parameter, what it expects and what it got::
 
 Functions are wrapped with :func:`functools.wraps` (same name, docstring, signature and
 ``__wrapped__``); the package's own modules import the unwrapped functions, so studies pay
-nothing. Exported classes keep their identity (``isinstance`` works as before): the
-arguments of ``Class(...)`` are checked against ``Class.__init__``, for calls made from
-outside the package only.
+nothing. Exported classes are marked ``@checked`` where they are defined, so a class
+behaves the same however it is imported, and keeps its identity (``isinstance`` works as
+before): the arguments of ``Class(...)`` are checked against ``Class.__init__``, for calls
+made from outside the package only.
 
 What is checked: plain classes, ``None``, unions and ``X | None``, ``str``, ``int``,
 ``float``, ``bool``, ``Sequence[X]``/``list[X]``/``tuple[X, ...]`` (any sequence, a list or a
@@ -53,7 +54,9 @@ SAMPLE = 3
 _PACKAGE = __name__.rsplit(".", 1)[0]
 _PASS_THROUGH = ("dataclasses", "copy", "jaxtyping", "beartype")
 
-# Names that annotations use but the defining modules import only under TYPE_CHECKING.
+# Names that annotations use but the defining modules import only under TYPE_CHECKING: looked
+# up among the modules already imported (a caller holding such an object has imported its
+# module), never imported here.
 _FALLBACK = {
     "ChatModel": "persona_refusal.models",
     "Intervention": "persona_refusal.interventions",
@@ -69,15 +72,19 @@ _FALLBACK = {
 
 
 class _Fallback(dict):
-    """A namespace that imports the names of :data:`_FALLBACK` when an annotation uses them."""
+    """A namespace that finds the names of :data:`_FALLBACK` in :data:`sys.modules`; it
+    notes each name it could not find in :attr:`missed`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.missed: set[str] = set()
 
     def __missing__(self, name: str) -> Any:
-        module = _FALLBACK.get(name)
-        if module is None:
+        module = sys.modules.get(_FALLBACK.get(name, ""))
+        if module is None or not hasattr(module, name):
+            self.missed.add(name)
             raise KeyError(name)
-        import importlib
-
-        value = getattr(importlib.import_module(module), name)
+        value = getattr(module, name)
         self[name] = value
         return value
 
@@ -224,13 +231,13 @@ class _Union(_Check):
 
 
 class _Sequence(_Check):
-    def __init__(self, item: _Check | None, kind: str = "sequence") -> None:
+    def __init__(self, item: _Check | None, kind: str = "sequence", prompts: bool = False) -> None:
         self.item = item
         if item is None:
             self.expects = _article(kind)
         elif isinstance(item, _Instance) and item.cls is str:
-            self.expects = f"{_article(kind)} of strings (a PromptSet or a list)" if kind == "sequence" else \
-                f"{_article(kind)} of strings"
+            # a ``Sequence[str]`` parameter is where the package takes prompts
+            self.expects = f"{_article(kind)} of strings" + (" (a PromptSet or a list)" if prompts else "")
         else:
             self.expects = f"{_article(kind)} of {item.plural}"
         self.plural = f"{kind}s" if item is None else f"{kind}s of {item.plural}"
@@ -331,7 +338,7 @@ def compile_annotation(annotation: Any) -> _Check | None:
                 return None
         if origin is tuple and not item:
             return None  # a fixed-length tuple
-        return _Sequence(item)  # a list or a tuple is accepted for any of them
+        return _Sequence(item, prompts=origin is abc.Sequence)  # a list or a tuple is accepted for any of them
     if origin in (abc.Mapping, dict, abc.MutableMapping):
         key, val = (compile_annotation(args[0]), compile_annotation(args[1])) if len(args) == 2 else (None, None)
         return _Mapping(key, val) if (key is None) == (val is None) or not args else None
@@ -352,31 +359,37 @@ def compile_annotation(annotation: Any) -> _Check | None:
     return None
 
 
-def _resolve(fn: Callable, module: str) -> dict[str, Any]:
-    """``fn``'s parameter annotations, resolved against ``module`` (and :data:`_FALLBACK`);
-    one that cannot be resolved is left out."""
+class _Annotated:
+    """Holds one annotation, so that :func:`typing.get_type_hints` resolves it alone."""
+
+
+def _resolve(fn: Callable, module: str) -> tuple[dict[str, Any], bool]:
+    """``fn``'s parameter annotations, resolved against ``module`` (and :data:`_FALLBACK`),
+    and whether every one was; one that cannot be resolved is left out."""
     globalns = getattr(sys.modules.get(module), "__dict__", {})
     localns = _Fallback()
     try:
-        return typing.get_type_hints(fn, globalns=globalns, localns=localns)
+        return typing.get_type_hints(fn, globalns=globalns, localns=localns), True
     except Exception:  # one name cannot be resolved: resolve the annotations one by one
         pass
-    hints = {}
+    hints, complete = {}, True
     for name, ann in getattr(fn, "__annotations__", {}).items():
+        holder = _Annotated()
+        holder.__annotations__ = {name: ann}
         try:
-            for _ in range(2):  # a quoted annotation under ``from __future__ import annotations``
-                ann = eval(ann, globalns, localns) if isinstance(ann, str) else ann  # noqa: S307
-            hints[name] = ann
+            hints[name] = typing.get_type_hints(holder, globalns=globalns, localns=localns)[name]
         except Exception:
-            continue
-    return hints
+            complete = False
+    return hints, complete and not localns.missed
 
 
-def _plan(fn: Callable, owner: str, module: str, skip_first: bool) -> tuple[inspect.Signature, dict]:
-    """The signature of ``fn`` and ``{parameter: check}`` for the parameters that can be checked."""
+def _plan(fn: Callable, owner: str, module: str, skip_first: bool) -> tuple[inspect.Signature, dict, bool]:
+    """The signature of ``fn``, ``{parameter: check}`` for the parameters that can be checked,
+    and whether every annotation was resolved (a plan that is not complete is made again on
+    the next call, when the module that defines a name may have been imported)."""
     raw = inspect.unwrap(fn)
     signature = inspect.signature(raw)
-    hints = _resolve(raw, module)
+    hints, complete = _resolve(raw, module)
     checks = {}
     for i, (name, param) in enumerate(signature.parameters.items()):
         if (skip_first and i == 0) or name not in hints:
@@ -384,7 +397,17 @@ def _plan(fn: Callable, owner: str, module: str, skip_first: bool) -> tuple[insp
         check = compile_annotation(hints[name])
         if check is not None:
             checks[name] = (param.kind, check)
-    return signature, checks
+    return signature, checks, complete
+
+
+def _cached_plan(state: dict, fn: Callable, owner: str, module: str, skip_first: bool) -> tuple:
+    """The plan of ``fn`` from ``state``, made on the first call and kept once complete."""
+    if "plan" not in state:
+        signature, checks, complete = _plan(fn, owner, module, skip_first)
+        if not complete:
+            return signature, checks
+        state["plan"] = (signature, checks)
+    return state["plan"]
 
 
 def check_arguments(owner: str, signature: inspect.Signature, checks: dict, args: tuple, kwargs: dict) -> None:
@@ -431,22 +454,36 @@ def _check_init(cls: type) -> None:
     """Check the arguments of ``cls(...)`` against ``cls.__init__`` (calls from outside the
     package only). The check sits in ``__new__``, which runs first and which runtime type
     checkers and dataclasses leave alone; ``__init__``, the class itself and
-    ``isinstance`` stay as they are."""
+    ``isinstance`` stay as they are.
+
+    Where the class checks its own arguments, its message is the more telling one: when an
+    argument misfits its annotation, the class's own construction is tried first (on a
+    throwaway instance) and a :class:`ConfigError` it raises is the one shown."""
     if "__new__" in cls.__dict__ and getattr(cls.__new__, "_persona_refusal_checked", False):
         return
     inherited = cls.__new__
     state: dict = {}
 
-    @functools.wraps(cls.__init__)
-    def __new__(klass, *args, **kwargs):
-        if klass is cls and (args or kwargs) and not _from_package():
-            if not state:
-                state["plan"] = _plan(cls.__init__, cls.__name__, cls.__module__, skip_first=True)
-            signature, checks = state["plan"]
-            check_arguments(cls.__name__, signature, checks, (None, *args), kwargs)
+    def make(klass, args, kwargs):
         if inherited is object.__new__:
             return object.__new__(klass)
         return inherited(klass, *args, **kwargs)
+
+    @functools.wraps(cls.__init__)
+    def __new__(klass, *args, **kwargs):
+        if klass is cls and (args or kwargs) and not _from_package():
+            signature, checks = _cached_plan(state, cls.__init__, cls.__name__, cls.__module__, True)
+            try:
+                check_arguments(cls.__name__, signature, checks, (None, *args), kwargs)
+            except ConfigError as misfit:
+                try:
+                    cls.__init__(make(klass, args, kwargs), *args, **kwargs)
+                except ConfigError:
+                    raise
+                except Exception:
+                    pass
+                raise misfit from None
+        return make(klass, args, kwargs)
 
     __new__._persona_refusal_checked = True
     cls.__new__ = staticmethod(__new__)
@@ -468,9 +505,7 @@ def checked(value: Any) -> Any:
 
     @functools.wraps(value)
     def wrapper(*args, **kwargs):
-        if not state:
-            state["plan"] = _plan(value, owner, value.__module__, skip_first=False)
-        signature, checks = state["plan"]
+        signature, checks = _cached_plan(state, value, owner, value.__module__, False)
         check_arguments(owner, signature, checks, args, kwargs)
         return value(*args, **kwargs)
 
