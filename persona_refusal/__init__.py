@@ -59,7 +59,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'persona_refusal' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    from persona_refusal.checks import checked  # argument checks (docs/bad-input.md), loaded with the first export
+
+    value = checked(getattr(importlib.import_module(f"{__name__}.{module}"), name))
     globals()[name] = value
     return value
 

@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_refusal.checks import checked
 from persona_refusal import ops
 from persona_refusal.errors import ConfigError, DirectionMismatchError
 from persona_refusal.storage import read_json_checked, read_tensors, sha256_bytes, write_json, write_tensors
@@ -322,6 +323,7 @@ def _check_shared(shared: dict) -> None:
         raise ConfigError(f"provenance must be a JSON object, got {_shown(shared['provenance'])}")
 
 
+@checked
 @dataclass(repr=False, eq=False)
 class Direction(DirectionMeta):
     """A direction in the residual stream, with where it lives and where it came from.
@@ -476,6 +478,7 @@ def _read_pair(t_path: Path, j_path: Path, cls: type[DirectionMeta]) -> tuple[di
     return meta, tensors
 
 
+@checked
 @dataclass(repr=False, eq=False)
 class LayerDirections(DirectionMeta):
     """One direction per layer (e.g. every layer's diff-in-means at the last token).
@@ -597,6 +600,7 @@ class LayerDirections(DirectionMeta):
         )
 
 
+@checked
 @dataclass(repr=False, eq=False)
 class DirectionGrid(DirectionMeta):
     """Difference-in-means candidates over positions × layers (Arditi et al.).

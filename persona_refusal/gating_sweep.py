@@ -32,6 +32,7 @@ import html
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
+from persona_refusal.checks import checked
 from persona_refusal.analysis.figures.registry import get as get_figure
 from persona_refusal.directions import Direction, LayerDirections
 from persona_refusal.errors import ConfigError
@@ -50,6 +51,7 @@ __all__ = ["gating_experiment", "GatingExperiment"]
 FIRST_TOKEN = "greedy first token is a refusal token"
 
 
+@checked
 @dataclass(frozen=True)
 class GatingExperiment:
     """What :func:`gating_experiment` measured.

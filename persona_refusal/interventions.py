@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_refusal.checks import checked
 from persona_refusal import ops
 from persona_refusal.directions import HOOK_SITES, Direction, LayerDirections, as_integer, as_number
 from persona_refusal.errors import ConfigError
@@ -200,6 +201,7 @@ def _position_index(positions: Sequence[int] | None) -> list[int] | None:
     return pos
 
 
+@checked
 @dataclass(frozen=True, eq=False)
 class Ablate(Intervention):
     """Directional ablation ``x − (x·r̂) r̂`` (Arditi et al. 2024).
@@ -249,6 +251,7 @@ class Ablate(Intervention):
                 f"sites={'+'.join(self.sites)}{_transfer_text(self.allow_transfer)})")
 
 
+@checked
 @dataclass(frozen=True, eq=False)
 class AddVector(Intervention):
     """Activation addition ``x + coeff·v`` at ``blocks.{layer}.hook_resid_pre``, every position.
@@ -324,6 +327,7 @@ class AddVector(Intervention):
                 f"{_transfer_text(self.allow_transfer)})")
 
 
+@checked
 @dataclass(frozen=True, eq=False)
 class AffineEdit(Intervention):
     """Affine concept editing (ACE): ``x − ((x − μ)·r̂) r̂ + α·r`` at ``resid_pre``.
@@ -401,6 +405,7 @@ class AffineEdit(Intervention):
                 f"reference={'yes' if has_ref else 'MISSING'}{_transfer_text(self.allow_transfer)})")
 
 
+@checked
 @dataclass(frozen=True, eq=False)
 class Patch(Intervention):
     """Activation patching: set ``hook_name``'s activations at ``positions`` to cached ones.

@@ -47,6 +47,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from persona_refusal.checks import checked
 from persona_refusal import assets
 from persona_refusal.architectures import PROCESSING, ConfigMatch, match_config, processing_for
 from persona_refusal.decoding import check_mode, unsupported
@@ -91,6 +92,7 @@ model it came from, in float32, on a fixed sequence of :data:`_VERIFY_TOKENS` to
 rounding gives ~1e-5 (tiny models) to ~1e-4 (1B models); a wrong configuration gives O(1)."""
 
 
+@checked
 @dataclass(repr=False, eq=False)
 class ChatModel:
     """A chat model: the ``HookedTransformer``, its tokenizer and its chat conventions.

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from persona_refusal.checks import checked
 from persona_refusal.activations import plan_batches, run_plan
 from persona_refusal.directions import LayerDirections
 from persona_refusal.errors import ConfigError
@@ -94,6 +95,7 @@ class Rollout:
         return dict(self.__dict__)
 
 
+@checked
 @dataclass(eq=False)
 class PersonaRollouts:
     """Rollouts under both persona families and their prompt-pass activations.

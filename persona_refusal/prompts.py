@@ -51,6 +51,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from persona_refusal.checks import checked
 from persona_refusal.errors import ConfigError, PromptLoadError
 from persona_refusal.storage import MAX_JSON_DEPTH, json_depth, read_user_bytes, sha256_json
 
@@ -73,6 +74,7 @@ def prompt_hash(instructions: Sequence[str]) -> str:
     return sha256_json(list(instructions))
 
 
+@checked
 @dataclass(frozen=True)
 class PromptSet(Sequence[str]):
     """An ordered, named list of instructions (a ``Sequence[str]``), with categories.

@@ -33,6 +33,7 @@ from __future__ import annotations
 import html
 from typing import Any, ClassVar
 
+from persona_refusal.checks import checked
 from persona_refusal.errors import ConfigError
 from persona_refusal.formatting import fmt, rate_text
 
@@ -233,6 +234,7 @@ class SummaryDict(Record):
                 f"<code>persona_refusal.analysis</code>.</small></div>")
 
 
+@checked
 class GatingResults(SummaryDict):
     """The results of a persona-gating study, typed, with a readable summary.
 
@@ -298,6 +300,7 @@ class GatingResults(SummaryDict):
         return rows
 
 
+@checked
 class RefusalResults(SummaryDict):
     """The results of a refusal study (``persona-refusal refusal``), typed as
     :class:`GatingResults` are (``results.front.candidates``, ``results.edits.conditions``),

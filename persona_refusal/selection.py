@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import torch
 
+from persona_refusal.checks import checked
 from persona_refusal import ops
 from persona_refusal.directions import Direction, DirectionGrid, check_model
 from persona_refusal.errors import ConfigError
@@ -50,6 +51,7 @@ __all__ = ["SelectionReport", "select_refusal_direction", "CandidateScores", "Ru
 log = logging.getLogger(__name__)
 
 
+@checked
 @dataclass
 class SelectionReport:
     """Scores of every candidate considered by :func:`select_refusal_direction`.

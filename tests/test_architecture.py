@@ -23,6 +23,7 @@ RANKS: dict[str, int] = {
     # data and plumbing with no model: leaves
     "errors": 0,
     "storage": 1,
+    "checks": 1,  # argument checks of the public API against the annotations (errors only)
     "ops": 1,
     "formatting": 2,
     "prompts": 3,
@@ -65,6 +66,8 @@ subpackages: every ``persona_refusal.study.*`` module has the study rank, every
 DEFERRED_OK: dict[str, str] = {
     "cli": "the command line defers heavy imports (torch, the model stack) so that --help and "
            "argument errors answer at once",
+    "": "the package's top imports each public name when first used (PEP 562), with its argument "
+        "checks, so that `import persona_refusal` and the console script's first instruction cost nothing",
     "console": "the console script imports the command line inside its try block, so that a Ctrl-C "
                "during those imports is caught",
 }

@@ -37,8 +37,8 @@ def _system_prompts(p: Personas) -> list[str]:
 # ----------------------------------------------------------------------------- bundled sets
 def test_persona_sets_names():
     assert PERSONA_SETS == ("instructed", "character", "scripted")
-    assert pr.PERSONA_SETS is PERSONA_SETS and pr.load_personas is load_personas
-    assert pr.resolve_personas is resolve_personas
+    assert pr.PERSONA_SETS is PERSONA_SETS and pr.load_personas.__wrapped__ is load_personas
+    assert pr.resolve_personas.__wrapped__ is resolve_personas
 
 
 @pytest.mark.parametrize("name,counts", [("instructed", (8, 8, 15)), ("character", (8, 8, 15)),

@@ -184,8 +184,8 @@ def test_the_package_exports_the_persona_and_results_functions():
     import persona_refusal as pr
     from persona_refusal.persona import PersonaRollouts, persona_direction, persona_rollouts
 
-    assert pr.persona_direction is persona_direction and pr.persona_rollouts is persona_rollouts
-    assert pr.PersonaRollouts is PersonaRollouts and pr.load_results is load_results
+    assert pr.persona_direction.__wrapped__ is persona_direction and pr.persona_rollouts.__wrapped__ is persona_rollouts
+    assert pr.PersonaRollouts is PersonaRollouts and pr.load_results.__wrapped__ is load_results
     assert pr.GatingResults is GatingResults and pr.RefusalResults is RefusalResults
     for name in ("persona_direction", "persona_rollouts", "PersonaRollouts", "load_results", "GatingResults",
                  "RefusalResults"):

@@ -119,7 +119,7 @@ def test_generate_refuses_a_max_new_tokens_that_is_not_a_whole_number(tiny, no_t
 
 @pytest.mark.parametrize("prompts", [[None], ["ok", 3], None, 5, [b"bytes"]])
 def test_prompts_that_are_not_text_are_a_config_error(tiny, no_typecheck, prompts):
-    with no_typecheck(), pytest.raises(ConfigError, match="prompt|text"):
+    with no_typecheck(), pytest.raises(ConfigError, match="prompt|text|strings"):
         generate(tiny, prompts, max_new_tokens=2, progress=False)
 
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from persona_refusal.checks import checked
 from persona_refusal import decoding, ops
 from persona_refusal.activations import Batch, BatchPlan, _prefix_cache, next_token_logits, plan_batches, retry_halving
 from persona_refusal.errors import ConfigError
@@ -208,6 +209,7 @@ def generate_conditions(
                        gen.first_tokens[c * n:(c + 1) * n], {}) for c in range(len(conditions))]
 
 
+@checked
 @dataclass
 class JudgedCondition:
     """Judged replies of one condition (:func:`judged_conditions`), in prompt order."""

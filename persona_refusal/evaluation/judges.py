@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_refusal.checks import checked
 from persona_refusal import assets
 from persona_refusal.activations import plan_batches, run_plan
 from persona_refusal.errors import ConfigError, ModelLoadError
@@ -191,6 +192,7 @@ class _PhraseJudge:
         return self.refuses(text) or len(text) >= self.window
 
 
+@checked
 @dataclass(frozen=True)
 class SubstringJudge(_PhraseJudge):
     """The default, *strict* judge: Arditi et al.'s refusal phrases, then the degeneracy heuristic.
@@ -216,6 +218,7 @@ class SubstringJudge(_PhraseJudge):
         return is_refusal(text, self.substrings, self.window)
 
 
+@checked
 @dataclass(frozen=True)
 class LenientJudge(_PhraseJudge):
     """The *lenient* judge, the protocol of Zhong & Li 2026: a refusal regex anywhere in the window.
@@ -385,6 +388,7 @@ def _answer_token_ids(tokenizer, model_name: str) -> tuple[tuple[int, ...], ...]
     return tuple(tuple(i) for i in ids)
 
 
+@checked
 class ModelJudge:
     """A judge that asks a chat model a fixed rubric question about each reply.
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from persona_refusal.checks import checked
 from persona_refusal import ops
 
 __all__ = ["Rate"]
 
 
+@checked
 @dataclass(frozen=True)
 class Rate:
     """A proportion ``k / n`` with its Wilson 95% interval.

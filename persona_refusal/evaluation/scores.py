@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from persona_refusal.checks import checked
 from persona_refusal import ops
 from persona_refusal.activations import BatchPlan, plan_batches, run_plan
 from persona_refusal.errors import ConfigError
@@ -52,6 +53,7 @@ def first_token_refusal(logits: Float[Tensor, "n d_vocab"],
     return opens_refusal(logits.argmax(-1), ids), ops.refusal_log_odds(logits, ids).cpu()
 
 
+@checked
 @dataclass
 class FirstTokenOutcome:
     """What :func:`first_token_outcome` measured, per prompt in prompt order.
