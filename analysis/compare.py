@@ -158,6 +158,8 @@ def paper_table(runs: Mapping[str, Mapping]) -> str:
                 c = confirm.get(k)
                 rows[k].append(f"{_rate(c.get('refusal'))} (strict; layer {c['layer']}, β = {c['beta']:g}, "
                                f"sweep subset)" if c else "not measured")
+            rows["harmless"].append("not measured")
+            rows["orthogonal"].append("not measured")
             continue
         main = gj["judge"]
         other = [j for j in gj.get("judges", []) if j != main]

@@ -287,6 +287,23 @@ def test_the_committed_paper_run_draws_every_paper_figure():
     assert "paired late" in paper_table({"demo · paper": results})
 
 
+def test_the_comparison_table_has_one_cell_per_run_in_every_row():
+    """Runs of different protocols side by side (a run without the judged stage, the first paper
+    protocol, the second): every row of the Markdown table holds one cell per run, plus the
+    paper's, so no value lands in another run's column."""
+    import json
+    from pathlib import Path
+
+    from persona_refusal.analysis.compare import paper_table
+
+    figures = Path(__file__).parents[1] / "figures"
+    runs = {p: json.loads((figures / p).read_text()) for p in
+            ("demo/paper/results.json", "results.json", "demo/paper2/results.json")}
+    lines = paper_table(runs).splitlines()
+    assert len(lines) > 4
+    assert all(line.count("|") == len(runs) + 3 for line in lines), [line.count("|") for line in lines]
+
+
 # ============================================================================ the checks of the claims
 def test_paper_preset_records_the_new_estimate_and_every_check(paper_run):
     _, res = paper_run
