@@ -12,7 +12,7 @@ from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
 from persona_refusal.results import GatingResults
 
-__all__ = ["persona_orthogonal_figure", "variant_label"]
+__all__ = ["persona_orthogonal_figure", "variant_label", "variant_tick"]
 
 _VARIANT_COLOR = {"full": COLORS["persona"], "minus:study": COLORS["gating"], "minus:injection": COLORS["gating"],
                   "only:study": COLORS["control"], "only:injection": COLORS["control"],
@@ -28,6 +28,17 @@ def variant_label(name: str, directions: dict) -> str:
     where = {"study": f"study's refusal direction, layer {layer}", "injection": f"layer {layer}'s own refusal direction",
              "random": "matched random direction"}.get(tag, tag)
     return f"persona − component along {where}" if kind == "minus" else f"only the component along {where}"
+
+
+def variant_tick(name: str, directions: dict) -> str:
+    """The short, wrapped axis label of a variant (``minus:injection`` → "persona −<br>L21's own<br>refusal dir.")."""
+    if name == "full":
+        return "persona<br>(full)"
+    kind, _, tag = name.partition(":")
+    layer = (directions.get(tag) or {}).get("layer")
+    where = {"study": f"study's<br>refusal dir. (L{layer})", "injection": f"L{layer}'s own<br>refusal dir.",
+             "random": "matched<br>random dir."}.get(tag, tag)
+    return f"persona −<br>{where}" if kind == "minus" else f"only<br>{where}"
 
 
 def persona_orthogonal_figure(results: dict) -> go.Figure:
@@ -50,8 +61,8 @@ def persona_orthogonal_figure(results: dict) -> go.Figure:
     if not po.get("variants"):
         return empty(fig, "no persona_orthogonal stage in these results", "Persona without refusal: no data")
     main, dirs = po.get("judge"), po.get("directions") or {}
-    rows = [("no steering", po.get("baseline") or {}, COLORS["baseline"])]
-    rows += [(variant_label(v.variant, dirs), v, _VARIANT_COLOR.get(v.variant, COLORS["control"]))
+    rows = [("no<br>steering", po.get("baseline") or {}, COLORS["baseline"])]
+    rows += [(variant_tick(v.variant, dirs), v, _VARIANT_COLOR.get(v.variant, COLORS["control"]))
              for v in po.variants]
     names = [r[0] for r in rows]
     rr = [rate_pct((r[1].get(main) or {}).get("refusal")) for r in rows]
@@ -83,13 +94,13 @@ def persona_orthogonal_figure(results: dict) -> go.Figure:
     fig.add_hline(y=1, line=dict(color="#bbb", width=1, dash="dot"), row=1, col=2)
     fig.update_yaxes(title_text=RATE_AXIS, range=[-3, 103], row=1, col=1)
     fig.update_yaxes(title_text="restoration", row=1, col=2)
-    fig.update_xaxes(tickangle=-30, row=1, col=1)
+    fig.update_xaxes(tickangle=0, tickfont=dict(size=11), row=1, col=1)
     share = {k: v.get("share") for k, v in dirs.items()}
     style(fig, f"The persona without its refusal component — {model_label(results)}",
           f"n = {po.get('n')} evaluation prompts · α = {po.get('alpha'):g} at layer {po.get('persona_layer')} · "
           + " · ".join(f"{k}: cos {dirs[k]['cosine']:+.2f} ({100 * s:.0f}% of the norm²)"
                        for k, s in share.items() if s is not None))
-    return legend_below(fig, -0.35, 230)
+    return legend_below(fig, -0.3, 200)
 
 
 CAPTION = """

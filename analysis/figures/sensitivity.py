@@ -57,9 +57,13 @@ def sensitivity_figure(results: dict) -> go.Figure:
         fig.add_hline(y=0, line=dict(color="#bbb", width=1, dash="dot"), row=1, col=j)
         fig.add_hline(y=100 * se.get("max_degenerate", 0.25), line=dict(color=COLORS["degenerate"], width=1, dash="dash"),
                       row=2, col=j)
-        fig.update_xaxes(title_text="re-add strength β / α", type="log", row=2, col=j)
+        ratios = sorted({r.ratio for r in rows})
+        for row in (1, 2):  # only the measured ratios are marked (a log axis' minor labels read as data)
+            fig.update_xaxes(type="log", tickvals=ratios, ticktext=[f"{x:.2g}" for x in ratios], row=row, col=j)
+        fig.update_xaxes(title_text="re-add strength β / α", row=2, col=j)
+        fig.update_yaxes(range=[-3, 103], row=2, col=j)
     fig.update_yaxes(title_text="restoration", row=1, col=1)
-    fig.update_yaxes(title_text="degenerate (%)", range=[-3, 103], row=2, col=1)
+    fig.update_yaxes(title_text="degenerate (%)", row=2, col=1)
     style(fig, f"Gating at other strengths — {model_label(results)}",
           f"n = {se.get('n')} evaluation prompts · calibrated α = {se.get('alpha'):g} · {main} judge · hollow: "
           f"more than {100 * se.get('max_degenerate', 0.25):.0f}% degenerate replies (not readable)")
