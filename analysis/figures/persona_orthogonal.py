@@ -12,33 +12,29 @@ from persona_refusal.analysis.figures.registry import Figure, prose, register
 from persona_refusal.formatting import finite
 from persona_refusal.results import GatingResults
 
-__all__ = ["persona_orthogonal_figure", "variant_label", "variant_tick"]
+__all__ = ["persona_orthogonal_figure", "variant_label"]
 
 _VARIANT_COLOR = {"full": COLORS["persona"], "minus:study": COLORS["gating"], "minus:injection": COLORS["gating"],
                   "only:study": COLORS["control"], "only:injection": COLORS["control"],
                   "minus:random": COLORS["random"]}
 
 
-def variant_label(name: str, directions: dict) -> str:
-    """A reader's name for a variant (``minus:injection`` → "persona − refusal component (layer 21's own)")."""
+def variant_label(name: str, directions: dict, *, tick: bool = False) -> str:
+    """A reader's name for a variant (``minus:injection`` → "persona − component along layer 21's
+    own refusal direction"); ``tick``: the short, wrapped axis label ("persona −<br>L21's own<br>refusal dir.")."""
+    layer = (directions.get(name.partition(":")[2]) or {}).get("layer")
+    if tick:
+        full, minus, only = "persona<br>(full)", "persona −<br>{}", "only<br>{}"
+        where = {"study": f"study's<br>refusal dir. (L{layer})", "injection": f"L{layer}'s own<br>refusal dir.",
+                 "random": "matched<br>random dir."}
+    else:
+        full, minus, only = "persona (full)", "persona − component along {}", "only the component along {}"
+        where = {"study": f"study's refusal direction, layer {layer}", "injection": f"layer {layer}'s own refusal "
+                 "direction", "random": "matched random direction"}
     if name == "full":
-        return "persona (full)"
+        return full
     kind, _, tag = name.partition(":")
-    layer = (directions.get(tag) or {}).get("layer")
-    where = {"study": f"study's refusal direction, layer {layer}", "injection": f"layer {layer}'s own refusal direction",
-             "random": "matched random direction"}.get(tag, tag)
-    return f"persona − component along {where}" if kind == "minus" else f"only the component along {where}"
-
-
-def variant_tick(name: str, directions: dict) -> str:
-    """The short, wrapped axis label of a variant (``minus:injection`` → "persona −<br>L21's own<br>refusal dir.")."""
-    if name == "full":
-        return "persona<br>(full)"
-    kind, _, tag = name.partition(":")
-    layer = (directions.get(tag) or {}).get("layer")
-    where = {"study": f"study's<br>refusal dir. (L{layer})", "injection": f"L{layer}'s own<br>refusal dir.",
-             "random": "matched<br>random dir."}.get(tag, tag)
-    return f"persona −<br>{where}" if kind == "minus" else f"only<br>{where}"
+    return (minus if kind == "minus" else only).format(where.get(tag, tag))
 
 
 def persona_orthogonal_figure(results: dict) -> go.Figure:
@@ -62,7 +58,7 @@ def persona_orthogonal_figure(results: dict) -> go.Figure:
         return empty(fig, "no persona_orthogonal stage in these results", "Persona without refusal: no data")
     main, dirs = po.get("judge"), po.get("directions") or {}
     rows = [("no<br>steering", po.get("baseline") or {}, COLORS["baseline"])]
-    rows += [(variant_tick(v.variant, dirs), v, _VARIANT_COLOR.get(v.variant, COLORS["control"]))
+    rows += [(variant_label(v.variant, dirs, tick=True), v, _VARIANT_COLOR.get(v.variant, COLORS["control"]))
              for v in po.variants]
     names = [r[0] for r in rows]
     rr = [rate_pct((r[1].get(main) or {}).get("refusal")) for r in rows]
